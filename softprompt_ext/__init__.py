@@ -1,0 +1,26 @@
+"""softprompt-ext: Lester et al. (2021) prompt tuning for T5 and decoder-only models, as a PEFT plugin.
+
+    from peft import get_peft_model
+    from softprompt_ext import SoftPromptConfig     # importing registers the prompt encoder with PEFT
+
+    model = get_peft_model(base, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=100))
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoints import LM_ADAPTED, lm_adapted_counterpart, resolve_lm_adapted  # noqa: E402
+from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
+from .encoder import SoftPromptEmbedding  # noqa: E402
+from .registration import register  # noqa: E402
+
+register()
+
+__all__ = [
+    "LM_ADAPTED",
+    "SoftPromptConfig",
+    "SoftPromptEmbedding",
+    "SoftPromptInit",
+    "__version__",
+    "lm_adapted_counterpart",
+    "resolve_lm_adapted",
+]

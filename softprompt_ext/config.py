@@ -1,0 +1,315 @@
+"""`SoftPromptConfig`: Lester et al. (2021) prompt tuning as a PEFT config.
+
+Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
+https://arxiv.org/abs/2104.08691
+
+Design decisions
+----------------
+* The config subclasses PEFT's `PromptTuningConfig` and keeps `peft_type=PROMPT_TUNING`, so every PEFT code
+  path (forward, generate, Trainer, save/load, Hub, quantised models) applies unchanged.
+* Encoder-only placement (paper section 2): `num_transformer_submodules` is 1 for every task type. On T5
+  PEFT's own default is 2, which allocates P decoder rows that are never used but are trained and saved.
+* Saving splits the config in two files so that plain PEFT can load the adapter without a warning:
+  `adapter_config.json` holds only the keys `PromptTuningConfig` knows; `softprompt_config.json` holds the
+  record of how the prompt was made (labels, sample size, seed, ...). Loading with `softprompt_ext`
+  imported merges both back into a `SoftPromptConfig` (see `registration.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from peft import PromptTuningConfig
+from peft.utils import CONFIG_NAME
+
+from ._io import atomic_write_text
+
+RECORD_NAME = "softprompt_config.json"  # sidecar file next to adapter_config.json
+RECORD_FORMAT_VERSION = 1
+
+
+class SoftPromptInit(str, enum.Enum):
+    """How the soft prompt is initialised (paper section 3.2, Figure 3b).
+
+    Being a `str` enum, the value saves to JSON as a plain string that plain PEFT also accepts.
+    """
+
+    CLASS_LABELS = "CLASS_LABELS"  # mean sub-token embedding of each label, rest SAMPLE_VOCAB
+    SAMPLE_VOCAB = "SAMPLE_VOCAB"  # embeddings of tokens drawn from the most common tokens
+    RANDOM_UNIFORM = "RANDOM_UNIFORM"  # U(-init_range, init_range)
+    TEXT = "TEXT"  # one sub-token embedding per row, rest SAMPLE_VOCAB
+    SAVED_PROMPT = "SAVED_PROMPT"  # start from a saved adapter's prompt (continue training, SPoT transfer)
+    RANDOM = "RANDOM"  # PEFT's own initialisation: torch's N(0, 1)
+
+
+_VALID_INITS = ", ".join(repr(member.value) for member in SoftPromptInit)
+_NEEDS_TOKENIZER = (SoftPromptInit.CLASS_LABELS, SoftPromptInit.TEXT)
+
+
+@dataclass
+class SoftPromptConfig(PromptTuningConfig):
+    """Configuration of an encoder-side soft prompt of `num_virtual_tokens` x d_model trainable numbers.
+
+    Use it with PEFT's own function: `get_peft_model(model, SoftPromptConfig(...))`; importing `softprompt_ext`
+    is all the registration there is.
+
+    Args:
+        num_virtual_tokens: prompt length P. Default 100 (paper section 3, Figure 3a: gains are marginal past
+            20, large models do slightly worse past 100).
+        prompt_tuning_init: a `SoftPromptInit` value. Default `SAMPLE_VOCAB`; the paper's best is
+            `CLASS_LABELS` (section 3.2, Figure 3b), which needs `class_labels`.
+        class_labels: label strings for `CLASS_LABELS`; label i fills row i with the mean embedding of its
+            sub-tokens (tokenised without special tokens). Labels beyond P are dropped with a warning. Also
+            kept, as a record, with `SAVED_PROMPT`.
+        sample_vocab_size: the pool of `SAMPLE_VOCAB` (and of the rows that `CLASS_LABELS`, `TEXT` and
+            `SAVED_PROMPT` leave free): the N most common tokens, special tokens excluded. Default 5000
+            (paper section 3.2). "Most common" is "lowest ids": SentencePiece (T5) orders its vocabulary by
+            likelihood and BPE (GPT-2, Llama) by merge order; byte-fallback tokens `<0xNN>` are skipped.
+        init_range: `RANDOM_UNIFORM` draws from U(-init_range, init_range). Default 0.5 (paper section 3.2;
+            the official code's flax `uniform(0.5)` gives U[0, 0.5), the paper's range is the one used here).
+        init_seed: seed of every random choice of the initialiser; `None` uses torch's global generator.
+        init_prompt_path: for `SAVED_PROMPT`: an adapter directory, a Hub repo id of an adapter, or a
+            `.safetensors` file holding `prompt_embeddings`. A different P is truncated or filled with
+            sampled vocabulary; a different d_model is an error.
+        warn_if_not_lm_adapted: warn when the base model is a known span-corruption-only T5 checkpoint
+            (paper section 3.3, Figure 3c). Set to False to silence.
+
+    The PEFT fields `prompt_tuning_init_text`, `tokenizer_name_or_path` and `tokenizer_kwargs` keep their
+    meaning; `CLASS_LABELS` needs `tokenizer_name_or_path` too.
+    """
+
+    num_virtual_tokens: int = field(default=100, metadata={"help": "Prompt length P (paper: 100)."})
+    prompt_tuning_init: SoftPromptInit | str = field(
+        default=SoftPromptInit.SAMPLE_VOCAB, metadata={"help": f"One of {_VALID_INITS}."}
+    )
+    class_labels: list[str] | None = field(default=None, metadata={"help": "Label strings for CLASS_LABELS."})
+    sample_vocab_size: int = field(default=5000, metadata={"help": "Pool of the most common tokens."})
+    init_range: float = field(default=0.5, metadata={"help": "RANDOM_UNIFORM draws U(-r, r)."})
+    init_seed: int | None = field(default=None, metadata={"help": "Seed of the initialiser."})
+    init_prompt_path: str | None = field(default=None, metadata={"help": "Adapter to start from (SAVED_PROMPT)."})
+    warn_if_not_lm_adapted: bool = field(default=True, metadata={"help": "Warn on span-corruption-only T5."})
+
+    def __post_init__(self) -> None:
+        self._validate()
+        super().__post_init__()  # PEFT's checks, peft_version, peft_type=PROMPT_TUNING
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        if isinstance(self.num_virtual_tokens, bool) or not isinstance(self.num_virtual_tokens, int):
+            raise TypeError(
+                f"num_virtual_tokens must be an int, got {self.num_virtual_tokens!r}; "
+                "pass the prompt length P, e.g. num_virtual_tokens=100."
+            )
+        if self.num_virtual_tokens < 1:
+            raise ValueError(
+                f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}; "
+                "the paper uses 100 (1 already works for the largest models)."
+            )
+        try:
+            self.prompt_tuning_init = SoftPromptInit(getattr(self.prompt_tuning_init, "value", self.prompt_tuning_init))
+        except ValueError:
+            raise ValueError(
+                f"prompt_tuning_init={self.prompt_tuning_init!r} is not known; use one of {_VALID_INITS}."
+            ) from None
+        init = self.prompt_tuning_init
+
+        if self.num_transformer_submodules not in (None, 1):
+            raise ValueError(
+                f"num_transformer_submodules={self.num_transformer_submodules!r}: SoftPromptConfig places the "
+                "prompt in front of the encoder input only (paper section 2); leave it unset (it becomes 1). "
+                "For PEFT's encoder+decoder allocation use peft.PromptTuningConfig."
+            )
+        self.num_transformer_submodules = 1
+
+        if self.class_labels is not None:
+            if isinstance(self.class_labels, str) or not isinstance(self.class_labels, list | tuple):
+                raise TypeError(
+                    f"class_labels must be a list of strings, got {self.class_labels!r}; "
+                    "e.g. class_labels=['positive', 'negative']."
+                )
+            self.class_labels = list(self.class_labels)
+            for i, label in enumerate(self.class_labels):
+                if not isinstance(label, str) or not label.strip():
+                    raise ValueError(
+                        f"class_labels[{i}]={label!r} is empty or not a string; every label must be the "
+                        "non-empty text the model should produce for that class."
+                    )
+            if init not in (SoftPromptInit.CLASS_LABELS, SoftPromptInit.SAVED_PROMPT):
+                raise ValueError(
+                    f"class_labels is set but prompt_tuning_init={init.value!r} does not use it; "
+                    "set prompt_tuning_init='CLASS_LABELS' (paper section 3.2) or drop class_labels."
+                )
+        if init == SoftPromptInit.CLASS_LABELS and not self.class_labels:
+            raise ValueError(
+                f"prompt_tuning_init='CLASS_LABELS' needs class_labels, got {self.class_labels!r}; "
+                "pass the label strings, e.g. class_labels=['True', 'False']."
+            )
+        if init in _NEEDS_TOKENIZER and not self.tokenizer_name_or_path:
+            raise ValueError(
+                f"prompt_tuning_init={init.value!r} needs tokenizer_name_or_path, got "
+                f"{self.tokenizer_name_or_path!r}; pass the tokenizer of the base model (a Hub id or a directory)."
+            )
+        if init == SoftPromptInit.TEXT and not self.prompt_tuning_init_text:
+            raise ValueError(
+                f"prompt_tuning_init='TEXT' needs prompt_tuning_init_text, got {self.prompt_tuning_init_text!r}; "
+                "pass the text whose sub-token embeddings start the prompt."
+            )
+        if init == SoftPromptInit.SAVED_PROMPT and not self.init_prompt_path:
+            raise ValueError(
+                f"prompt_tuning_init='SAVED_PROMPT' needs init_prompt_path, got {self.init_prompt_path!r}; "
+                "pass an adapter directory, a Hub adapter id or a .safetensors file."
+            )
+        if (
+            isinstance(self.sample_vocab_size, bool)
+            or not isinstance(self.sample_vocab_size, int)
+            or self.sample_vocab_size < 1
+        ):
+            raise ValueError(
+                f"sample_vocab_size must be an int >= 1, got {self.sample_vocab_size!r}; "
+                "the paper samples from the 5000 most common tokens."
+            )
+        if (
+            isinstance(self.init_range, bool)
+            or not isinstance(self.init_range, int | float)
+            or not math.isfinite(self.init_range)
+            or self.init_range <= 0
+        ):
+            raise ValueError(
+                f"init_range must be a finite number > 0, got {self.init_range!r}; "
+                "the paper draws from U(-0.5, 0.5), i.e. init_range=0.5."
+            )
+        if self.init_seed is not None and (isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int)):
+            raise TypeError(f"init_seed must be an int or None, got {self.init_seed!r}.")
+
+    # ------------------------------------------------------------------ saving
+    @classmethod
+    def peft_field_names(cls) -> set[str]:
+        """Names of the fields plain PEFT's `PromptTuningConfig` knows; they go to `adapter_config.json`."""
+        return {f.name for f in dataclasses.fields(PromptTuningConfig)}
+
+    @classmethod
+    def record_field_names(cls) -> list[str]:
+        """Names of the fields only softprompt-ext knows; they go to `softprompt_config.json`."""
+        peft_names = cls.peft_field_names()
+        return [f.name for f in dataclasses.fields(cls) if f.name not in peft_names]
+
+    def record(self) -> dict[str, Any]:
+        """The record of how the prompt was made (also in `adapter_config.json`: init, P, tokenizer, text)."""
+        extra = {name: getattr(self, name) for name in self.record_field_names()}
+        return {
+            "format_version": RECORD_FORMAT_VERSION,
+            "softprompt_ext_version": _version(),
+            "prompt_tuning_init": SoftPromptInit(self.prompt_tuning_init).value,
+            **extra,
+        }
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write `adapter_config.json` (plain PEFT keys) and `softprompt_config.json` (the record), atomically.
+
+        When the directory holds an adapter (weights or a model card), its model card gains a soft-prompt
+        section and the tags `prompt-tuning` and `softprompt-ext`.
+        """
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        auto_mapping_dict = kwargs.pop("auto_mapping_dict", None)
+
+        peft_names = self.peft_field_names()
+        plain = {k: v for k, v in dataclasses.asdict(self).items() if k in peft_names}
+        plain = {k: (list(v) if isinstance(v, set) else v) for k, v in plain.items()}
+        plain["prompt_tuning_init"] = SoftPromptInit(self.prompt_tuning_init).value
+        if auto_mapping_dict is not None:
+            plain["auto_mapping"] = auto_mapping_dict
+
+        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), json.dumps(plain, indent=2, sort_keys=True))
+        atomic_write_text(
+            os.path.join(save_directory, RECORD_NAME), json.dumps(self.record(), indent=2, sort_keys=True)
+        )
+
+        from .model_card import update_model_card  # local import: model_card imports this module
+
+        update_model_card(save_directory, self)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
+    ) -> SoftPromptConfig:
+        """Load `adapter_config.json` + `softprompt_config.json` from a directory or a Hub repo.
+
+        Raises `ValueError` when the adapter has no softprompt record (a plain PEFT adapter: load it with
+        `peft.PromptTuningConfig.from_pretrained`, or start a new prompt from it with
+        `SoftPromptConfig.continue_from`).
+        """
+        from ._hub import read_adapter_json  # local import keeps huggingface_hub out of config construction
+
+        hub_kwargs, class_kwargs, _ = cls._split_kwargs(kwargs)
+        plain = read_adapter_json(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
+        record = read_adapter_json(pretrained_model_name_or_path, RECORD_NAME, subfolder, **hub_kwargs)
+        if plain is None:
+            raise ValueError(f"No {CONFIG_NAME} at {pretrained_model_name_or_path!r}; is it an adapter?")
+        if record is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} has no {RECORD_NAME}: it is a plain PEFT adapter. Load it "
+                "with peft.PromptTuningConfig.from_pretrained, or start a new soft prompt from its weights with "
+                "SoftPromptConfig.continue_from(path)."
+            )
+        return cls.from_parts(plain, record, **class_kwargs)
+
+    @classmethod
+    def from_parts(cls, plain: dict[str, Any], record: dict[str, Any], **overrides: Any) -> SoftPromptConfig:
+        """Build a config from the two saved JSON objects; unknown keys are dropped with a warning."""
+        merged = {**plain, **{k: v for k, v in record.items() if k not in ("format_version", "softprompt_ext_version")}}
+        merged.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            warnings.warn(
+                f"Ignoring unknown adapter config keys {unknown}: the adapter was saved by a newer PEFT or "
+                "softprompt-ext; upgrade them to keep these settings.",
+                stacklevel=3,
+            )
+        if merged.get("peft_type") not in (None, "PROMPT_TUNING"):
+            raise ValueError(
+                f"peft_type={merged.get('peft_type')!r} in the adapter config; SoftPromptConfig loads "
+                "PROMPT_TUNING adapters only."
+            )
+        return cls(**{k: v for k, v in merged.items() if k in known})
+
+    @classmethod
+    def continue_from(cls, adapter: str, **overrides: Any) -> SoftPromptConfig:
+        """A trainable config that starts from a saved prompt: the way to continue training a saved adapter.
+
+        PEFT refuses `PeftModel.from_pretrained(..., is_trainable=True)` for prompt adapters. Instead:
+
+            config = SoftPromptConfig.continue_from("my-adapter")
+            model = get_peft_model(base, config)      # prompt starts from my-adapter's prompt, trainable
+
+        Works for softprompt-ext adapters (settings kept) and plain PEFT prompt-tuning adapters (their
+        encoder rows are used). `overrides` replace fields, e.g. `num_virtual_tokens=20` (truncate or fill).
+        """
+        from ._hub import read_adapter_json
+
+        plain = read_adapter_json(adapter, CONFIG_NAME, None)
+        if plain is None:
+            raise ValueError(f"No {CONFIG_NAME} at {adapter!r}; pass an adapter directory or Hub adapter id.")
+        record = read_adapter_json(adapter, RECORD_NAME, None) or {}
+        keep = {"task_type", "num_virtual_tokens", "tokenizer_name_or_path", "class_labels", "sample_vocab_size",
+                "init_seed", "warn_if_not_lm_adapted", "base_model_name_or_path", "revision"}
+        base = {k: v for k, v in {**plain, **record}.items() if k in keep and v is not None}
+        base.update(prompt_tuning_init=SoftPromptInit.SAVED_PROMPT, init_prompt_path=adapter)
+        base.update(overrides)
+        return cls(**base)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,83 @@
+"""`SoftPromptEmbedding`: the prompt encoder behind `SoftPromptConfig`.
+
+It *produces* the prompt `[P, H]`; placing it in front of the encoder input stays PEFT's job
+(`PeftModelForSeq2SeqLM.forward` / `generate` concatenate `[prompt; input]` before the encoder's input
+dropout, as the official implementation does).
+
+PEFT builds the prompt encoder of every `PROMPT_TUNING` adapter from its tuner registry, so this class
+stands there (see `registration.py`) and serves both configs:
+
+* `SoftPromptConfig`: exactly P x d_model float32 parameters, initialised by `init.build_initial_prompt`;
+* a plain `PromptTuningConfig`: PEFT's own `PromptEmbedding.__init__`, untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.prompt_tuning import PromptEmbedding
+from peft.tuners.tuners_utils import BasePromptEncoder
+from peft.utils.integrations import gather_params_ctx
+
+from .config import SoftPromptConfig
+from .init import build_initial_prompt
+
+
+class SoftPromptEmbedding(PromptEmbedding):
+    """The learned prompt of one adapter.
+
+    Args:
+        config: the adapter's config; PEFT has filled `token_dim` (d_model) and `base_model_name_or_path`.
+        word_embeddings: the base model's input embedding module (table `[V, H]`).
+
+    Attributes:
+        embedding: `nn.Embedding(P, H)`, float32 whatever the base model's dtype; PEFT casts the prompt to the
+            input embeddings' dtype at concatenation.
+
+    Input: indices `[B, P]`; output `[B, P, H]`.
+    """
+
+    def __init__(self, config, word_embeddings: torch.nn.Module):
+        if not isinstance(config, SoftPromptConfig):
+            super().__init__(config, word_embeddings)  # plain PEFT behaviour, bit for bit
+            return
+        BasePromptEncoder.__init__(self)
+        num_rows, dim = config.num_virtual_tokens, config.token_dim
+        if config.inference_mode:
+            # weights come from a checkpoint next: skip the init (and leave the global RNG untouched)
+            weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]
+        else:
+            if config.warn_if_not_lm_adapted:
+                from .checkpoints import warn_if_span_corruption
+
+                warn_if_span_corruption(config.base_model_name_or_path)
+            with gather_params_ctx(word_embeddings.parameters()):
+                weight = build_initial_prompt(config, word_embeddings.weight)  # [P, H]
+            if weight.shape != (num_rows, dim):
+                raise ValueError(
+                    f"initial prompt has shape {tuple(weight.shape)}, expected ({num_rows}, {dim}) "
+                    "(num_virtual_tokens, d_model)."
+                )
+        self.embedding = torch.nn.Embedding(num_rows, dim, _weight=weight.contiguous())
+        self._soft_config = config
+
+    def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a saved prompt, naming both shapes when it does not fit this model."""
+        config = getattr(self, "_soft_config", None)
+        if config is not None:
+            saved = state_dict.get("prompt_embeddings")
+            if saved is None:
+                raise ValueError(f"the adapter weights hold {sorted(state_dict)} but no 'prompt_embeddings'.")
+            expected = tuple(self.embedding.weight.shape)
+            if saved.dim() != 2 or saved.shape[1] != expected[1]:
+                raise ValueError(
+                    f"the saved prompt has shape {tuple(saved.shape)} (P, d_model) but this model's d_model is "
+                    f"{expected[1]}: the adapter was trained on a different base model."
+                )
+            if saved.shape[0] != expected[0]:
+                raise ValueError(
+                    f"the saved prompt has {saved.shape[0]} rows but adapter_config.json says "
+                    f"num_virtual_tokens={expected[0]}; the adapter files do not belong together."
+                )
+            if not torch.isfinite(saved).all():
+                raise ValueError("the saved prompt holds NaN or inf values; the adapter is damaged.")
+        super()._load_adapter_state_dict(state_dict)

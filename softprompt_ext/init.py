@@ -1,0 +1,241 @@
+"""Prompt initialisers (paper section 3.2, Figure 3b), as small composable `from_*` factories.
+
+Every factory returns an `Initializer`: a function `(num_rows, generator) -> Tensor[num_rows, H]` (float32).
+They compose the way the official implementation does: class labels (or text, or a saved prompt) fill
+the first rows and a fallback initialiser -- sampled vocabulary -- fills the rest:
+
+    fallback = from_sampled_vocab(table, pool)
+    init = from_rows(label_rows(table, label_ids), fallback)
+    prompt = init(100, generator)                                   # [100, H]
+
+`build_initial_prompt` turns a `SoftPromptConfig` into that composition; this module holds no PEFT code.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import SoftPromptConfig
+
+Initializer = Callable[[int, "torch.Generator | None"], torch.Tensor]
+
+_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # Llama/SentencePiece byte-fallback pieces
+
+
+# ---------------------------------------------------------------------------------------------- factories
+def from_uniform(dim: int, init_range: float) -> Initializer:
+    """Rows drawn from U(-init_range, init_range) (paper section 3.2, "random uniform")."""
+
+    def init(num_rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        out = torch.empty(num_rows, dim, dtype=torch.float32)  # [P, H]
+        return out.uniform_(-init_range, init_range, generator=generator)
+
+    return init
+
+
+def from_normal(dim: int) -> Initializer:
+    """Rows drawn from N(0, 1): what PEFT's `RANDOM` (a fresh `nn.Embedding`) gives."""
+
+    def init(num_rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        return torch.randn(num_rows, dim, generator=generator, dtype=torch.float32)  # [P, H]
+
+    return init
+
+
+def from_sampled_vocab(table: torch.Tensor, pool: torch.Tensor) -> Initializer:
+    """Copies of the embeddings of tokens drawn uniformly from `pool` (paper section 3.2, "sampled vocab").
+
+    Args:
+        table: the model's input embedding table `[V, H]`.
+        pool: candidate token ids `[N]`, e.g. from `vocab_pool`.
+
+    Draws are without replacement; only when more rows than `N` are asked for is the pool drawn with
+    replacement (as the official implementation does).
+    """
+    if pool.numel() == 0:
+        raise ValueError("the sample_vocab pool is empty; raise sample_vocab_size.")
+
+    def init(num_rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        if num_rows <= pool.numel():
+            picks = torch.randperm(pool.numel(), generator=generator)[:num_rows]  # [P]
+        else:
+            picks = torch.randint(0, pool.numel(), (num_rows,), generator=generator)  # [P]
+        return table[pool[picks].to(table.device)].detach().float().cpu()  # [P, H]
+
+    return init
+
+
+def from_rows(rows: torch.Tensor, fallback: Initializer) -> Initializer:
+    """The given rows `[K, H]` first (truncated to P), then `fallback` for the remaining P - K rows."""
+
+    def init(num_rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        head = rows[:num_rows].float()  # [min(K, P), H]
+        if head.shape[0] == num_rows:
+            return head.clone()
+        tail = fallback(num_rows - head.shape[0], generator)  # [P - K, H]
+        return torch.cat([head, tail], dim=0)  # [P, H]
+
+    return init
+
+
+# ---------------------------------------------------------------------------------------------- row makers
+def label_rows(table: torch.Tensor, label_token_ids: Sequence[Sequence[int]], labels: Sequence[str] = ()) -> torch.Tensor:
+    """Row i = mean of the embeddings of label i's sub-tokens (paper section 3.2, "class label").
+
+    Args:
+        table: input embedding table `[V, H]`.
+        label_token_ids: per label, its token ids without special tokens.
+        labels: the label strings, for error messages.
+    Returns:
+        `[L, H]` float32.
+    """
+    rows = []
+    for i, ids in enumerate(label_token_ids):
+        name = repr(labels[i]) if i < len(labels) else f"#{i}"
+        if len(ids) == 0:
+            raise ValueError(
+                f"class_labels[{i}]={name} tokenises to no tokens; use a label the tokenizer can spell."
+            )
+        check_ids(ids, table.shape[0], f"class_labels[{i}]={name}")
+        rows.append(table[torch.as_tensor(list(ids), device=table.device)].detach().float().mean(dim=0).cpu())  # [H]
+    return torch.stack(rows)  # [L, H]
+
+
+def token_rows(table: torch.Tensor, token_ids: Sequence[int], what: str = "prompt_tuning_init_text") -> torch.Tensor:
+    """One embedding per token id (paper section 3.2 / PEFT `TEXT`): `[T, H]` float32."""
+    if len(token_ids) == 0:
+        raise ValueError(f"{what} tokenises to no tokens; pass a non-empty text.")
+    check_ids(token_ids, table.shape[0], what)
+    return table[torch.as_tensor(list(token_ids), device=table.device)].detach().float().cpu()  # [T, H]
+
+
+def check_ids(token_ids: Sequence[int], num_rows: int, what: str) -> None:
+    """Raise when an id is outside the embedding table (a tokenizer that does not match the model)."""
+    bad = [int(t) for t in token_ids if not 0 <= int(t) < num_rows]
+    if bad:
+        raise ValueError(
+            f"{what} has token ids {bad} but the model's embedding table has {num_rows} rows: the tokenizer "
+            "does not match the model; pass the base model's own tokenizer as tokenizer_name_or_path."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- vocab pool
+def vocab_pool(num_rows: int, sample_vocab_size: int, excluded_ids: set[int] | frozenset[int] = frozenset()) -> torch.Tensor:
+    """Ids of the `sample_vocab_size` most common tokens: the lowest ids not in `excluded_ids`.
+
+    SentencePiece vocabularies (T5) are ordered by likelihood and BPE vocabularies (GPT-2, Llama) by merge
+    order, so "lowest ids" is "most common" for both (paper section 3.2 uses T5's first 5,000 ids).
+
+    Args:
+        num_rows: rows of the embedding table V (ids >= V are never drawn).
+        sample_vocab_size: N.
+        excluded_ids: special and byte-fallback ids.
+    Returns:
+        `[N]` int64.
+    """
+    available = num_rows - len({i for i in excluded_ids if 0 <= i < num_rows})
+    if sample_vocab_size > available:
+        raise ValueError(
+            f"sample_vocab_size={sample_vocab_size} is larger than the {available} usable tokens of the "
+            f"vocabulary ({num_rows} rows, {num_rows - available} special); pass sample_vocab_size <= {available}."
+        )
+    keep = torch.ones(num_rows, dtype=torch.bool)
+    if excluded_ids:
+        keep[torch.as_tensor([i for i in excluded_ids if 0 <= i < num_rows], dtype=torch.long)] = False
+    return torch.nonzero(keep).flatten()[:sample_vocab_size]  # [N]
+
+
+def excluded_token_ids(tokenizer) -> set[int]:
+    """Special ids (pad, eos, unk, bos, sentinels, ...) and byte-fallback pieces of a tokenizer."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
+    for token, idx in tokenizer.get_vocab().items():
+        if _BYTE_FALLBACK.match(token):
+            ids.add(int(idx))
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------- from a config
+def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch.Tensor:
+    """The initial prompt `[P, H]` (float32) that `config` asks for, from the model's embedding table `[V, H]`."""
+    from .config import SoftPromptInit
+
+    init = SoftPromptInit(config.prompt_tuning_init)
+    num_rows, dim = config.num_virtual_tokens, table.shape[1]
+    generator = None
+    if config.init_seed is not None:
+        generator = torch.Generator().manual_seed(config.init_seed)
+
+    if init == SoftPromptInit.RANDOM:
+        return from_normal(dim)(num_rows, generator)
+    if init == SoftPromptInit.RANDOM_UNIFORM:
+        return from_uniform(dim, config.init_range)(num_rows, generator)
+
+    tokenizer = _load_tokenizer(config, required=init in (SoftPromptInit.CLASS_LABELS, SoftPromptInit.TEXT))
+    excluded = excluded_token_ids(tokenizer) if tokenizer is not None else set()
+
+    def sampled(rows: int, gen: torch.Generator | None) -> torch.Tensor:
+        # built on demand: a prompt filled entirely by labels or text needs no valid sample_vocab_size
+        pool = vocab_pool(table.shape[0], config.sample_vocab_size, excluded)  # [N]
+        return from_sampled_vocab(table, pool)(rows, gen)
+
+    if init == SoftPromptInit.SAMPLE_VOCAB:
+        return sampled(num_rows, generator)
+    if init == SoftPromptInit.CLASS_LABELS:
+        labels = list(config.class_labels or [])
+        if len(labels) > num_rows:
+            warnings.warn(
+                f"{len(labels)} class_labels but num_virtual_tokens={num_rows}: only the first {num_rows} labels "
+                f"initialise the prompt, {labels[num_rows:]} are dropped (as in the paper's code).",
+                stacklevel=4,
+            )
+            labels = labels[:num_rows]
+        ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in labels]
+        return from_rows(label_rows(table, ids, labels), sampled)(num_rows, generator)
+    if init == SoftPromptInit.TEXT:
+        ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+        return from_rows(token_rows(table, ids), sampled)(num_rows, generator)
+    if init == SoftPromptInit.SAVED_PROMPT:
+        from ._hub import read_prompt
+
+        saved = read_prompt(config.init_prompt_path)  # [P', H']
+        if saved.shape[1] != dim:
+            raise ValueError(
+                f"init_prompt_path={config.init_prompt_path!r} holds a prompt of d_model {saved.shape[1]} but the "
+                f"model's d_model is {dim}; a prompt only transfers between models of the same width."
+            )
+        return from_rows(saved, sampled)(num_rows, generator)
+    raise AssertionError(f"unhandled init {init}")  # SoftPromptConfig validated the value
+
+
+def _load_tokenizer(config: SoftPromptConfig, required: bool):
+    """The tokenizer named by the config (or, for sampling, the base model's); None if optional and missing."""
+    from transformers import AutoTokenizer
+
+    source = config.tokenizer_name_or_path or (None if required else config.base_model_name_or_path)
+    if not source:
+        return None
+    kwargs = dict(config.tokenizer_kwargs or {})
+    kwargs.pop("trust_remote_code", None)  # a config from a stranger must not run code
+    try:
+        return AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        if required:
+            raise ValueError(
+                f"tokenizer_name_or_path={source!r} could not be loaded ({type(exc).__name__}: {exc}); "
+                "pass a local tokenizer directory or a Hub id that is reachable or cached."
+            ) from exc
+        warnings.warn(
+            f"No tokenizer could be loaded from {source!r} ({type(exc).__name__}); SAMPLE_VOCAB draws from ids "
+            f"0..sample_vocab_size-1 with special tokens included, as the official implementation does. Pass "
+            "tokenizer_name_or_path to exclude them.",
+            stacklevel=4,
+        )
+        return None
