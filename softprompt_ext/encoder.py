@@ -42,6 +42,13 @@ class SoftPromptEmbedding(PromptEmbedding):
             return
         BasePromptEncoder.__init__(self)
         num_rows, dim = config.num_virtual_tokens, config.token_dim
+        model_dim = word_embeddings.weight.shape[-1]
+        if dim != model_dim and getattr(word_embeddings.weight, "ds_shape", None) is None:
+            # a loaded adapter_config.json carries the d_model it was trained with
+            raise ValueError(
+                f"the adapter's token_dim (d_model) is {dim} but this model's d_model is {model_dim}: the prompt "
+                "was trained on a different base model; load it onto that model."
+            )
         if config.inference_mode:
             # weights come from a checkpoint next: skip the init (and leave the global RNG untouched)
             weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]

@@ -215,12 +215,25 @@ def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch
     raise AssertionError(f"unhandled init {init}")  # SoftPromptConfig validated the value
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model", "vocab.json")
+
+
 def _load_tokenizer(config: SoftPromptConfig, required: bool):
     """The tokenizer named by the config (or, for sampling, the base model's); None if optional and missing."""
+    import os
+
     from transformers import AutoTokenizer
 
     source = config.tokenizer_name_or_path or (None if required else config.base_model_name_or_path)
     if not source:
+        return None
+    # transformers builds an *empty* tokenizer from a model directory without tokenizer files; refuse that
+    if os.path.isdir(source) and not any(os.path.isfile(os.path.join(source, f)) for f in _TOKENIZER_FILES):
+        if required:
+            raise ValueError(
+                f"tokenizer_name_or_path={source!r} is a directory without tokenizer files "
+                f"({', '.join(_TOKENIZER_FILES)}); pass the directory the tokenizer was saved to."
+            )
         return None
     kwargs = dict(config.tokenizer_kwargs or {})
     kwargs.pop("trust_remote_code", None)  # a config from a stranger must not run code

@@ -1,0 +1,100 @@
+"""Pins the PEFT behaviour softprompt-ext relies on (see registration.py). If PEFT changes, this fails first.
+
+Run it against every PEFT version named in pyproject.toml before widening the range.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import peft
+import pytest
+import torch
+from peft import PeftModel, PromptTuningConfig, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType, register_peft_method
+
+from softprompt_ext import SoftPromptConfig, SoftPromptEmbedding
+from softprompt_ext.registration import PromptTuningConfigLoader
+
+
+def test_supported_peft_version():
+    major, minor = (int(x) for x in peft.__version__.split(".")[:2])
+    assert (major, minor) == (0, 21), "run this file on the new PEFT series, then widen pyproject.toml"
+
+
+def test_new_peft_types_cannot_be_registered():
+    """Why softprompt-ext keeps peft_type=PROMPT_TUNING instead of registering a method of its own."""
+    with pytest.raises(ValueError, match="Unknown PEFT type SOFT_PROMPT"):
+        register_peft_method(name="soft_prompt", config_cls=SoftPromptConfig, model_cls=SoftPromptEmbedding)
+
+
+def test_registry_slots_hold_our_classes():
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PROMPT_TUNING] is SoftPromptEmbedding
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PROMPT_TUNING] is PromptTuningConfigLoader
+    assert peft.PEFT_TYPE_TO_TUNER_MAPPING is PEFT_TYPE_TO_TUNER_MAPPING  # same dict PEFT reads from
+
+
+def test_prompt_encoder_comes_from_tuner_registry_with_config_and_word_embeddings(make_model):
+    model = get_peft_model(make_model("t5"), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50))
+    assert type(model.prompt_encoder["default"]) is SoftPromptEmbedding
+    # PEFT filled token_dim and base_model_name_or_path before building the encoder
+    assert model.peft_config["default"].token_dim == 16
+
+
+def test_peft_defaults_seq2seq_to_two_submodules(make_model):
+    """The waste SoftPromptConfig avoids: plain PEFT allocates 2 x P rows for T5."""
+    model = get_peft_model(make_model("t5"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3))
+    assert model.peft_config["default"].num_transformer_submodules == 2
+    assert model.prompt_encoder["default"].embedding.weight.shape[0] == 6
+
+
+def test_unknown_config_keys_make_plain_peft_warn_upgrade(tmp_path):
+    """Why the record lives in softprompt_config.json, not in adapter_config.json."""
+    PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3).save_pretrained(str(tmp_path))
+    path = tmp_path / "adapter_config.json"
+    data = json.loads(path.read_text())
+    data["class_labels"] = ["a"]
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft.PeftConfig.from_pretrained(str(tmp_path))
+    assert any("upgrade" in str(w.message).lower() for w in caught)
+
+
+def test_plain_peft_accepts_our_init_names_in_adapter_config():
+    config = PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, prompt_tuning_init="CLASS_LABELS", inference_mode=True)
+    assert config.prompt_tuning_init == "CLASS_LABELS"
+
+
+def test_from_pretrained_loads_config_through_registry(make_model, tmp_path):
+    get_peft_model(make_model("t5"), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50)).save_pretrained(str(tmp_path))
+    loaded = PeftModel.from_pretrained(make_model("t5"), str(tmp_path))
+    assert isinstance(loaded.peft_config["default"], SoftPromptConfig)
+    second = make_model("t5")
+    model = get_peft_model(second, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, num_transformer_submodules=1))
+    model.load_adapter(str(tmp_path), adapter_name="other")
+    assert isinstance(model.peft_config["other"], SoftPromptConfig)
+
+
+def test_peft_refuses_trainable_prompt_adapters(make_model, tmp_path):
+    """Why SoftPromptConfig.continue_from exists."""
+    get_peft_model(make_model("t5"), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50)).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="Cannot set a prompt learning adapter to trainable"):
+        PeftModel.from_pretrained(make_model("t5"), str(tmp_path), is_trainable=True)
+
+
+def test_peft_casts_prompt_to_input_dtype(make_model, tokenizer):
+    """Why the prompt can stay float32 on a bf16 model."""
+    model = get_peft_model(make_model("t5").to(torch.bfloat16), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50))
+    enc = tokenizer(["the cat"], return_tensors="pt")
+    out = model(**enc, labels=enc["input_ids"])
+    assert out.logits.dtype == torch.bfloat16
+
+
+def test_save_writes_card_then_config(make_model, tmp_path):
+    """PEFT writes README.md before calling config.save_pretrained, so the config can extend the card."""
+    get_peft_model(make_model("t5"), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50)).save_pretrained(str(tmp_path))
+    card = (tmp_path / "README.md").read_text()
+    assert "PEFT" in card and "softprompt-ext:begin" in card
