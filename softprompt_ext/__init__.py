@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from .checkpoints import LM_ADAPTED, lm_adapted_counterpart, resolve_lm_adapted  # noqa: E402
 from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
 from .encoder import SoftPromptEmbedding  # noqa: E402
+from .hub import push_adapter  # noqa: E402
 from .registration import register  # noqa: E402
 
 register()
@@ -22,5 +23,6 @@ __all__ = [
     "SoftPromptInit",
     "__version__",
     "lm_adapted_counterpart",
+    "push_adapter",
     "resolve_lm_adapted",
 ]
