@@ -12,7 +12,11 @@ from .checkpoints import LM_ADAPTED, lm_adapted_counterpart, resolve_lm_adapted 
 from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
 from .encoder import SoftPromptEmbedding  # noqa: E402
 from .hub import push_adapter  # noqa: E402
+from .metrics import make_compute_metrics  # noqa: E402
+from .rank_classification import rank_classify  # noqa: E402
 from .registration import register  # noqa: E402
+from .tasks import get_task, list_tasks  # noqa: E402
+from .transfer import get_transfer  # noqa: E402
 
 register()
 
@@ -22,7 +26,12 @@ __all__ = [
     "SoftPromptEmbedding",
     "SoftPromptInit",
     "__version__",
+    "get_task",
+    "get_transfer",
+    "list_tasks",
     "lm_adapted_counterpart",
+    "make_compute_metrics",
+    "rank_classify",
     "push_adapter",
     "resolve_lm_adapted",
 ]
