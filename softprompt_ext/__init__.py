@@ -8,7 +8,12 @@
 
 __version__ = "0.1.0"
 
-from .checkpoints import LM_ADAPTED, lm_adapted_counterpart, resolve_lm_adapted  # noqa: E402
+from .checkpoints import (  # noqa: E402
+    LM_ADAPTED,
+    is_span_corruption_only,
+    lm_adapted_counterpart,
+    resolve_lm_adapted,
+)
 from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
 from .encoder import SoftPromptEmbedding  # noqa: E402
 from .hub import push_adapter  # noqa: E402
@@ -27,6 +32,7 @@ __all__ = [
     "SoftPromptInit",
     "__version__",
     "get_task",
+    "is_span_corruption_only",
     "get_transfer",
     "list_tasks",
     "lm_adapted_counterpart",

@@ -237,6 +237,9 @@ def _load_tokenizer(config: SoftPromptConfig, required: bool):
         return None
     kwargs = dict(config.tokenizer_kwargs or {})
     kwargs.pop("trust_remote_code", None)  # a config from a stranger must not run code
+    if not config.tokenizer_name_or_path:
+        # the optional fallback to the base model's tokenizer never waits on the network: cache or local only
+        kwargs["local_files_only"] = True
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as exc:
