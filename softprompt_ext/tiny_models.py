@@ -66,7 +66,11 @@ def build_tokenizer(vocab_size: int = 200, num_sentinels: int = 8, corpus: list[
 
 
 def build_t5(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
-    """A T5 1.1-shaped model (GeGLU, untied embeddings, relative attention) with random weights."""
+    """A T5 1.1-shaped model (GeGLU, relative attention, no decoder-output scaling) with random weights.
+
+    `tie_word_embeddings=False` is how T5 1.1 checkpoints say "don't scale decoder outputs"; Transformers 5
+    reads it that way (`scale_decoder_outputs=False`) and ties `lm_head` to `shared` regardless.
+    """
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
