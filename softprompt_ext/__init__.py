@@ -4,7 +4,13 @@
     from softprompt_ext import SoftPromptConfig     # importing registers the prompt encoder with PEFT
 
     model = get_peft_model(base, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=100))
+
+The core (config, encoder, registration) is imported eagerly; the rest of the public API loads on first
+use, so `import softprompt_ext` (and the `softprompt` command) does not pull in the Trainer.
 """
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -16,14 +22,33 @@ from .checkpoints import (  # noqa: E402
 )
 from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
 from .encoder import SoftPromptEmbedding  # noqa: E402
-from .hub import push_adapter  # noqa: E402
-from .metrics import make_compute_metrics  # noqa: E402
-from .rank_classification import rank_classify  # noqa: E402
 from .registration import register  # noqa: E402
-from .tasks import get_task, list_tasks  # noqa: E402
-from .transfer import get_transfer  # noqa: E402
 
 register()
+
+_LAZY = {
+    "PaperTrainingArguments": "training",
+    "load_for_training": "training",
+    "paper_optimizer": "training",
+    "push_adapter": "hub",
+    "make_compute_metrics": "metrics",
+    "rank_classify": "rank_classification",
+    "get_task": "tasks",
+    "list_tasks": "tasks",
+    "get_transfer": "transfer",
+    "mixed_forward": "multi_prompt",
+    "mixed_generate": "multi_prompt",
+    "ensemble_generate": "prompt_ensemble",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'softprompt_ext' has no attribute {name!r}")
+
 
 __all__ = [
     "LM_ADAPTED",
@@ -31,13 +56,8 @@ __all__ = [
     "SoftPromptEmbedding",
     "SoftPromptInit",
     "__version__",
-    "get_task",
     "is_span_corruption_only",
-    "get_transfer",
-    "list_tasks",
     "lm_adapted_counterpart",
-    "make_compute_metrics",
-    "rank_classify",
-    "push_adapter",
     "resolve_lm_adapted",
+    *sorted(_LAZY),
 ]

@@ -65,6 +65,9 @@ class SoftPromptEmbedding(PromptEmbedding):
                     "(num_virtual_tokens, d_model)."
                 )
         self.embedding = torch.nn.Embedding(num_rows, dim, _weight=weight.contiguous())
+        if config.inference_mode:
+            # a loaded adapter is frozen; continue training with SoftPromptConfig.continue_from instead
+            self.embedding.weight.requires_grad_(False)
         self._soft_config = config
 
     def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -160,3 +160,9 @@ def test_continue_from_saved_adapter_trains_from_its_prompt(make_model, tmp_path
         second.prompt_encoder["default"].embedding.weight, first.prompt_encoder["default"].embedding.weight
     )
     assert second.prompt_encoder["default"].embedding.weight.requires_grad
+
+
+def test_loaded_adapter_is_frozen(make_model, tmp_path, tokenizer_dir):
+    get_peft_model(make_model("t5"), make_config("RANDOM_UNIFORM", "t5", tokenizer_dir)).save_pretrained(str(tmp_path))
+    loaded = PeftModel.from_pretrained(make_model("t5"), str(tmp_path))
+    assert not any(p.requires_grad for p in loaded.parameters())
