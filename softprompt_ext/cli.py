@@ -1,0 +1,229 @@
+"""The `softprompt` command line: inspect, compare and describe saved prompts.
+
+    softprompt inspect ADAPTER [--base MODEL] [--top-k K] [--json] [--keep-special] [--png FILE]
+    softprompt similar TARGET LIBRARY... [--measure max_cosine|pooled_cosine] [--json] [--png FILE]
+    softprompt info ADAPTER [--json]
+    softprompt lm-adapt ...          (forwards to softprompt_ext.lm_adapt when installed)
+
+Installed as the console script `softprompt` (entry point `softprompt_ext.cli:main`) and runnable as
+`python -m softprompt_ext`. Every subcommand is a thin shell over a library function
+(`inspection.adapter_readout`, `similarity.most_similar`, `inspection.adapter_info`, `plots.*`), so what
+the command line prints is what the library returns.
+
+Exit codes: 0 success; 2 bad arguments or an unusable adapter / model, with a single line on stderr
+(`softprompt <command>: error: ...`) and no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+PROG = "softprompt"
+_USER_ERRORS = (ValueError, OSError, ImportError)  # bad input, unreadable files, missing optional extra
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage is one `--help` away) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `softprompt` (exposed for documentation tools)."""
+    parser = _Parser(prog=PROG, description="Inspect, compare and describe saved soft prompts (softprompt-ext).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="nearest vocabulary tokens of each prompt position (paper section 7)",
+        description="For each prompt position, the top-k vocabulary tokens by cosine similarity to the base "
+        "model's input embeddings (Lester et al. 2021, section 7).",
+    )
+    inspect.add_argument("adapter", metavar="ADAPTER", help="adapter directory or Hub adapter id")
+    inspect.add_argument("--base", metavar="MODEL", help="base model (default: the adapter's base_model_name_or_path)")
+    inspect.add_argument("--tokenizer", metavar="TOKENIZER", help="tokenizer (default: the base model's)")
+    inspect.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="neighbours per position (5)")
+    inspect.add_argument("--keep-special", action="store_true", help="also show special and sentinel tokens")
+    inspect.add_argument("--keep-sentinels", action="store_true", help="also show T5 sentinels <extra_id_i>")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--png", metavar="FILE", help="also write a heatmap PNG (needs softprompt-ext[plot])")
+
+    similar = commands.add_parser(
+        "similar",
+        help="rank saved prompts by similarity to a target prompt (SPoT-style retrieval)",
+        description="Rank the prompts of LIBRARY (adapter directories, folders of them, or Hub ids) by "
+        "similarity to TARGET. For transfer, TARGET should be a prompt trained briefly on the new task.",
+    )
+    similar.add_argument("target", metavar="TARGET", help="adapter directory, Hub id or .safetensors file")
+    similar.add_argument("library", metavar="LIBRARY", nargs="+", help="adapters, folders of adapters, Hub ids")
+    similar.add_argument("--measure", choices=["max_cosine", "pooled_cosine"], default="max_cosine",
+                         help="max_cosine: symmetrised mean of per-row best cosines (default); "
+                         "pooled_cosine: cosine of the mean-pooled prompts")
+    similar.add_argument("--top-k", type=_positive_int, metavar="N", help="show the N best only")
+    similar.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    similar.add_argument("--png", metavar="FILE", help="also write the similarity matrix as a PNG")
+
+    info = commands.add_parser("info", help="P, d_model, task type, base model, init record, size on disk",
+                               description="Describe a saved prompt-tuning adapter.")
+    info.add_argument("adapter", metavar="ADAPTER", help="adapter directory or Hub adapter id")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    commands.add_parser("lm-adapt", add_help=False, help="LM-adapt a T5 model (paper section 3.3); "
+                        "see 'softprompt lm-adapt --help'")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `softprompt` with `argv` (default: `sys.argv[1:]`); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-adapt"]:
+        return _lm_adapt(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a parse error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.command is None:
+        print(f"{PROG}: error: choose a command: inspect, similar, info, lm-adapt (see '{PROG} --help')", file=sys.stderr)
+        return 2
+    run = {"inspect": _inspect, "similar": _similar, "info": _info}[args.command]
+    with _quiet_transformers():
+        try:
+            run(args)
+        except _USER_ERRORS as exc:
+            print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def _inspect(args: argparse.Namespace) -> None:
+    from .inspection import adapter_readout, format_readout, readout_to_dict
+
+    readout = adapter_readout(
+        args.adapter,
+        args.base,
+        tokenizer=args.tokenizer,
+        top_k=args.top_k,
+        skip_special=not args.keep_special,
+        skip_sentinels=not (args.keep_special or args.keep_sentinels),
+    )
+    if args.png:
+        from .plots import plot_readout
+
+        plot_readout(readout, args.png, title=f"Nearest tokens of {args.adapter}")
+    if args.json:
+        print(json.dumps({"adapter": args.adapter, "top_k": args.top_k, "positions": readout_to_dict(readout)}))
+    else:
+        print(f"{args.adapter}: P={len(readout)}, nearest tokens by cosine similarity")
+        print(format_readout(readout))
+
+
+def _similar(args: argparse.Namespace) -> None:
+    from .similarity import most_similar, similarity_matrix
+
+    matches = most_similar(args.target, args.library, measure=args.measure, top_k=args.top_k)
+    if args.png:
+        from .plots import plot_similarity
+
+        names = [args.target] + [m.path for m in matches]
+        plot_similarity(similarity_matrix(names, args.measure), names, args.png, title=f"Prompt similarity ({args.measure})")
+    if args.json:
+        rows = [{"rank": i + 1, **vars(m)} for i, m in enumerate(matches)]
+        print(json.dumps({"target": args.target, "measure": args.measure, "matches": rows}))
+        return
+    print(f"prompts most similar to {args.target} ({args.measure}):")
+    print(f"{'rank':>4}  {'score':>6}  {'P':>4}  adapter")
+    for i, m in enumerate(matches):
+        print(f"{i + 1:>4}  {m.score:>6.3f}  {m.num_virtual_tokens:>4}  {m.path}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .inspection import adapter_info
+
+    info = adapter_info(args.adapter)
+    if args.json:
+        print(json.dumps(info))
+        return
+    rows = info["saved_rows"]
+    shape = f"P={info['num_virtual_tokens']} x d_model={info['d_model']}"
+    if rows != info["num_virtual_tokens"]:
+        shape += f" ({rows} rows saved; the encoder uses the first {info['num_virtual_tokens']})"
+    record = info["record"]
+    made = "none (a plain PEFT adapter)" if record is None else ", ".join(
+        f"{k}={v!r}" for k, v in sorted(record.items()) if v is not None
+    )
+    for label, value in [
+        ("adapter", info["adapter"]),
+        ("prompt", shape),
+        ("task type", info["task_type"]),
+        ("base model", info["base_model_name_or_path"]),
+        ("tokenizer", info["tokenizer_name_or_path"]),
+        ("init", info["prompt_tuning_init"]),
+        ("init record", made),
+        ("mean row norm", f"{info['mean_row_norm']:.4g}"),
+        ("size on disk", f"{_human(info['size_on_disk'])} in {len(info['files'])} files"),
+    ]:
+        print(f"{label:<14} {value}")
+
+
+def _lm_adapt(argv: list[str]) -> int:
+    """Forward to `softprompt_ext.lm_adapt.main(argv)`, imported only now (it may not be installed)."""
+    try:
+        module = importlib.import_module("softprompt_ext.lm_adapt")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("softprompt_ext.lm_adapt", None):
+            print(f"{PROG} lm-adapt: error: it needs the package {exc.name!r}, which is not installed.", file=sys.stderr)
+        else:
+            print(f"{PROG} lm-adapt: error: this installation of softprompt-ext has no LM-adaptation module "
+                  "(softprompt_ext.lm_adapt); upgrade softprompt-ext.", file=sys.stderr)
+        return 2
+    result = module.main(argv)
+    return result if isinstance(result, int) else 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+class _quiet_transformers:
+    """Silence transformers' info logs and progress bars while a command runs (restored afterwards)."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._logging = hf_logging
+        self._verbosity = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._logging.set_verbosity(self._verbosity)
+        if self._bars:
+            self._logging.enable_progress_bar()
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _human(num_bytes: int) -> str:
+    size = float(num_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
