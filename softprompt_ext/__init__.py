@@ -36,9 +36,15 @@ _LAZY = {
     "get_task": "tasks",
     "list_tasks": "tasks",
     "get_transfer": "transfer",
+    "MixedOutput": "multi_prompt",
     "mixed_forward": "multi_prompt",
     "mixed_generate": "multi_prompt",
+    "ClassEnsemble": "prompt_ensemble",
+    "EnsembleOutput": "prompt_ensemble",
+    "combine_label_scores": "prompt_ensemble",
+    "ensemble_classify": "prompt_ensemble",
     "ensemble_generate": "prompt_ensemble",
+    "majority_vote": "prompt_ensemble",
 }
 
 
