@@ -45,6 +45,13 @@ _LAZY = {
     "ensemble_classify": "prompt_ensemble",
     "ensemble_generate": "prompt_ensemble",
     "majority_vote": "prompt_ensemble",
+    "AdapterError": "safety",
+    "AdapterReport": "safety",
+    "validate_adapter": "safety",
+    "load_adapter_safely": "safety",
+    "save_adapter_atomically": "safe_save",
+    "recover_adapter_dir": "safe_save",
+    "last_complete_checkpoint": "safe_save",
 }
 
 

@@ -51,6 +51,20 @@ class SoftPromptInit(str, enum.Enum):
 
 _VALID_INITS = ", ".join(repr(member.value) for member in SoftPromptInit)
 _NEEDS_TOKENIZER = (SoftPromptInit.CLASS_LABELS, SoftPromptInit.TEXT)
+MAX_VIRTUAL_TOKENS = 100_000  # the paper goes up to 150; a larger P is a typo, not a prompt
+# inherited PEFT fields that PromptTuningConfig leaves unchecked: name -> (type, example for the message)
+_PEFT_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "token_dim": (int, "768"),
+    "num_attention_heads": (int, "12"),
+    "num_layers": (int, "12"),
+    "tokenizer_name_or_path": (str, "'google/t5-base-lm-adapt'"),
+    "prompt_tuning_init_text": (str, "'Classify the sentiment'"),
+    "init_prompt_path": (str, "'path/to/adapter'"),
+    "base_model_name_or_path": (str, "'google/t5-base-lm-adapt'"),
+    "revision": (str, "'main'"),
+    "tokenizer_kwargs": (dict, "{'use_fast': True}"),
+    "modules_to_save": (list, "['classifier']"),
+}
 
 
 @dataclass
@@ -102,6 +116,13 @@ class SoftPromptConfig(PromptTuningConfig):
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
+        if self.task_type is None:
+            # PEFT would accept it and fail later in get_peft_model with a bare KeyError: None
+            raise ValueError(
+                "task_type is required: the prompt's placement depends on it. Pass task_type='SEQ_2_SEQ_LM' "
+                "for T5-style encoder prompt tuning (paper section 2) or task_type='CAUSAL_LM' for decoder-only "
+                "models."
+            )
         if isinstance(self.num_virtual_tokens, bool) or not isinstance(self.num_virtual_tokens, int):
             raise TypeError(
                 f"num_virtual_tokens must be an int, got {self.num_virtual_tokens!r}; "
@@ -111,6 +132,11 @@ class SoftPromptConfig(PromptTuningConfig):
             raise ValueError(
                 f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}; "
                 "the paper uses 100 (1 already works for the largest models)."
+            )
+        if self.num_virtual_tokens > MAX_VIRTUAL_TOKENS:
+            raise ValueError(
+                f"num_virtual_tokens must be <= {MAX_VIRTUAL_TOKENS}, got {self.num_virtual_tokens}; "
+                "the paper goes up to 150 (section 3, Figure 3a)."
             )
         try:
             self.prompt_tuning_init = SoftPromptInit(getattr(self.prompt_tuning_init, "value", self.prompt_tuning_init))
@@ -187,6 +213,31 @@ class SoftPromptConfig(PromptTuningConfig):
             )
         if self.init_seed is not None and (isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int)):
             raise TypeError(f"init_seed must be an int or None, got {self.init_seed!r}.")
+        if self.init_seed is not None and not -(2**63) <= self.init_seed < 2**64:
+            raise ValueError(f"init_seed={self.init_seed} does not fit torch's 64-bit seed; pass a smaller int.")
+        self._validate_peft_fields()
+
+    def _validate_peft_fields(self) -> None:
+        """Types of the inherited PEFT fields, which PEFT does not check: a wrong type would fail late
+        (`os.stat` of an int tokenizer path, a set JSON cannot save) or load back as something else."""
+        for name, (kind, example) in _PEFT_FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, os.PathLike) and kind is str:
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TypeError(
+                    f"{name} must be of type {kind.__name__} or None, got {value!r}; e.g. {name}={example}."
+                )
+        if self.token_dim is not None and self.token_dim < 1:
+            raise ValueError(f"token_dim must be >= 1 (the base model's d_model) or None, got {self.token_dim}.")
+        if self.modules_to_save is not None and not all(isinstance(m, str) for m in self.modules_to_save):
+            raise TypeError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}.")
+        for name in ("inference_mode", "warn_if_not_lm_adapted"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
 
     # ------------------------------------------------------------------ saving
     @classmethod

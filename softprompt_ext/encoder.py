@@ -37,18 +37,19 @@ class SoftPromptEmbedding(PromptEmbedding):
     """
 
     def __init__(self, config, word_embeddings: torch.nn.Module):
+        model_dim = word_embeddings.weight.shape[-1]
+        if config.token_dim != model_dim and getattr(word_embeddings.weight, "ds_shape", None) is None:
+            # a loaded adapter_config.json carries the d_model it was trained with (plain PEFT adapters too:
+            # PEFT would build a [P, token_dim] prompt that fails only at the first forward)
+            raise ValueError(
+                f"the adapter's token_dim (d_model) is {config.token_dim} but this model's d_model is "
+                f"{model_dim}: the prompt was trained on a different base model; load it onto that model."
+            )
         if not isinstance(config, SoftPromptConfig):
             super().__init__(config, word_embeddings)  # plain PEFT behaviour, bit for bit
             return
         BasePromptEncoder.__init__(self)
         num_rows, dim = config.num_virtual_tokens, config.token_dim
-        model_dim = word_embeddings.weight.shape[-1]
-        if dim != model_dim and getattr(word_embeddings.weight, "ds_shape", None) is None:
-            # a loaded adapter_config.json carries the d_model it was trained with
-            raise ValueError(
-                f"the adapter's token_dim (d_model) is {dim} but this model's d_model is {model_dim}: the prompt "
-                "was trained on a different base model; load it onto that model."
-            )
         if config.inference_mode:
             # weights come from a checkpoint next: skip the init (and leave the global RNG untouched)
             weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]
@@ -78,6 +79,10 @@ class SoftPromptEmbedding(PromptEmbedding):
             if saved is None:
                 raise ValueError(f"the adapter weights hold {sorted(state_dict)} but no 'prompt_embeddings'.")
             expected = tuple(self.embedding.weight.shape)
+            if not saved.is_floating_point():  # PEFT's load_state_dict would cast ints, bools, complex silently
+                raise ValueError(
+                    f"the saved prompt has dtype {saved.dtype}; a prompt is floating point. The adapter is damaged."
+                )
             if saved.dim() != 2 or saved.shape[1] != expected[1]:
                 raise ValueError(
                     f"the saved prompt has shape {tuple(saved.shape)} (P, d_model) but this model's d_model is "

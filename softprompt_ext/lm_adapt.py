@@ -33,10 +33,11 @@ from typing import Any, Literal
 
 import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import SchedulerType, get_last_checkpoint
+from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .lm_objectives import LMObjective, Seq2SeqCollator
+from .safe_save import last_complete_checkpoint
 
 PROG = "softprompt-lm-adapt"
 RECORD_KEYS = {"prefix_lm": "lm_adaptation", "span_corruption": "continued_pretraining"}
@@ -135,11 +136,13 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -
     if resume_from_checkpoint in (None, False, ""):
         return None
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("last", "latest", "true"):
-        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        # not transformers' get_last_checkpoint: it returns a checkpoint-N the run was killed while writing
+        found = last_complete_checkpoint(output_dir)
         if found is None:
             raise ValueError(
                 f"resume_from_checkpoint={resume_from_checkpoint!r} but output_dir={output_dir!r} holds no "
-                "checkpoint-N directory; drop --resume_from_checkpoint to start afresh."
+                "checkpoint-N directory with a whole trainer_state.json; drop --resume_from_checkpoint to start "
+                "afresh."
             )
         return found
     if not os.path.isdir(str(resume_from_checkpoint)):

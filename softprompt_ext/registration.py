@@ -26,6 +26,7 @@ from peft.utils import PeftType
 from ._hub import locate
 from .config import RECORD_NAME, SoftPromptConfig
 from .encoder import SoftPromptEmbedding
+from .safety import validate_adapter
 
 
 class PromptTuningConfigLoader(PromptTuningConfig):
@@ -41,6 +42,9 @@ class PromptTuningConfigLoader(PromptTuningConfig):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
         hub_kwargs, _, _ = SoftPromptConfig._split_kwargs(kwargs)
+        # PEFT calls this before it adds the adapter and reads the weights (falling back to a pickled
+        # adapter_model.bin): check config, record and safetensors weights first, naming the bad file.
+        validate_adapter(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
         if locate(pretrained_model_name_or_path, RECORD_NAME, subfolder, **hub_kwargs) is not None:
             return SoftPromptConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         return PromptTuningConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

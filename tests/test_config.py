@@ -72,8 +72,8 @@ def test_bad_input_names_field_value_and_fix(kwargs, error, match):
 
 
 def test_init_accepts_enum_and_string():
-    a = SoftPromptConfig(prompt_tuning_init=SoftPromptInit.RANDOM_UNIFORM)
-    b = SoftPromptConfig(prompt_tuning_init="RANDOM_UNIFORM")
+    a = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", prompt_tuning_init=SoftPromptInit.RANDOM_UNIFORM)
+    b = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", prompt_tuning_init="RANDOM_UNIFORM")
     assert a.prompt_tuning_init == b.prompt_tuning_init == SoftPromptInit.RANDOM_UNIFORM
 
 
@@ -109,7 +109,7 @@ def test_from_pretrained_on_plain_peft_adapter_says_what_to_do(tmp_path):
 
 
 def test_unknown_record_keys_warn_and_are_dropped(tmp_path):
-    SoftPromptConfig(num_virtual_tokens=3).save_pretrained(str(tmp_path))
+    SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3).save_pretrained(str(tmp_path))
     record = json.loads((tmp_path / RECORD_NAME).read_text())
     record["future_option"] = 1
     (tmp_path / RECORD_NAME).write_text(json.dumps(record))
@@ -119,7 +119,7 @@ def test_unknown_record_keys_warn_and_are_dropped(tmp_path):
 
 
 def test_damaged_config_json_is_a_clear_error(tmp_path):
-    SoftPromptConfig(num_virtual_tokens=3).save_pretrained(str(tmp_path))
+    SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3).save_pretrained(str(tmp_path))
     (tmp_path / RECORD_NAME).write_text("{not json")
     with pytest.raises(ValueError, match=r"softprompt_config.json: not valid JSON"):
         SoftPromptConfig.from_pretrained(str(tmp_path))

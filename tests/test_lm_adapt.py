@@ -175,6 +175,7 @@ def test_span_corruption_run_is_recorded_as_not_adapted(source, corpus, tmp_path
 def test_resume_last_finds_the_newest_checkpoint(tmp_path):
     for step in (5, 10):
         os.makedirs(tmp_path / f"checkpoint-{step}")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     assert resolve_resume("last", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume(None, str(tmp_path)) is None
     with pytest.raises(ValueError, match="holds no checkpoint-N directory"):

@@ -48,5 +48,5 @@ def test_base_model_from_a_named_checkpoint(make_model, tokenizer_dir, tmp_path)
 
 
 def test_config_alone_writes_no_card(tmp_path):
-    SoftPromptConfig(num_virtual_tokens=2).save_pretrained(str(tmp_path))
+    SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2).save_pretrained(str(tmp_path))
     assert not (tmp_path / "README.md").exists()

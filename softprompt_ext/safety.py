@@ -1,0 +1,419 @@
+"""Checking a prompt adapter before loading it: an untrusted or damaged adapter fails loudly, naming the file.
+
+Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
+https://arxiv.org/abs/2104.08691 -- section 1 and 6: a prompt is a small file that is shared, stored per
+task and loaded next to many others into one frozen model. Such files come from strangers on the Hub, so
+reading one must never run code, and a damaged one must never become a silently wrong model.
+
+What `validate_adapter` checks, in order, each failure one `AdapterError` (a `ValueError`) naming the file:
+
+1. `adapter_config.json`: present, at most 1 MiB, UTF-8 JSON, an object, `peft_type == "PROMPT_TUNING"`,
+   and every field PEFT reads has the right type (`num_virtual_tokens` an int >= 1, `token_dim` an int or
+   null, ...); then the config class's own validation runs (`SoftPromptConfig` when the adapter carries a
+   `softprompt_config.json` record, PEFT's `PromptTuningConfig` otherwise), its error prefixed with the file.
+2. The weights: `adapter_model.safetensors` only. A pickle-only adapter (`adapter_model.bin`) is refused:
+   unpickling can run code, and even `torch.load(weights_only=True)` -- PEFT's fallback -- had a code
+   execution hole (CVE-2025-32434, fixed in torch 2.6). Nothing here calls `torch.load`.
+3. The safetensors file parses (a truncated or corrupted header or body is caught by the safetensors reader,
+   which checks that the header's offsets cover the file exactly), holds `prompt_embeddings` and nothing
+   else of concern, and the tensor is 2-D, floating point (F16/BF16/F32/F64; PEFT would cast integers or
+   booleans silently), has the rows the config implies (P; P x num_transformer_submodules for a plain PEFT
+   adapter) and `token_dim` columns, and is finite. Shape and dtype are read from the header before the
+   data, so a tensor that does not fit the config is refused without reading its data.
+4. With `base_model`: the prompt width equals the model's d_model (`get_input_embeddings()` width).
+
+`load_adapter_safely` validates first and then loads with PEFT's own `PeftModel.from_pretrained` (or
+`load_adapter` for a `PeftModel`), compares the loaded prompt with the validated one (so a file swapped
+between the two reads is caught) and removes a half-added adapter when loading fails. It holds whatever
+PEFT does, so it is the guarantee for callers; `PeftModel.from_pretrained` alone raises PEFT's own errors
+for a config without `peft_type` or with bad JSON, before any softprompt-ext code runs.
+
+Not checked (cannot be): that a well-formed prompt is a *good* prompt. Values are bounded only by
+finiteness; a wrong but finite prompt from a stranger is the stranger's prompt.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from peft import PeftModel, PromptTuningConfig
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+
+from ._hub import PROMPT_KEY, locate
+from .config import RECORD_NAME, SoftPromptConfig
+
+MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
+
+# adapter_config.json fields PEFT reads for a prompt adapter: name -> (allowed JSON types, may be null)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "num_virtual_tokens": ((int,), False),
+    "token_dim": ((int,), True),
+    "num_transformer_submodules": ((int,), True),
+    "num_attention_heads": ((int,), True),
+    "num_layers": ((int,), True),
+    "task_type": ((str,), True),
+    "prompt_tuning_init": ((str,), True),
+    "prompt_tuning_init_text": ((str,), True),
+    "tokenizer_name_or_path": ((str,), True),
+    "tokenizer_kwargs": ((dict,), True),
+    "base_model_name_or_path": ((str,), True),
+    "revision": ((str,), True),
+    "inference_mode": ((bool,), True),
+    "modules_to_save": ((list,), True),
+}
+
+
+class AdapterError(ValueError):
+    """An adapter that must not be loaded; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AdapterReport:
+    """What `validate_adapter` found in a valid adapter.
+
+    Attributes:
+        location: the directory or Hub repo id given (with the subfolder, if any).
+        config: `SoftPromptConfig` with a `softprompt_config.json`, else PEFT's `PromptTuningConfig`.
+        weights_file: local path of the validated `adapter_model.safetensors`.
+        prompt: the saved prompt `[R, H]` as stored (R = P, or P x num_transformer_submodules for plain PEFT).
+    """
+
+    location: str
+    config: PromptTuningConfig
+    weights_file: str
+    prompt: torch.Tensor
+
+    @property
+    def d_model(self) -> int:
+        return int(self.prompt.shape[1])
+
+
+def validate_adapter(
+    path_or_repo: str | os.PathLike,
+    base_model: torch.nn.Module | None = None,
+    *,
+    subfolder: str | None = None,
+    **hub_kwargs: Any,
+) -> AdapterReport:
+    """Check a prompt adapter (directory or Hub repo id) without running any of its content.
+
+    Args:
+        path_or_repo: adapter directory or Hub repo id.
+        base_model: optional model (a `PreTrainedModel` or a `PeftModel`) the prompt must fit: its d_model
+            (input-embedding width) must equal the prompt's width.
+        subfolder: subfolder of the adapter inside `path_or_repo`.
+        **hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, `cache_dir`, ...).
+
+    Returns:
+        An `AdapterReport` with the built config and the prompt `[R, H]`.
+
+    Raises:
+        AdapterError: (a `ValueError`) for every problem in the adapter's files, naming the file.
+        TypeError: when `path_or_repo` is not a path or `base_model` is not a torch module.
+    """
+    if not isinstance(path_or_repo, str | os.PathLike):
+        raise TypeError(f"path_or_repo must be an adapter directory or Hub repo id, got {path_or_repo!r}.")
+    path_or_repo = os.fspath(path_or_repo)
+    if base_model is not None and not isinstance(base_model, torch.nn.Module):
+        raise TypeError(f"base_model must be a torch model or None, got {type(base_model).__name__}.")
+    where = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
+
+    plain = _read_json(path_or_repo, CONFIG_NAME, subfolder, hub_kwargs)
+    if plain is None:
+        raise AdapterError(
+            f"No {CONFIG_NAME} at {where!r}: it is not an adapter directory or repo."
+            + _interrupted_save(where)
+        )
+    config_file = os.path.join(where, CONFIG_NAME)
+    _check_fields(plain, config_file)
+    record = _read_json(path_or_repo, RECORD_NAME, subfolder, hub_kwargs)
+    config = _build_config(plain, record, config_file)
+
+    weights_file = _locate_weights(path_or_repo, subfolder, hub_kwargs, where)
+    prompt = _read_prompt(weights_file, _expected_rows(config), config.token_dim)
+    if base_model is not None:
+        model_dim = _model_dim(base_model)
+        if prompt.shape[1] != model_dim:
+            raise AdapterError(
+                f"{weights_file}: the prompt has shape {tuple(prompt.shape)} (rows, d_model) but the base "
+                f"model's d_model is {model_dim}: the adapter was trained on a different base model; load it "
+                "onto that one."
+            )
+    return AdapterReport(location=where, config=config, weights_file=weights_file, prompt=prompt)
+
+
+def load_adapter_safely(
+    model: torch.nn.Module, path_or_repo: str | os.PathLike, adapter_name: str = "default", **kwargs: Any
+) -> PeftModel:
+    """`validate_adapter`, then load with PEFT, then check that PEFT loaded exactly the validated prompt.
+
+    Args:
+        model: a base model (loaded with `PeftModel.from_pretrained`) or a `PeftModel` (the adapter is added
+            with `model.load_adapter`; on failure the half-added adapter is deleted again).
+        path_or_repo: adapter directory or Hub repo id.
+        adapter_name: name of the loaded adapter.
+        **kwargs: passed to PEFT's loader (`subfolder`, `revision`, `torch_device`, ...).
+
+    Returns:
+        The `PeftModel` holding the adapter (`model` itself when it is a `PeftModel`).
+    """
+    path_or_repo = os.fspath(path_or_repo) if isinstance(path_or_repo, os.PathLike) else path_or_repo
+    hub_keys = inspect.signature(hf_hub_download).parameters
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in hub_keys and k != "subfolder"}
+    report = validate_adapter(path_or_repo, model, subfolder=kwargs.get("subfolder"), **hub_kwargs)
+    if isinstance(model, PeftModel):
+        if adapter_name in model.peft_config:
+            raise ValueError(
+                f"adapter_name={adapter_name!r} is already loaded; pick another name or delete it first with "
+                f"model.delete_adapter({adapter_name!r})."
+            )
+        peft_model = model
+        try:
+            model.load_adapter(path_or_repo, adapter_name=adapter_name, **kwargs)
+            _check_loaded(model, adapter_name, report)
+        except BaseException:
+            if adapter_name in model.peft_config:  # PEFT adds the adapter before reading the weights
+                model.delete_adapter(adapter_name)
+            raise
+    else:
+        peft_model = PeftModel.from_pretrained(model, path_or_repo, adapter_name=adapter_name, **kwargs)
+        _check_loaded(peft_model, adapter_name, report)
+    return peft_model
+
+
+# ------------------------------------------------------------------------------------------- config
+def _locate(path_or_repo: str, filename: str, subfolder: str | None, hub_kwargs: dict) -> str | None:
+    """`_hub.locate`, with a missing local path or an unreachable Hub repo turned into an `AdapterError`."""
+    from huggingface_hub.errors import HFValidationError
+
+    folder = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
+    if not os.path.isdir(folder) and (os.path.isabs(path_or_repo) or path_or_repo.startswith(".")):
+        raise AdapterError(
+            f"No directory {folder!r}: pass an adapter directory or a Hub repo id.{_interrupted_save(folder)}"
+        )
+    try:
+        return locate(path_or_repo, filename, subfolder, **hub_kwargs)
+    except HFValidationError:
+        raise AdapterError(
+            f"{path_or_repo!r} is neither an adapter directory nor a valid Hub repo id."
+        ) from None
+    except OSError as exc:  # huggingface_hub's not-found, offline and HTTP errors are OSErrors
+        raise AdapterError(f"{filename} of {folder!r} cannot be fetched: {exc}") from None
+
+
+def _interrupted_save(folder: str) -> str:
+    """A hint when `safe_save.save_adapter_atomically` was killed between its two renames, else ''."""
+    leftover = f"{folder.rstrip(os.sep)}.old"
+    if not os.path.isdir(leftover):
+        return ""
+    return (
+        f" {leftover} exists: a save was interrupted; "
+        f"softprompt_ext.safe_save.recover_adapter_dir({folder!r}) "
+        "restores the previous adapter."
+    )
+
+
+def _read_json(path_or_repo: str, filename: str, subfolder: str | None, hub_kwargs: dict) -> dict | None:
+    """The JSON object in `filename`, None when absent; never more than MAX_JSON_BYTES read."""
+    local = _locate(path_or_repo, filename, subfolder, hub_kwargs)
+    if local is None:
+        return None
+    size = os.path.getsize(local)
+    if size > MAX_JSON_BYTES:
+        raise AdapterError(
+            f"{local}: {size} bytes; an adapter's {filename} is a few KB, this one is refused."
+        )
+    with open(local, "rb") as handle:
+        raw = handle.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AdapterError(
+            f"{local}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is damaged."
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{local}: not valid JSON ({exc}); the file is damaged.") from None
+    except RecursionError:
+        raise AdapterError(
+            f"{local}: JSON nested too deeply to be an adapter config; the file is damaged."
+        ) from None
+    if not isinstance(data, dict):
+        raise AdapterError(
+            f"{local}: expected a JSON object, got a JSON {type(data).__name__}; the file is damaged."
+        )
+    return data
+
+
+def _check_fields(plain: dict[str, Any], config_file: str) -> None:
+    """peft_type and the types of the fields PEFT reads; the config classes check values afterwards."""
+    if "peft_type" not in plain:
+        raise AdapterError(f"{config_file}: no 'peft_type' key; every PEFT adapter config names its method.")
+    if plain["peft_type"] != "PROMPT_TUNING":
+        raise AdapterError(
+            f"{config_file}: peft_type={plain['peft_type']!r}; only prompt-tuning adapters (peft_type "
+            "'PROMPT_TUNING') are validated here."
+        )
+    if "num_virtual_tokens" not in plain:
+        raise AdapterError(
+            f"{config_file}: no 'num_virtual_tokens' key; a prompt adapter records its length P."
+        )
+    for name, (types, nullable) in _FIELD_TYPES.items():
+        if name not in plain or (plain[name] is None and nullable):
+            continue
+        value = plain[name]
+        ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+        if not ok:
+            expected = " or ".join(t.__name__ for t in types) + (" or null" if nullable else "")
+            raise AdapterError(
+                f"{config_file}: {name}={value!r} has type {type(value).__name__}, expected {expected}."
+            )
+    for name in ("num_virtual_tokens", "token_dim"):
+        if isinstance(plain.get(name), int) and plain[name] < 1:
+            raise AdapterError(f"{config_file}: {name}={plain[name]} must be >= 1.")
+    if plain.get("num_transformer_submodules") not in (None, 1, 2):
+        raise AdapterError(
+            f"{config_file}: num_transformer_submodules={plain['num_transformer_submodules']!r} "
+            "must be 1 or 2."
+        )
+
+
+def _build_config(
+    plain: dict[str, Any], record: dict[str, Any] | None, config_file: str
+) -> PromptTuningConfig:
+    """The config object PEFT's loader builds, its validation errors prefixed with the file."""
+    try:
+        if record is not None:
+            return SoftPromptConfig.from_parts(plain, record)
+        known = {f.name for f in fields(PromptTuningConfig) if f.init}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown keys: PEFT's own loader warns about them once, later
+            return PromptTuningConfig(**{k: v for k, v in plain.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        files = config_file if record is None else f"{config_file} + {RECORD_NAME}"
+        raise AdapterError(f"{files}: {exc}") from exc
+
+
+def _expected_rows(config: PromptTuningConfig) -> int:
+    """Rows of the saved prompt: P for SoftPromptConfig, P x submodules for a plain PEFT config."""
+    if isinstance(config, SoftPromptConfig):
+        return config.num_virtual_tokens
+    submodules = config.num_transformer_submodules
+    if submodules is None:  # PEFT's default, applied when the adapter is set up
+        submodules = 2 if getattr(config.task_type, "value", config.task_type) == "SEQ_2_SEQ_LM" else 1
+    return config.num_virtual_tokens * submodules
+
+
+# ------------------------------------------------------------------------------------------- weights
+def _locate_weights(path_or_repo: str, subfolder: str | None, hub_kwargs: dict, where: str) -> str:
+    local = _locate(path_or_repo, SAFETENSORS_WEIGHTS_NAME, subfolder, hub_kwargs)
+    if local is not None:
+        return local
+    pickle_file = os.path.join(where, WEIGHTS_NAME)
+    found = (
+        f"{pickle_file} is a pickle"
+        if os.path.isfile(pickle_file)
+        else f"No {SAFETENSORS_WEIGHTS_NAME} at {where!r}"
+    )
+    raise AdapterError(
+        f"{found}: only {SAFETENSORS_WEIGHTS_NAME} is loaded. Pickled weights ({WEIGHTS_NAME}) are refused "
+        "because unpickling a file can run arbitrary code. If you trust the file's author, convert it once: "
+        "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
+    )
+
+
+def _read_prompt(weights_file: str, expected_rows: int, token_dim: int | None) -> torch.Tensor:
+    """The prompt `[R, H]` of a safetensors file, checked against the config before and after reading."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(weights_file, framework="pt") as handle:
+            keys = list(handle.keys())
+            if PROMPT_KEY not in keys:
+                raise AdapterError(
+                    f"{weights_file}: holds {sorted(keys)} but no {PROMPT_KEY!r}; it is not a prompt-tuning "
+                    "adapter."
+                )
+            if len(keys) > 1:
+                warnings.warn(
+                    f"{weights_file}: ignoring tensors {sorted(set(keys) - {PROMPT_KEY})}; a prompt adapter "
+                    "holds "
+                    f"only {PROMPT_KEY!r}.",
+                    stacklevel=3,
+                )
+            header = handle.get_slice(PROMPT_KEY)
+            shape, dtype = tuple(header.get_shape()), header.get_dtype()
+            _check_header(weights_file, shape, dtype, expected_rows, token_dim)
+            prompt = handle.get_tensor(PROMPT_KEY)  # [R, H]
+    except SafetensorError as exc:
+        raise AdapterError(
+            f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged."
+        ) from None
+    except OSError as exc:
+        raise AdapterError(f"{weights_file}: cannot be read ({exc}).") from None
+    if not torch.isfinite(prompt).all():
+        bad = int((~torch.isfinite(prompt)).sum())
+        raise AdapterError(
+            f"{weights_file}: {bad} of {prompt.numel()} prompt values are NaN or inf; the adapter is damaged."
+        )
+    return prompt
+
+
+def _check_header(
+    weights_file: str, shape: tuple, dtype: str, expected_rows: int, token_dim: int | None
+) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has dtype {dtype}; a prompt is floating point "
+            f"({', '.join(FLOAT_DTYPES)}). The adapter is damaged or not a prompt."
+        )
+    if len(shape) != 2:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}, expected 2 dimensions [P, d_model]."
+        )
+    if shape[0] != expected_rows:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has {shape[0]} rows but {CONFIG_NAME} implies {expected_rows} "
+            "(num_virtual_tokens x prompt submodules); the adapter files do not belong together."
+        )
+    if token_dim is not None and shape[1] != token_dim:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has width {shape[1]} but {CONFIG_NAME} says "
+            f"token_dim={token_dim}; "
+            "the adapter files do not belong together."
+        )
+    if shape[1] < 1 or math.prod(shape) == 0:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}; an empty prompt cannot be used."
+        )
+
+
+def _model_dim(model: torch.nn.Module) -> int:
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    get = getattr(base, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    if embeddings is None or not hasattr(embeddings, "weight"):
+        raise TypeError(
+            f"base_model ({type(base).__name__}) has no input embeddings (get_input_embeddings()); pass the "
+            "transformers model the adapter was trained on."
+        )
+    return int(embeddings.weight.shape[-1])
+
+
+def _check_loaded(model: PeftModel, adapter_name: str, report: AdapterReport) -> None:
+    """The prompt PEFT loaded must be the validated one (a file replaced between the two reads is caught)."""
+    loaded = model.prompt_encoder[adapter_name].embedding.weight.detach()  # [R, H]
+    expected = report.prompt.to(device=loaded.device, dtype=loaded.dtype)
+    if loaded.shape != expected.shape or not torch.equal(loaded, expected):
+        raise AdapterError(
+            f"{report.weights_file}: the prompt PEFT loaded differs from the validated one; the adapter "
+            "changed on disk while loading. Load it again."
+        )
