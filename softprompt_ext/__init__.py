@@ -52,6 +52,9 @@ _LAZY = {
     "save_adapter_atomically": "safe_save",
     "recover_adapter_dir": "safe_save",
     "last_complete_checkpoint": "safe_save",
+    "bf16_autocast": "fast_path",
+    "causal_lm_target_loss": "fast_path",
+    "fuse_gelu": "fast_path",
 }
 
 

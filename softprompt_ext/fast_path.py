@@ -1,0 +1,171 @@
+"""The fast path for training a soft prompt: less work per step for the same (or a tolerably close) result.
+
+Prompt tuning freezes the whole model (Lester et al. 2021, section 2), so a training step is a forward
+pass plus a backward pass that needs only input gradients, never weight gradients: about twice a
+forward. `benchmarks/run.py` measures how close a step comes to that and found two kinds of work that a
+plain step pays for and the result does not need (numbers in `benchmarks/RESULTS.md`):
+
+* **Logits nobody reads (decoder-only models).** A causal LM computes vocabulary logits at every
+  position, the P virtual tokens and the whole input included, and PEFT returns all of them. A
+  classification or short-answer target needs logits only at the few positions that predict labelled
+  tokens. `causal_lm_target_loss` asks the model for those positions alone (transformers'
+  `logits_to_keep`) and computes the same mean cross-entropy the model would; the loss is equal up to
+  float rounding, so the gradients and the trained prompt are unchanged. On a Llama-shaped 60M model
+  (vocabulary 32,000) with P=100, 128 input and 4 target tokens, `lm_head` over all 232 positions is 61
+  of the forward's 166 GFLOP, and its logits (plus their log-softmax and gradient) 3 x 237 MB at batch 8.
+  Encoder-decoder models (T5) already compute logits for the target positions only.
+* **A GELU spelled out in Python (T5 1.1, mT5, GPT-2).** transformers' `NewGELUActivation` computes
+  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) as eight separate tensor operations, each of which keeps
+  its input for the backward pass. `fuse_gelu` swaps those modules for PyTorch's fused kernel of the same
+  formula (`F.gelu(approximate="tanh")`, equal to float rounding: 2.4e-7 at most on N(0, 1) inputs). On
+  the T5 1.1-small shape at batch 8 x 228 tokens this drops 174 MB (20 %) of the tensors saved for
+  backward and four fifths of the activation's time.
+* **Float32 matrix products on hardware with fast bfloat16.** `bf16_autocast` runs the frozen model's
+  matrix products in bfloat16 where the device has bf16 units (CUDA with bf16 support, CPUs with
+  AVX512-BF16 or AMX), keeping the prompt, its gradient and the optimizer in float32. This changes the
+  result by bfloat16 rounding only (tests bound it); it is what `TrainingArguments(bf16=True)` does.
+
+Dropout is *not* on this list: the paper's recipe uses dropout 0.1, and its masks are part of the
+result. (Dropout with p=0 costs nothing in PyTorch: `F.dropout` returns its input unchanged.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # the label value transformers' losses skip
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` has bfloat16 matrix units (so bf16 autocast speeds training up rather than down).
+
+    CUDA: `torch.cuda.is_bf16_supported()`. CPU: AVX512-BF16 or AMX-BF16, as oneDNN reports it; older
+    CPUs emulate bf16 and get slower, so they answer False.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+        try:
+            return bool(probe()) if probe is not None else False
+        except RuntimeError:  # a build without oneDNN
+            return False
+    return False
+
+
+@contextlib.contextmanager
+def bf16_autocast(device: str | torch.device = "cpu", enabled: bool | None = None) -> Iterator[bool]:
+    """Run the enclosed forward pass under bfloat16 autocast where it is fast; yield whether it is on.
+
+    Args:
+        device: where the model runs ("cpu", "cuda", "cuda:1", or a `torch.device`).
+        enabled: None (default) turns autocast on when `bf16_is_fast(device)`; True forces it on; False off.
+
+    Wrap the forward pass and the loss only; call `backward()` and `optimizer.step()` after the block
+    (autocast's own rule). Parameters stay float32, so the prompt's gradient and optimizer state do too.
+    """
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}; None picks by hardware.")
+    device = torch.device(device)
+    on = bf16_is_fast(device) if enabled is None else enabled
+    if not on:
+        yield False
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield True
+
+
+class TanhGELU(torch.nn.Module):
+    """GELU, tanh approximation, as one fused PyTorch kernel: `F.gelu(x, approximate="tanh")`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+def fuse_gelu(model: torch.nn.Module) -> int:
+    """Replace transformers' Python-composed tanh-GELU modules in `model` by `TanhGELU`; return how many.
+
+    Covers `NewGELUActivation` (T5 1.1 / LM-adapted T5 `gated-gelu`, mT5, GPT-2's `gelu_new`) and
+    `FastGELUActivation`, which are the same formula written as separate operations. The swap changes
+    results by float rounding only, holds no parameters (saved adapters are unaffected) and is idempotent.
+    Call it on the base model before or after `get_peft_model`.
+    """
+    from transformers.activations import FastGELUActivation, NewGELUActivation
+
+    composed = (NewGELUActivation, FastGELUActivation)
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in composed:  # exact types: a subclass may compute something else
+                setattr(parent, name, TanhGELU())
+                count += 1
+    return count
+
+
+def target_positions(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits the loss needs: the `k` to pass as `logits_to_keep`.
+
+    Args:
+        labels: `[B, L]` token ids, `IGNORE_INDEX` where no loss is taken (the input part).
+    Returns:
+        `k` such that the logits of the last `k` positions predict every labelled token (the logit at
+        position t predicts token t + 1, so k = L - first labelled column + 1, and at most L).
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [batch, length], got shape {tuple(labels.shape)}.")
+    labelled = (labels != IGNORE_INDEX).any(dim=0)  # [L]
+    if not bool(labelled.any()):
+        raise ValueError("labels holds no labelled token (every value is -100): there is no loss to compute.")
+    first = int(labelled.nonzero()[0])
+    length = labels.shape[1]
+    return min(length, length - max(first, 1) + 1)  # column 0 is never predicted
+
+
+def causal_lm_target_loss(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """The causal-LM loss computed from the logits of the labelled positions only.
+
+    Equal, up to float rounding, to `model(input_ids, attention_mask=..., labels=labels).loss` (the mean
+    token cross-entropy over labelled tokens, computed in float32) for a transformers causal LM, a PEFT
+    model wrapping one (prompt tuning, LoRA, ...), or any model whose forward takes `logits_to_keep`.
+    It pays for `lm_head` on the last `target_positions(labels)` positions instead of on all P + L.
+
+    Args:
+        model: the (PEFT-wrapped) causal LM.
+        input_ids: `[B, L]`.
+        labels: `[B, L]`, `IGNORE_INDEX` on the positions without a loss; labels aligned with
+            `input_ids` as transformers expects (the model shifts them).
+        attention_mask: `[B, L]` or None.
+        kwargs: passed on to the model's forward.
+    Returns:
+        the scalar loss.
+    """
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but input_ids has {tuple(input_ids.shape)}; a causal LM "
+            "takes labels aligned with its input (the model shifts them)."
+        )
+    keep = target_positions(labels)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
+    logits = out.logits  # [B, keep, V]: the last `keep` positions of the (possibly prompt-extended) input
+    if logits.shape[1] != keep:
+        raise ValueError(
+            f"the model returned logits for {logits.shape[1]} positions when asked for {keep}: its forward "
+            "does not honour logits_to_keep; compute the loss from model(..., labels=labels).loss instead."
+        )
+    shifted = labels[:, labels.shape[1] - keep + 1 :]  # [B, keep - 1]: what positions -keep..-2 predict
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),  # [B * (keep - 1), V]
+        shifted.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )

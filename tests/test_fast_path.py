@@ -1,0 +1,191 @@
+"""softprompt_ext.fast_path: the same loss from fewer logits, and bf16 autocast within tolerance."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from softprompt_ext import SoftPromptConfig
+from softprompt_ext.fast_path import (
+    TanhGELU,
+    bf16_autocast,
+    bf16_is_fast,
+    causal_lm_target_loss,
+    fuse_gelu,
+    target_positions,
+)
+
+IGNORE = -100
+
+
+def _prompt_model(make_model, kind: str, num_virtual_tokens: int = 3):
+    task = "SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM"
+    config = SoftPromptConfig(
+        task_type=task, num_virtual_tokens=num_virtual_tokens, sample_vocab_size=50, init_seed=0
+    )
+    return get_peft_model(make_model(kind), config)
+
+
+def _prompt_grad(model, loss: torch.Tensor) -> torch.Tensor:
+    return torch.autograd.grad(loss, model.prompt_encoder.default.embedding.weight)[0]  # [P, H]
+
+
+# ------------------------------------------------------------------------------------- target_positions
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ([[IGNORE, IGNORE, 5, 6], [IGNORE, IGNORE, IGNORE, 7]], 3),  # first labelled column 2: logits 1..3
+        ([[IGNORE, IGNORE, IGNORE, 7]], 2),  # one target token: logits at positions 2 and 3
+        ([[4, 5, 6, 7]], 4),  # column 0 is never predicted: all 4 positions
+        ([[IGNORE, 5, IGNORE, IGNORE]], 4),  # label in column 1 needs the logit at position 0
+    ],
+)
+def test_target_positions_counts_the_logits_the_loss_reads(labels, expected):
+    assert target_positions(torch.tensor(labels)) == expected
+
+
+def test_target_positions_rejects_labels_without_a_target():
+    with pytest.raises(ValueError, match="holds no labelled token"):
+        target_positions(torch.full((2, 5), IGNORE))
+
+
+def test_target_positions_rejects_a_flat_tensor():
+    with pytest.raises(ValueError, match=r"labels must be \[batch, length\], got shape \(5,\)"):
+        target_positions(torch.tensor([1, 2, 3, 4, 5]))
+
+
+# ------------------------------------------------------------------------------------- causal_lm_target_loss
+def _llama_batch(tokenizer_len: int):
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, tokenizer_len, (3, 10), generator=gen)  # [B, L]
+    labels = ids.clone()
+    labels[:, :7] = IGNORE  # input part
+    labels[1, 7] = IGNORE  # a shorter target in one row
+    mask = torch.ones_like(ids)
+    mask[2, 0] = 0  # a left-padded row
+    return ids, labels, mask
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["plain-llama", "prompt-tuned-llama"])
+def test_target_loss_equals_the_models_own_loss_and_gradient(make_model, tokenizer, wrapped):
+    model = _prompt_model(make_model, "llama") if wrapped else make_model("llama")
+    ids, labels, mask = _llama_batch(len(tokenizer))
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    fast = causal_lm_target_loss(model, ids, labels, attention_mask=mask)
+    torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
+    if wrapped:
+        torch.testing.assert_close(
+            _prompt_grad(model, fast), _prompt_grad(model, reference), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_target_loss_asks_the_model_for_the_target_positions_only(make_model, tokenizer):
+    model = _prompt_model(make_model, "llama", num_virtual_tokens=4)
+    ids, labels, mask = _llama_batch(len(tokenizer))
+    seen = {}
+
+    def record(module, args, kwargs, output):
+        seen["logits"] = tuple(output.logits.shape)
+
+    handle = model.base_model.register_forward_hook(record, with_kwargs=True)
+    try:
+        causal_lm_target_loss(model, ids, labels, attention_mask=mask)
+    finally:
+        handle.remove()
+    assert seen["logits"] == (3, 4, len(tokenizer))  # first target column 7: logits 6..9, not all 4 + 10
+
+
+def test_target_loss_rejects_labels_not_aligned_with_the_input(make_model):
+    with pytest.raises(ValueError, match=r"labels has shape \(2, 3\) but input_ids has \(2, 5\)"):
+        causal_lm_target_loss(
+            make_model("llama"), torch.ones(2, 5, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+        )
+
+
+def test_target_loss_refuses_a_model_that_ignores_logits_to_keep():
+    def forward(input_ids, attention_mask=None, logits_to_keep=0):
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 7))  # [B, L, V] whatever was asked
+
+    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 2, 3]])
+    with pytest.raises(ValueError, match="returned logits for 5 positions when asked for 3"):
+        causal_lm_target_loss(forward, torch.ones(1, 5, dtype=torch.long), labels)
+
+
+# ------------------------------------------------------------------------------------- bf16 autocast
+def test_bf16_is_fast_answers_false_where_there_is_no_device():
+    assert isinstance(bf16_is_fast("cpu"), bool)
+    assert bf16_is_fast("meta") is False
+    if not torch.cuda.is_available():
+        assert bf16_is_fast("cuda") is False
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_bf16_autocast_turns_autocast_on_only_when_asked(enabled):
+    with bf16_autocast("cpu", enabled=enabled) as on:
+        assert on is enabled
+        assert torch.is_autocast_enabled("cpu") is enabled
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == (torch.bfloat16 if enabled else torch.float32)
+    assert torch.is_autocast_enabled("cpu") is False
+
+
+def test_bf16_autocast_by_default_follows_the_hardware():
+    with bf16_autocast("cpu") as on:
+        assert on is bf16_is_fast("cpu")
+
+
+def test_bf16_autocast_rejects_a_non_boolean_switch():
+    with pytest.raises(TypeError, match="enabled must be True, False or None, got 'yes'"):
+        with bf16_autocast("cpu", enabled="yes"):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_bf16_autocast_keeps_loss_and_prompt_gradient_close_to_fp32(make_model, tokenizer, kind):
+    model = _prompt_model(make_model, kind).eval()  # no dropout: both passes see the same network
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, len(tokenizer), (4, 12), generator=gen)
+    labels = torch.randint(3, len(tokenizer), (4, 3), generator=gen) if kind == "t5" else ids
+    loss32 = model(input_ids=ids, labels=labels).loss
+    grad32 = _prompt_grad(model, loss32)
+    with bf16_autocast("cpu", enabled=True):
+        loss16 = model(input_ids=ids, labels=labels).loss
+    grad16 = _prompt_grad(model, loss16)
+    assert grad16.dtype == torch.float32  # the prompt and its gradient stay float32
+    torch.testing.assert_close(loss16.float(), loss32, rtol=2e-2, atol=0.0)
+    cosine = torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0)
+    assert cosine > 0.99
+
+
+# ------------------------------------------------------------------------------------- fused GELU
+def test_tanh_gelu_matches_transformers_new_gelu():
+    from transformers.activations import FastGELUActivation, NewGELUActivation
+
+    x = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(TanhGELU()(x), NewGELUActivation()(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(TanhGELU()(x), FastGELUActivation()(x), rtol=0, atol=1e-6)
+
+
+def test_fuse_gelu_swaps_every_gated_gelu_of_t5_and_keeps_loss_and_gradient(make_model, tokenizer):
+    model = _prompt_model(make_model, "t5").eval()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, len(tokenizer), (2, 9), generator=gen)
+    labels = torch.randint(3, len(tokenizer), (2, 3), generator=gen)
+    before = model(input_ids=ids, labels=labels).loss
+    grad_before = _prompt_grad(model, before)
+
+    assert fuse_gelu(model) == 4  # one per feed-forward block: 2 encoder + 2 decoder layers
+    assert fuse_gelu(model) == 0  # idempotent
+    after = model(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_prompt_grad(model, after), grad_before, rtol=1e-5, atol=1e-7)
+    assert isinstance(model.base_model.encoder.block[0].layer[1].DenseReluDense.act, TanhGELU)
+
+
+def test_fuse_gelu_leaves_other_activations_alone(make_model):
+    model = make_model("llama")  # SiLU
+    assert fuse_gelu(model) == 0
+    assert type(model.model.layers[0].mlp.act_fn).__name__ != "TanhGELU"
