@@ -275,6 +275,10 @@ def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir:
         f" tokens, target {results['main'][shapes[0]]['inputs']['target_len']} tokens, P = "
         f"{results['main'][shapes[0]]['num_virtual_tokens']}, AdamW for every method.",
         "",
+        "Other benchmarks: quality on a pretrained model, the paper's Figure 3 ablations on the embedded tiny T5 "
+        "([`QUALITY.md`](QUALITY.md), `python benchmarks/quality.py`); mixed-task batches and prompt ensembling "
+        "([`results/multi_prompt.md`](results/multi_prompt.md), `python benchmarks/multi_prompt.py`).",
+        "",
         "## Headline",
         "",
         "| ratio | " + " | ".join(shapes) + " | target | verdict |",
