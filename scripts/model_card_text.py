@@ -1,0 +1,85 @@
+"""Text of the model card and of the task's README, filled from the build record (no number typed by hand)."""
+
+from __future__ import annotations
+
+LICENCE_NAME = "WordNet 3.0 license (Princeton University)"
+LICENCE_NOTE = (
+    "WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. Used under the WordNet 3.0 "
+    "license (Debian package `wordnet-base`, /usr/share/doc/wordnet-base/copyright): permission to use, copy, "
+    "modify and distribute for any purpose and without fee or royalty, provided the copyright notice and "
+    "statements, including the disclaimer, appear on all copies. THE DATABASE IS PROVIDED \"AS IS\" AND "
+    "PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES, EXPRESS OR IMPLIED. The name of Princeton "
+    "University or Princeton may not be used in advertising or publicity pertaining to distribution of the "
+    "database. Title to copyright in the database shall at all times remain with Princeton University."
+)
+
+
+def _curve_summary(curve: list[dict]) -> str:
+    if not curve:
+        return "n/a"
+    picks = [curve[0], curve[len(curve) // 4], curve[len(curve) // 2], curve[-1]]
+    return ", ".join(f"step {p['step']}: {p['loss']:.2f}" for p in picks)
+
+
+def model_card(record: dict) -> str:
+    pre, lm = record["pretraining"], record["lm_adaptation"]
+    shape = record["model_shape"]
+    return f"""---
+license: other
+license_name: wordnet-3.0
+language: en
+library_name: transformers
+tags: [t5, lm-adapted, prompt-tuning, softprompt-ext]
+---
+# t5-wordnet-lm-adapt (embedded in softprompt-ext)
+
+A tiny T5 1.1-style encoder-decoder (GeGLU, relative attention, unscaled decoder outputs; d_model {shape['d_model']},
+{shape['num_layers']}+{shape['num_decoder_layers']} layers, d_ff {shape['d_ff']}, {shape['num_heads']} heads,
+{record['parameters']:,} parameters, stored in fp16; Transformers 5.x ties T5's input and output embeddings
+whatever the config says, so unlike T5 1.1 they are shared) built offline by `scripts/build_embedded_model.py` to make
+prompt tuning (Lester et al. 2021) runnable on a laptop CPU. It knows only WordNet's English definitions;
+it is a test bed, not a general language model, and it is badly under-trained: pre-training made
+{pre['steps'] * pre['batch_size'] / pre['examples_per_epoch']:.1f} passes over its {record['tokenizer']['corpus_tokens']:,}-token corpus, about
+{pre['tokens_seen'] / 1e6:.0f}M tokens (what fit the time budget), orders of magnitude short of T5's.
+
+## Training
+1. **Span corruption** (T5 pre-training; noise 0.15, mean span 3): {pre['steps']} steps of batch
+   {pre['batch_size']} (inputs {pre['input_length']}, targets {pre['target_length']} tokens), {pre['tokens_seen']:,}
+   tokens seen, {pre['optimizer']} lr {pre['learning_rate']} ({pre['schedule']}), {pre['precision']},
+   {pre['wall_seconds']} s on one thread of 2 shared CPU cores. Loss: {_curve_summary(pre['loss_curve'])}.
+   That checkpoint ships as `t5-wordnet-span` (for the paper's Figure 3 ablation).
+2. **LM adaptation** (prefix LM, paper section 3.3) with `softprompt_ext.lm_adapt`: {lm['steps']} steps
+   (~{round(100 * lm['steps'] / pre['steps'])}% of pre-training, as the paper's 100K on ~1M), {lm['optimizer']},
+   {lm['precision']}, {lm['wall_seconds']} s, {lm['loss_curve'][-1]['tokens']:,} input tokens. Loss: {_curve_summary(lm['loss_curve'])}.
+   `config.json` records it under `lm_adaptation`.
+
+Tokenizer: SentencePiece-style Unigram, {record['tokenizer']['tokens']} tokens (0 pad, 1 `</s>`, 2 `<unk>`,
+100 sentinels `<extra_id_i>` last), trained on the same corpus. Full record: `../build_record.json`.
+
+## Data and licence
+WordNet 3.0 glosses and example sentences of all parts of speech ({record['data']['synsets']:,} synsets, Debian
+`wordnet-base`), leaving out the {record['data']['held_out_synsets']} dev/test synsets of the bundled
+`wordnet_supersense` task. {LICENCE_NOTE}
+
+## Use
+```python
+from softprompt_ext.embedded import load_embedded
+model, tokenizer = load_embedded("lm_adapt")
+```
+"""
+
+
+def task_readme(per_class: dict[str, int]) -> str:
+    sizes = ", ".join(f"{name} {count} per class" for name, count in per_class.items())
+    return f"""# wordnet_supersense
+
+WordNet noun supersense classification, built by `scripts/build_embedded_model.py` from WordNet 3.0.
+Input (`text`): up to three lemmas and the definition of a noun synset; label (`label`): its lexicographer
+file as a word (noun.animal -> `animal`; classes animal, artifact, body, food, location, person, plant,
+substance). Balanced, drawn per synset with seed 0 ({sizes}); `id` is `offset-type`, unique across splits, and
+no definition appears in two splits. The embedded model's tokenizer and pretraining corpus exclude every dev
+and test synset.
+
+## Licence
+{LICENCE_NOTE}
+"""

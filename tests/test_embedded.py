@@ -1,0 +1,164 @@
+"""The embedded checkpoints, the bundled supersense task, the WordNet parser and the supersense example."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from softprompt_ext import SoftPromptConfig, checkpoints
+from softprompt_ext.embedded import (
+    SUPERSENSE_LABELS,
+    embedded_model_path,
+    load_embedded,
+    load_supersense,
+    read_supersense,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import wordnet_data  # noqa: E402
+
+# shape documented in the model card and softprompt_ext/embedded.py
+SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4,
+         "vocab_size": 4096, "feed_forward_proj": "gated-gelu",
+         "scale_decoder_outputs": False}  # T5 1.1 flag; transformers 5 always ties T5 embeddings
+
+
+@pytest.fixture(scope="module")
+def lm_adapted():
+    return load_embedded("lm_adapt")
+
+
+@pytest.mark.parametrize("kind", ["lm_adapt", "span"])
+def test_checkpoint_has_documented_shape_and_fp16_weights(kind):
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    path = embedded_model_path(kind)
+    config = AutoConfig.from_pretrained(path)
+    assert {k: getattr(config, k) for k in SHAPE} == SHAPE
+    weights = os.path.join(path, "model.safetensors")
+    assert os.path.getsize(weights) < 25 * 2**20
+    with safe_open(weights, "pt") as handle:
+        dtypes = {handle.get_slice(name).get_dtype() for name in handle.keys()}
+    assert dtypes == {"F16"}
+
+
+def test_lm_adapted_loads_offline_with_t5_token_layout(lm_adapted):
+    model, tokenizer = lm_adapted
+    assert model.dtype == torch.float32 and not model.training
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    assert len(tokenizer) == 4096
+    assert tokenizer.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_99>"]) == [3996, 4095]
+    assert model.get_input_embeddings().weight.shape == (4096, 256)
+    enc = tokenizer(["dog: a domesticated carnivorous mammal"], return_tensors="pt")
+    assert enc["input_ids"][0, -1].item() == 1  # EOS appended, as T5 does
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False)  # [1, <=3]
+    assert out.shape[0] == 1 and 1 < out.shape[1] <= 3
+
+
+def test_lm_adapted_config_records_adaptation_and_is_not_warned(lm_adapted):
+    from peft import get_peft_model
+
+    path = embedded_model_path("lm_adapt")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+        record = json.load(handle)["lm_adaptation"]
+    assert record["objective"] == "prefix_lm" and record["steps"] >= 1
+    assert not checkpoints.is_span_corruption_only(path)
+    model, _ = lm_adapted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        get_peft_model(model, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2,
+                                               prompt_tuning_init="RANDOM_UNIFORM"))
+    assert not [w for w in caught if "span-corruption" in str(w.message)]
+
+
+def test_span_checkpoint_is_detected_as_span_corruption():
+    assert checkpoints.is_span_corruption_only(embedded_model_path("span"))
+
+
+def test_span_checkpoint_records_its_objective_and_no_adaptation():
+    with open(os.path.join(embedded_model_path("span"), "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    assert config["pretraining"]["objective"] == "span_corruption"
+    assert "lm_adaptation" not in config
+
+
+def test_unknown_kind_and_split_raise():
+    with pytest.raises(ValueError, match=r"kind='t5-base' is not an embedded checkpoint; use one of"):
+        embedded_model_path("t5-base")
+    with pytest.raises(ValueError, match=r"split='validation' is not a supersense split"):
+        read_supersense("validation")
+
+
+def test_supersense_splits_are_disjoint_balanced_and_labelled():
+    splits = {name: read_supersense(name) for name in ("train", "dev", "test")}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 2000, "dev": 320, "test": 320}
+    ids = {name: {r["id"] for r in rows} for name, rows in splits.items()}
+    texts = {name: {r["text"] for r in rows} for name, rows in splits.items()}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not ids[a] & ids[b] and not texts[a] & texts[b]
+    for name, rows in splits.items():
+        assert len(ids[name]) == len(rows)
+        counts = {label: sum(r["label"] == label for r in rows) for label in SUPERSENSE_LABELS}
+        assert set(counts.values()) == {len(rows) // 8}, counts
+        assert all(wordnet_data.SUPERSENSES[r["lexname"]] == r["label"] for r in rows)
+    dataset = load_supersense("dev")
+    assert dataset.column_names == ["id", "text", "label", "lexname"] and len(dataset) == 320
+
+
+SNIPPET = """\
+  1 This software and database is being provided to you, the LICENSEE, by
+02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 002 @ 02083346 n 0000 ~ 01322604 n 0000 | a member of the genus Canis; "the dog barked all night"; "a dog's life"
+00022686 29 v 02 stimulate 0 arouse 1 001 @ 00021939 v 0000 01 + 08 00 | cause to be alert and energetic; "Coffee stimulates me"
+00004171 00 s 01 moribund(p) 0 001 & 00002728 a 0000 | being on the point of death; breathing your last
+"""
+
+
+def test_wndb_parser_on_hand_made_snippet():
+    records = [wordnet_data.parse_data_line(line) for line in SNIPPET.splitlines()]
+    assert records == [
+        None,
+        wordnet_data.Synset(2084071, "noun.animal", "n", ("dog", "domestic dog", "Canis familiaris"),
+                            "a member of the genus Canis", ("the dog barked all night", "a dog's life")),
+        wordnet_data.Synset(22686, "verb.body", "v", ("stimulate", "arouse"), "cause to be alert and energetic",
+                            ("Coffee stimulates me",)),
+        wordnet_data.Synset(4171, "adj.all", "s", ("moribund",), "being on the point of death; breathing your last",
+                            ()),
+    ]
+    assert records[1].synset_id == "02084071-n"
+    assert wordnet_data.task_input(records[1]) == "dog, domestic dog, Canis familiaris: a member of the genus Canis"
+
+
+def test_corpus_leaves_out_held_out_synsets_and_their_definitions():
+    synsets = [wordnet_data.parse_data_line(line) for line in SNIPPET.splitlines()[1:]]
+    twin = wordnet_data.Synset(1, "noun.act", "n", ("twin",), "cause to be alert and energetic", ())
+    held_out = [{"id": "00022686-v", "text": wordnet_data.task_input(synsets[1])}]
+    lines = wordnet_data.corpus_lines([*synsets, twin], held_out, max_chars=10_000)
+    assert lines == [
+        "dog, domestic dog, Canis familiaris: a member of the genus Canis. the dog barked all night. a dog's "
+        "life. moribund: being on the point of death; breathing your last."
+    ]
+
+
+@pytest.mark.slow
+def test_supersense_example_smoke_run_saves_a_loadable_adapter(tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "adapter"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "supersense.py"), "--steps", "2", "--dev_size", "8",
+         "--output_dir", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dev accuracy before tuning" in proc.stdout and "8/8 predictions identical" in proc.stdout
+    model, _ = load_embedded("lm_adapt")
+    reloaded = PeftModel.from_pretrained(model, str(out))
+    assert reloaded.peft_config["default"].num_virtual_tokens == 20
