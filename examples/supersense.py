@@ -1,6 +1,6 @@
 """Prompt-tune the embedded LM-adapted T5 on WordNet noun supersenses, save the prompt, reload it, compare.
 
-    python examples/supersense.py                 # ~3 minutes on 2 CPU cores
+    python examples/supersense.py                 # ~40 seconds on 2 CPU cores
     python examples/supersense.py --steps 2       # smoke run
 
 Everything is offline and shipped with the package: a tiny T5 1.1-style model that was pretrained with span

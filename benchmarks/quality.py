@@ -1,0 +1,233 @@
+"""Quality benchmark: the paper's Figure 3 ablations, one factor at a time, on the embedded tiny T5 (CPU scale).
+
+    python benchmarks/quality.py            # all panels, 3 seeds, 2 worker processes; writes
+                                            # benchmarks/results/quality.json and quality_*.png
+
+Lester et al. (2021), Figure 3, vary one factor from a default (P=100, class-label init, LM-adapted T5) and
+find: (a) longer prompts help up to ~20 tokens (b) class-label init beats sampled vocabulary beats random
+uniform (c/d) LM adaptation beats span corruption, with "span corruption + sentinel" in between. A full grid
+does not fit 2 CPU cores, so the default here is P=20 and every panel varies one factor from it; runs shared
+between panels are run once. Model tuning and LoRA are the reference points. Task: the bundled WordNet noun
+supersense task (8 classes, chance 12.5%). Each run trains a fixed number of steps, keeps the prompt best on dev
+and reports test accuracy (exact match of the greedy generation, the paper's metric; first-label-token rank
+classification too)
+and time-to-accuracy (training seconds and steps until dev accuracy first reaches a threshold).
+Runs are independent processes' work (`--workers`), one torch thread each: on 2 shared cores one thread per
+process was ~3x faster per step than two. `--resume` skips runs already in the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quality_runs import RunSpec, run  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+THRESHOLDS = (0.3, 0.5)  # dev accuracy for time-to-accuracy (chance is 0.125)
+
+
+def panels() -> dict[str, list[tuple[str, RunSpec]]]:
+    """Panel name -> [(label on the plot, spec without seed)]; the CLASS_LABELS/P=20/LM-adapted run is shared."""
+    default = RunSpec()
+    return {
+        "init": [(init, RunSpec(init=init)) for init in ("CLASS_LABELS", "SAMPLE_VOCAB", "RANDOM_UNIFORM", "RANDOM")],
+        "length": [(f"P={p}", RunSpec(num_virtual_tokens=p)) for p in (1, 5, 20, 100)],
+        "base": [("span corruption", RunSpec(base="span")),
+                 ("span + sentinel", RunSpec(base="span", sentinel=True)),
+                 ("LM adapted", default)],
+        "reference": [("prompt tuning", default), ("LoRA r=8", RunSpec(method="lora")),
+                      ("model tuning", RunSpec(method="model"))],
+    }
+
+
+def _with_seed(spec: RunSpec, seed: int) -> RunSpec:
+    return RunSpec(**{**spec.__dict__, "seed": seed})
+
+
+def _work(job: tuple[RunSpec, dict]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    spec, kwargs = job
+    started = time.time()
+    result = run(spec, **kwargs)
+    result["wall_seconds"] = round(time.time() - started, 1)
+    print(f"{spec.key}: test {result['test_accuracy']:.3f} label-token {result['test_label_token_accuracy']:.3f} "
+          f"best dev {result['best_dev_accuracy']:.3f} ({result['wall_seconds']} s)", flush=True)
+    return result
+
+
+def time_to(curve: list[dict], threshold: float) -> dict | None:
+    for point in curve:
+        if point["dev_accuracy"] >= threshold:
+            return {"step": point["step"], "seconds": point["seconds"]}
+    return None
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarise(runs: dict[str, dict], seeds: list[int]) -> dict:
+    summary = {}
+    for panel, entries in panels().items():
+        rows = []
+        for label, spec in entries:
+            done = [runs[k] for k in (_with_seed(spec, s).key for s in seeds) if k in runs]
+            if not done:
+                continue
+            row = {"label": label, "spec": spec.key.rsplit("/", 1)[0], "seeds": [r["seed"] for r in done],
+                   "test_accuracy": _stats([r["test_accuracy"] for r in done]),
+                   "best_dev_accuracy": _stats([r["best_dev_accuracy"] for r in done]),
+                   "valid_label_rate": _stats([r["valid_label_rate"] for r in done]),
+                   "trainable_parameters": done[0]["trainable_parameters"],
+                   "train_seconds": _stats([r["train_seconds"] for r in done]),
+                   # mean training loss of the last eval_every steps: a continuous signal when accuracy is flat
+                   "final_train_loss": _stats([r["dev_curve"][-1]["train_loss"] for r in done])}
+            row["test_label_token_accuracy"] = _stats([r["test_label_token_accuracy"] for r in done])
+            for threshold in THRESHOLDS:
+                reached = [time_to(r["dev_curve"], threshold) for r in done]
+                row[f"time_to_dev_{threshold}"] = {
+                    "reached": sum(x is not None for x in reached),
+                    "median_seconds": statistics.median([x["seconds"] for x in reached]) if all(reached) else None,
+                    "steps": [x["step"] if x else None for x in reached],
+                }
+            rows.append(row)
+        summary[panel] = rows
+    return summary
+
+
+def table(summary: dict) -> str:
+    """Markdown table: mean +- std (min-max) over seeds, and time to dev accuracy thresholds."""
+    head = ("| panel | setting | trainable | test acc (exact) | test acc (label token) | best dev | final train loss | "
+            + " | ".join(f"dev>={t}: seeds, median s" for t in THRESHOLDS) + " |")
+    lines = [head, "|" + "---|" * (7 + len(THRESHOLDS))]
+    for panel, rows in summary.items():
+        for row in rows:
+            acc, tok, dev = row["test_accuracy"], row["test_label_token_accuracy"], row["best_dev_accuracy"]
+            cells = [panel, row["label"], f"{row['trainable_parameters']:,}",
+                     f"{acc['mean']:.3f} +- {acc['std']:.3f} ({acc['min']:.3f}-{acc['max']:.3f})",
+                     f"{tok['mean']:.3f} +- {tok['std']:.3f}", f"{dev['mean']:.3f}",
+                     f"{row['final_train_loss']['mean']:.2f} +- {row['final_train_loss']['std']:.2f}"]
+            for t in THRESHOLDS:
+                info = row[f"time_to_dev_{t}"]
+                median = "-" if info["median_seconds"] is None else f"{info['median_seconds']:.0f}"
+                cells.append(f"{info['reached']}/{len(row['seeds'])}, {median}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "quality") -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    summary = {panel: rows for panel, rows in summary.items() if rows}
+    fig, axes = plt.subplots(1, len(summary), figsize=(4.3 * len(summary), 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
+    titles = {"init": "(a) prompt init, P=20", "length": "(b) prompt length, class-label init",
+              "base": "(c) pre-training objective, P=20", "reference": "(d) reference points"}
+    for ax, (panel, rows) in zip(axes, summary.items(), strict=True):
+        for x, row in enumerate(rows):
+            spec = next(s for label, s in panels()[panel] if label == row["label"])
+            values = [runs[_with_seed(spec, s).key]["test_accuracy"] for s in seeds if _with_seed(spec, s).key in runs]
+            ax.bar(x, row["test_accuracy"]["mean"], color="#9ecae1", edgecolor="#3182bd")
+            ax.scatter([x] * len(values), values, color="#08519c", s=14, zorder=3)
+        ax.axhline(0.125, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=25, ha="right", fontsize=8)
+        ax.set_title(titles[panel], fontsize=10)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("test accuracy (exact match); dots = seeds")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Prompt tuning ablations on the embedded tiny LM-adapted T5, WordNet supersense (8 classes)")
+    fig.tight_layout()
+    paths.append(os.path.join(RESULTS, f"{stem}_ablations.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    shown = [panel for panel in ("init", "reference") if panel in summary]
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.2), sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], shown, strict=True):
+        for i, (label, spec) in enumerate(panels()[panel]):
+            for s in seeds:
+                r = runs.get(_with_seed(spec, s).key)
+                if r:
+                    ax.plot([p["seconds"] for p in r["dev_curve"]], [p["dev_accuracy"] for p in r["dev_curve"]],
+                            color=f"C{i}", alpha=0.8, label=label if s == seeds[0] else None)
+        ax.set_xlabel("training seconds (1 thread, shared CPU)")
+        ax.set_title(f"dev accuracy over time: {panel}", fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("dev accuracy")
+    fig.tight_layout()
+    paths.append(os.path.join(RESULTS, f"{stem}_time_to_accuracy.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--eval_every", type=int, default=25)
+    parser.add_argument("--dev_size", type=int, default=96, help="dev examples used for selection/curves")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--panels", nargs="+", default=list(panels()))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "quality.json"))
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--report_only", action="store_true", help="only rebuild table and plots from --out")
+    args = parser.parse_args(argv)
+    os.makedirs(RESULTS, exist_ok=True)
+    kwargs = {"steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every,
+              "dev_size": args.dev_size}
+    runs: dict[str, dict] = {}
+    if (args.resume or args.report_only) and os.path.isfile(args.out):
+        with open(args.out, encoding="utf-8") as handle:
+            runs = {r["key"]: r for r in json.load(handle)["runs"]}
+    specs = {spec for name in args.panels for _, spec in panels()[name]}
+    # the longest runs first, so the workers finish together
+    cost = {"model": 3, "lora": 2}
+    # seed by seed (a cut-short benchmark still has every configuration), longest runs first within a seed
+    jobs = sorted({_with_seed(spec, s) for spec in specs for s in args.seeds}, key=lambda s: (
+        s.seed, -cost.get(s.method, 1), -s.num_virtual_tokens, s.key))
+    jobs = [] if args.report_only else [spec for spec in jobs if spec.key not in runs]
+    started = time.time()
+
+    def save() -> None:
+        summary = summarise(runs, args.seeds)
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({"command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
+                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers},
+                       "wall_seconds": round(time.time() - started, 1), "summary": summary,
+                       "runs": list(runs.values())}, handle, indent=1)
+
+    if jobs:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            for result in pool.imap_unordered(_work, [(spec, kwargs) for spec in jobs]):
+                runs[result["key"]] = result
+                save()
+        save()
+    summary = summarise(runs, args.seeds)
+    stem = os.path.splitext(os.path.basename(args.out))[0]  # quality.json -> quality_table.md, quality_*.png
+    with open(os.path.join(RESULTS, f"{stem}_table.md"), "w", encoding="utf-8") as handle:
+        handle.write(table(summary))
+    for path in plot(runs, summary, args.seeds, stem):
+        print("wrote", path)
+    print(f"{len(jobs)} runs in {time.time() - started:.0f} s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

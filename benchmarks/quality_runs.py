@@ -1,0 +1,166 @@
+"""One quality run: tune a soft prompt (or the whole model, or LoRA) on WordNet supersense and score it.
+
+Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
+base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.paper_optimizer`), bf16
+autocast, the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
+Model tuning and LoRA use AdamW at a standard learning rate (1e-3 / 1e-3) as reference points (Figure 1's
+"model tuning" line). Accuracy is exact string match of greedy generations against the label word (the
+paper's metric) and, for comparison, rank classification by the labels' first tokens.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from softprompt_ext import SoftPromptConfig
+from softprompt_ext.embedded import SUPERSENSE_LABELS, embedded_model_path, load_embedded, read_supersense
+from softprompt_ext.lm_objectives import add_sentinel_prefix
+from softprompt_ext.training import paper_optimizer
+
+# The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 4,096
+# rows (3,993 usable), so a pool of the 1,000 most common keeps a similar "common words" character.
+SAMPLE_VOCAB_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str = "prompt"  # "prompt", "model" (full fine-tuning) or "lora"
+    init: str = "CLASS_LABELS"
+    num_virtual_tokens: int = 20
+    base: str = "lm_adapt"  # "lm_adapt" or "span"
+    sentinel: bool = False  # targets prefixed with <extra_id_0> (span corruption + sentinel, section 3.3)
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        if self.method != "prompt":
+            return f"{self.method}/{self.base}/s{self.seed}"
+        base = self.base + ("+sentinel" if self.sentinel else "")
+        return f"prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
+
+
+def _build(spec: RunSpec, prompt_lr: float):
+    model, tokenizer = load_embedded(spec.base)
+    torch.manual_seed(spec.seed)
+    if spec.method == "prompt":
+        extra = {"class_labels": list(SUPERSENSE_LABELS)} if spec.init == "CLASS_LABELS" else {}
+        config = SoftPromptConfig(
+            task_type="SEQ_2_SEQ_LM", num_virtual_tokens=spec.num_virtual_tokens, prompt_tuning_init=spec.init,
+            tokenizer_name_or_path=embedded_model_path(spec.base), init_seed=spec.seed,
+            warn_if_not_lm_adapted=False, sample_vocab_size=SAMPLE_VOCAB_SIZE, **extra,
+        )
+        model = get_peft_model(model, config)
+        optimizer, _ = paper_optimizer(model, learning_rate=prompt_lr)
+    elif spec.method == "lora":
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16,
+                                                 target_modules=["q", "v"]))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    elif spec.method == "model":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        raise ValueError(f"method={spec.method!r} is not known; use 'prompt', 'model' or 'lora'.")
+    return model, tokenizer, optimizer
+
+
+def _targets(tokenizer, labels: list[str], sentinel: bool) -> list[list[int]]:
+    ids = [tokenizer(label)["input_ids"] for label in labels]
+    return [add_sentinel_prefix(row, tokenizer) for row in ids] if sentinel else ids
+
+
+def _batch(tokenizer, rows: list[dict], sentinel: bool, max_length: int = 64) -> dict[str, torch.Tensor]:
+    enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    targets = _targets(tokenizer, [r["label"] for r in rows], sentinel)
+    width = max(map(len, targets))
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])  # [B, T]
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+
+@torch.no_grad()
+def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64) -> tuple[float, list[str]]:
+    """Exact-match accuracy of greedy generations (special tokens, e.g. a sentinel, removed)."""
+    model.eval()
+    predictions = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=64,
+                        return_tensors="pt")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=5, do_sample=False)
+        predictions += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    correct = sum(p == r["label"] for p, r in zip(predictions, rows, strict=True))
+    return correct / max(1, len(rows)), predictions
+
+
+@torch.no_grad()
+def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, batch_size: int = 64) -> float:
+    """Rank classification by the first label token: argmax over the 8 labels' first tokens at the first
+    answer position (after the sentinel for sentinel targets). The labels' first tokens are distinct, so this is
+    rank classification with the score of the first token only. The library's `rank_classify` scores whole
+    labels but re-encodes each input once per candidate (8x): 68 s per 320 examples on the shared CPU, too slow
+    for 33 runs, so it is used only where noted.
+    """
+    model.eval()
+    first = torch.tensor([tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS])
+    prefix = [model.config.decoder_start_token_id] + (_targets(tokenizer, ["x"], True)[0][:1] if sentinel else [])
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=64,
+                        return_tensors="pt")
+        decoder_input_ids = torch.tensor([prefix] * len(chunk))  # [B, 1 or 2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                           decoder_input_ids=decoder_input_ids).logits  # [B, 1 or 2, V]
+        picked = logits[:, -1, first].argmax(dim=-1)  # [B]
+        correct += sum(SUPERSENSE_LABELS[i] == r["label"] for i, r in zip(picked.tolist(), chunk, strict=True))
+    return correct / max(1, len(rows))
+
+
+def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: int, prompt_lr: float = 0.3) -> dict:
+    """Train one spec for `steps` steps; return the dev curve (for time-to-accuracy) and test accuracies."""
+    model, tokenizer, optimizer = _build(spec, prompt_lr)
+    train, dev, test = read_supersense("train"), read_supersense("dev")[:dev_size], read_supersense("test")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rng = random.Random(spec.seed)
+    order: list[int] = []
+    dev_acc0, _ = generate_accuracy(model, tokenizer, dev)
+    curve = [{"step": 0, "seconds": 0.0, "dev_accuracy": dev_acc0}]
+    best = (dev_acc0, {n: p.detach().clone() for n, p in trainable})
+    train_seconds, losses = 0.0, []
+    for step in range(1, steps + 1):
+        started = time.time()
+        model.train()
+        if len(order) < batch_size:
+            order += rng.sample(range(len(train)), len(train))
+        rows, order = [train[i] for i in order[:batch_size]], order[batch_size:]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**_batch(tokenizer, rows, spec.sentinel)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.time() - started
+        losses.append(loss.item())
+        if step % eval_every == 0 or step == steps:
+            acc, _ = generate_accuracy(model, tokenizer, dev)
+            curve.append({"step": step, "seconds": round(train_seconds, 1), "dev_accuracy": acc,
+                          "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:])})
+            if acc > best[0]:
+                best = (acc, {n: p.detach().clone() for n, p in trainable})
+    with torch.no_grad():
+        for name, param in trainable:
+            param.copy_(best[1][name])
+    test_acc, predictions = generate_accuracy(model, tokenizer, test)
+    return {
+        **asdict(spec), "key": spec.key, "steps": steps, "batch_size": batch_size,
+        "prompt_lr": prompt_lr, "trainable_parameters": sum(p.numel() for _, p in trainable), "train_seconds": round(train_seconds, 1),
+        "dev_curve": curve, "best_dev_accuracy": best[0],
+        "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel),
+        "valid_label_rate": sum(p in SUPERSENSE_LABELS for p in predictions) / len(predictions),
+    }
