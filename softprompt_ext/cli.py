@@ -3,6 +3,7 @@
     softprompt inspect ADAPTER [--base MODEL] [--top-k K] [--json] [--keep-special] [--png FILE]
     softprompt similar TARGET LIBRARY... [--measure max_cosine|pooled_cosine] [--json] [--png FILE]
     softprompt info ADAPTER [--json]
+    softprompt check ADAPTER [--base MODEL]   (validate an untrusted adapter without loading it)
     softprompt lm-adapt ...          (forwards to softprompt_ext.lm_adapt when installed)
 
 Installed as the console script `softprompt` (entry point `softprompt_ext.cli:main`) and runnable as
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("adapter", metavar="ADAPTER", help="adapter directory or Hub adapter id")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    check = commands.add_parser(
+        "check", help="validate an adapter without loading it (safetensors only, shapes, dtype, finite values)",
+        description="Check an adapter as softprompt_ext.validate_adapter does: config fields, safetensors only "
+        "(no pickle), prompt shape, dtype and finite values; with --base, that its d_model fits the model.",
+    )
+    check.add_argument("adapter", metavar="ADAPTER", help="adapter directory or Hub adapter id")
+    check.add_argument("--base", metavar="MODEL", help="also check the prompt fits this base model's d_model")
+
     commands.add_parser("lm-adapt", add_help=False, help="LM-adapt a T5 model (paper section 3.3); "
                         "see 'softprompt lm-adapt --help'")
     return parser
@@ -99,9 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a parse error (2), already printed
         return exc.code if isinstance(exc.code, int) else 0
     if args.command is None:
-        print(f"{PROG}: error: choose a command: inspect, similar, info, lm-adapt (see '{PROG} --help')", file=sys.stderr)
+        print(f"{PROG}: error: choose a command: inspect, similar, info, check, lm-adapt (see '{PROG} --help')", file=sys.stderr)
         return 2
-    run = {"inspect": _inspect, "similar": _similar, "info": _info}[args.command]
+    run = {"inspect": _inspect, "similar": _similar, "info": _info, "check": _check}[args.command]
     with _quiet_transformers():
         try:
             run(args)
@@ -180,6 +189,22 @@ def _info(args: argparse.Namespace) -> None:
         ("size on disk", f"{_human(info['size_on_disk'])} in {len(info['files'])} files"),
     ]:
         print(f"{label:<14} {value}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from .safety import validate_adapter
+
+    base = None
+    if args.base:
+        from transformers import AutoConfig, AutoModel
+
+        # the d_model check needs only the input-embedding width: build the model skeleton, no weights
+        base = AutoModel.from_config(AutoConfig.from_pretrained(args.base))
+    report = validate_adapter(args.adapter, base)
+    rows, width = report.prompt.shape
+    fits = f"; fits {args.base} (d_model {width})" if args.base else ""
+    print(f"{args.adapter}: ok: {type(report.config).__name__}, prompt {rows} x {width} "
+          f"{str(report.prompt.dtype).removeprefix('torch.')}, finite{fits}")
 
 
 def _lm_adapt(argv: list[str]) -> int:

@@ -169,7 +169,7 @@ def test_similar_table(files, capsys):
     assert len(out) == 3 and out[2].split()[0] == "1" and out[2].endswith(os.path.join("library", "close"))
 
 
-@pytest.mark.parametrize("command", [[], ["inspect"], ["similar"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["inspect"], ["similar"], ["info"], ["check"]])
 def test_help(command, capsys):
     assert main([*command, "--help"]) == 0
     assert capsys.readouterr().out.startswith(f"usage: {' '.join(['softprompt', *command])}")
@@ -178,7 +178,7 @@ def test_help(command, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], r"^softprompt: error: choose a command: inspect, similar, info, lm-adapt"),
+        ([], r"^softprompt: error: choose a command: inspect, similar, info, check, lm-adapt"),
         (["inspect"], r"^softprompt inspect: error: the following arguments are required: ADAPTER"),
         (["inspect", "x", "--top-k", "0"], r"^softprompt inspect: error: argument --top-k: expected a whole number >= 1, got 0"),
         (["similar", "x"], r"^softprompt similar: error: the following arguments are required: LIBRARY"),
@@ -226,3 +226,21 @@ def test_lm_adapt_missing_is_a_clear_message(monkeypatch, capsys):
     assert main(["lm-adapt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no LM-adaptation module (softprompt_ext.lm_adapt)" in err[0]
+
+
+def test_check_accepts_a_good_adapter_and_its_base(files, capsys):
+    assert main(["check", files["adapter"], "--base", files["base"]]) == 0
+    out = capsys.readouterr().out
+    assert f"{files['adapter']}: ok: SoftPromptConfig, prompt 4 x 16 float32, finite; fits {files['base']}" in out
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("narrow", r"d_model"),                       # a prompt of width 8 against a d_model-16 base
+    ("corrupt", r"adapter_config\.json"),        # damaged JSON: named, one line
+    ("missing", r"missing"),
+])
+def test_check_refuses_bad_adapters_with_one_line(files, capsys, name, message):
+    assert main(["check", files[name], "--base", files["base"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("softprompt check: error: ")
+    assert re.search(message, err[0]), err[0]
