@@ -46,27 +46,16 @@ NEW_TOKENS = 8
 
 def build_model(quick: bool):
     from peft import get_peft_model
-    from transformers import T5Config, T5ForConditionalGeneration
 
     from softprompt_ext import SoftPromptConfig
+    from softprompt_ext.tiny_models import build_t5
 
-    torch.manual_seed(0)
     shape = (
         dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=2048)
         if quick
-        else dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, vocab_size=32128)
+        else dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, vocab_size=32128)  # T5 1.1-small
     )
-    config = T5Config(
-        **shape,
-        num_decoder_layers=shape["num_layers"],
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    base = T5ForConditionalGeneration(config).eval()
+    base = build_t5(**shape, seed=0)
 
     def prompt(k: int) -> SoftPromptConfig:
         return SoftPromptConfig(

@@ -95,24 +95,10 @@ def build_base(shape: Shape, seed: int = 0) -> torch.nn.Module:
     """A model of `shape` with random weights (float32, CPU, eval mode)."""
     torch.manual_seed(seed)
     if shape.family == "t5":
-        from transformers import T5Config, T5ForConditionalGeneration
+        from softprompt_ext.tiny_models import build_t5
 
-        config = T5Config(
-            vocab_size=shape.vocab_size,
-            d_model=shape.d_model,
-            d_kv=shape.d_kv,
-            d_ff=shape.d_ff,
-            num_layers=shape.num_layers,
-            num_decoder_layers=shape.num_layers,
-            num_heads=shape.num_heads,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
-            dropout_rate=shape.dropout,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-        model = T5ForConditionalGeneration(config)
+        model = build_t5(shape.vocab_size, shape.d_model, shape.num_layers, shape.num_heads, seed,
+                         d_kv=shape.d_kv, d_ff=shape.d_ff, dropout_rate=shape.dropout)
         # transformers 5 ties T5's lm_head to the shared embedding whatever the config says; T5 1.1 (and the
         # LM-adapted checkpoints) have an untied one, so give the model its own (loading keeps it untied when
         # the two differ). std 1.0 is T5's own lm_head initialisation.

@@ -65,11 +65,23 @@ def build_tokenizer(vocab_size: int = 200, num_sentinels: int = 8, corpus: list[
     )
 
 
-def build_t5(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
+def build_t5(
+    vocab_size: int,
+    d_model: int = 16,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    seed: int = 0,
+    *,
+    d_kv: int | None = None,
+    d_ff: int | None = None,
+    dropout_rate: float = 0.0,
+):
     """A T5 1.1-shaped model (GeGLU, relative attention, no decoder-output scaling) with random weights.
 
     `tie_word_embeddings=False` is how T5 1.1 checkpoints say "don't scale decoder outputs"; Transformers 5
     reads it that way (`scale_decoder_outputs=False`) and ties `lm_head` to `shared` regardless.
+    `d_kv` (per-head size) defaults to `d_model // num_heads` and `d_ff` to `2 * d_model`; T5 1.1-small is
+    `build_t5(32128, 512, 8, 6, d_kv=64, d_ff=1024)`.
     """
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -77,14 +89,14 @@ def build_t5(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_heads:
     config = T5Config(
         vocab_size=vocab_size,
         d_model=d_model,
-        d_kv=d_model // num_heads,
-        d_ff=2 * d_model,
+        d_kv=d_kv or d_model // num_heads,
+        d_ff=d_ff or 2 * d_model,
         num_layers=num_layers,
         num_decoder_layers=num_layers,
         num_heads=num_heads,
         feed_forward_proj="gated-gelu",
         tie_word_embeddings=False,
-        dropout_rate=0.0,
+        dropout_rate=dropout_rate,
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
