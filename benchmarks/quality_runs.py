@@ -44,7 +44,7 @@ class RunSpec:
         return f"prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
 
 
-def _build(spec: RunSpec, prompt_lr: float):
+def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 1e-3):
     model, tokenizer = load_embedded(spec.base)
     torch.manual_seed(spec.seed)
     if spec.method == "prompt":
@@ -59,9 +59,9 @@ def _build(spec: RunSpec, prompt_lr: float):
     elif spec.method == "lora":
         model = get_peft_model(model, LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16,
                                                  target_modules=["q", "v"]))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=model_lr)
     elif spec.method == "model":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=model_lr)
     else:
         raise ValueError(f"method={spec.method!r} is not known; use 'prompt', 'model' or 'lora'.")
     return model, tokenizer, optimizer
@@ -123,9 +123,11 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
     return correct / max(1, len(rows))
 
 
-def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: int, prompt_lr: float = 0.3) -> dict:
-    """Train one spec for `steps` steps; return the dev curve (for time-to-accuracy) and test accuracies."""
-    model, tokenizer, optimizer = _build(spec, prompt_lr)
+def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: int, prompt_lr: float = 0.3,
+        model_lr: float = 1e-3) -> dict:
+    """Train one spec for `steps` steps; return the dev curve (for time-to-accuracy) and test accuracies.
+    `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning and LoRA."""
+    model, tokenizer, optimizer = _build(spec, prompt_lr, model_lr)
     train, dev, test = read_supersense("train"), read_supersense("dev")[:dev_size], read_supersense("test")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rng = random.Random(spec.seed)
