@@ -109,6 +109,14 @@ def memory_notes(results: dict) -> list[str]:
     return lines
 
 
+def _memory_clause(mem: dict, fam: str, variant: str) -> str:
+    """"; training memory X MB instead of Y MB" for a fast-path variant, or "" when either run is missing."""
+    a, b = mem.get(f"{fam}:softprompt:{variant}"), mem.get(f"{fam}:softprompt")
+    if a and b and a.get("ok") and b.get("ok"):
+        return f"; training memory {a['train_mb']:,.0f} MB instead of {b['train_mb']:,.0f} MB"
+    return ""
+
+
 def fast_path_section(results: dict) -> list[str]:
     lines = ["## Fast path", ""]
     found = []
@@ -137,9 +145,7 @@ def fast_path_section(results: dict) -> list[str]:
                     f"; tensors saved for backward {cases['softprompt_fused_gelu']['saved_activations_mb']:,.0f} MB "
                     f"instead of {cases['softprompt']['saved_activations_mb']:,.0f} MB"
                 )
-            a, b = mem.get(f"{fam}:softprompt:fused_gelu"), mem.get(f"{fam}:softprompt")
-            if a and b and a.get("ok") and b.get("ok"):
-                line += f"; training memory {a['train_mb']:,.0f} MB instead of {b['train_mb']:,.0f} MB"
+            line += _memory_clause(mem, fam, "fused_gelu")
             if "fused_gelu_bf16_vs_fp32" in r:
                 line += (
                     f"; with bf16 autocast too: {_x(r['fused_gelu_bf16_vs_fp32']['ratio'])} the default step"
@@ -158,9 +164,7 @@ def fast_path_section(results: dict) -> list[str]:
                 f"(`softprompt_ext.fast_path.causal_lm_target_loss`): step "
                 f"{_x(r['target_loss_vs_full_logits']['ratio'])} the default step, same loss"
             )
-            a, b = mem.get(f"{fam}:softprompt:target_loss"), mem.get(f"{fam}:softprompt")
-            if a and b and a.get("ok") and b.get("ok"):
-                line += f"; training memory {a['train_mb']:,.0f} MB instead of {b['train_mb']:,.0f} MB"
+            line += _memory_clause(mem, fam, "target_loss")
             if "target_loss_bf16_vs_fp32" in r:
                 line += (
                     f"; with bf16 autocast too: {_x(r['target_loss_bf16_vs_fp32']['ratio'])} the default step"
