@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps per run")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--model_lr", type=float, default=3e-4, help="AdamW learning rate for model tuning")
+    parser.add_argument("--lora_lr", type=float, default=1e-3, help="AdamW learning rate for LoRA")
     parser.add_argument("--eval_every", type=int, default=25)
     parser.add_argument("--dev_size", type=int, default=96, help="dev examples used for selection/curves")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     kwargs = {"steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every,
-              "dev_size": args.dev_size}
+              "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr}
     runs: dict[str, dict] = {}
     if (args.resume or args.report_only) and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:

@@ -3,7 +3,7 @@
 Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
 base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.paper_optimizer`), bf16
 autocast, the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
-Model tuning and LoRA use AdamW at a standard learning rate (1e-3 / 1e-3) as reference points (Figure 1's
+Model tuning and LoRA use AdamW at standard learning rates (3e-4 / 1e-3) as reference points (Figure 1's
 "model tuning" line). Accuracy is exact string match of greedy generations against the label word (the
 paper's metric) and, for comparison, rank classification by the labels' first tokens.
 """
@@ -44,7 +44,7 @@ class RunSpec:
         return f"prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
 
 
-def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 1e-3):
+def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 3e-4, lora_lr: float = 1e-3):
     model, tokenizer = load_embedded(spec.base)
     torch.manual_seed(spec.seed)
     if spec.method == "prompt":
@@ -59,7 +59,7 @@ def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 1e-3):
     elif spec.method == "lora":
         model = get_peft_model(model, LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16,
                                                  target_modules=["q", "v"]))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=model_lr)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lora_lr)
     elif spec.method == "model":
         optimizer = torch.optim.AdamW(model.parameters(), lr=model_lr)
     else:
@@ -124,10 +124,10 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
 
 
 def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: int, prompt_lr: float = 0.3,
-        model_lr: float = 1e-3) -> dict:
+        model_lr: float = 3e-4, lora_lr: float = 1e-3) -> dict:
     """Train one spec for `steps` steps; return the dev curve (for time-to-accuracy) and test accuracies.
-    `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning and LoRA."""
-    model, tokenizer, optimizer = _build(spec, prompt_lr, model_lr)
+    `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning, `lora_lr` AdamW's for LoRA."""
+    model, tokenizer, optimizer = _build(spec, prompt_lr, model_lr, lora_lr)
     train, dev, test = read_supersense("train"), read_supersense("dev")[:dev_size], read_supersense("test")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rng = random.Random(spec.seed)
@@ -161,7 +161,8 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
     test_acc, predictions = generate_accuracy(model, tokenizer, test)
     return {
         **asdict(spec), "key": spec.key, "steps": steps, "batch_size": batch_size,
-        "prompt_lr": prompt_lr, "trainable_parameters": sum(p.numel() for _, p in trainable), "train_seconds": round(train_seconds, 1),
+        "prompt_lr": prompt_lr, "model_lr": model_lr, "lora_lr": lora_lr,
+        "trainable_parameters": sum(p.numel() for _, p in trainable), "train_seconds": round(train_seconds, 1),
         "dev_curve": curve, "best_dev_accuracy": best[0],
         "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel),
         "valid_label_rate": sum(p in SUPERSENSE_LABELS for p in predictions) / len(predictions),
