@@ -33,10 +33,11 @@ tags: [t5, lm-adapted, prompt-tuning, softprompt-ext]
 ---
 # t5-wordnet-lm-adapt (embedded in softprompt-ext)
 
-A tiny T5 1.1-style encoder-decoder (GeGLU, relative attention, unscaled decoder outputs; d_model {shape['d_model']},
+A tiny T5 1.1-shaped encoder-decoder (GeGLU, relative attention; d_model {shape['d_model']},
 {shape['num_layers']}+{shape['num_decoder_layers']} layers, d_ff {shape['d_ff']}, {shape['num_heads']} heads,
-{record['parameters']:,} parameters, stored in fp16; Transformers 5.x ties T5's input and output embeddings
-whatever the config says, so unlike T5 1.1 they are shared) built offline by `scripts/build_embedded_model.py` to make
+{record['parameters']:,} parameters, stored in fp16) with T5 1.0's tied embeddings (Transformers 5.x ties T5's
+input and output embeddings whatever the config says, so the table is unit-scale and decoder outputs are scaled
+by d_model^-0.5) built offline by `scripts/build_embedded_model.py` to make
 prompt tuning (Lester et al. 2021) runnable on a laptop CPU. It knows only WordNet's English definitions;
 it is a test bed, not a general language model, and it is badly under-trained: pre-training made
 {pre['steps'] * pre['batch_size'] / pre['examples_per_epoch']:.1f} passes over its {record['tokenizer']['corpus_tokens']:,}-token corpus, about
