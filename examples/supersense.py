@@ -1,9 +1,10 @@
 """Prompt-tune the embedded LM-adapted T5 on WordNet noun supersenses, save the prompt, reload it, compare.
 
-    python examples/supersense.py                 # ~40 seconds on 2 CPU cores
+    python examples/supersense.py                 # 800 steps: ~4 minutes on one CPU core (327 s measured
+                                                  # with other jobs on the 2 cores), dev accuracy 0.000 -> 0.175
     python examples/supersense.py --steps 2       # smoke run
 
-Everything is offline and shipped with the package: a tiny T5 1.1-style model that was pretrained with span
+Everything is offline and shipped with the package: a tiny T5 (8.4M parameters) that was pretrained with span
 corruption and LM-adapted on WordNet text (`softprompt_ext.embedded`, built by
 `scripts/build_embedded_model.py`), and an 8-class task (a noun's lemmas and definition -> "animal", "plant",
 "food", ...). The recipe is the paper's (Lester et al. 2021, section 3): the model stays frozen, only P soft
@@ -46,7 +47,7 @@ def accuracy(predictions: list[str], rows: list[dict]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=120, help="training steps (batch 16)")
+    parser.add_argument("--steps", type=int, default=800, help="training steps (batch 16)")
     parser.add_argument("--num_virtual_tokens", type=int, default=20)
     parser.add_argument("--dev_size", type=int, default=320, help="dev examples to score (all: 320)")
     parser.add_argument("--seed", type=int, default=0)

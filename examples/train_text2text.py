@@ -47,14 +47,14 @@ from transformers import (
 )
 
 from softprompt_ext import SoftPromptConfig, SoftPromptInit
-from softprompt_ext.defaults import default_model_and_tokenizer
+from softprompt_ext.defaults import default_model_path
 from softprompt_ext.model_card import update_model_card
 from softprompt_ext.training import PaperTrainingArguments, check_trainable_prompt, load_for_training
 
 logger = logging.getLogger(__name__)
 
 BUNDLED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_text2text")
-DEMO_ARGS = [  # the no-argument run: a short schedule sized for the tiny default model
+DEMO_ARGS = [  # the no-argument run: a short schedule sized for the small default model
     "--output_dir",
     "softprompt-demo",
     "--num_virtual_tokens",
@@ -190,17 +190,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, output_dir: str):
     if model_args.load_in_8bit and model_args.load_in_4bit:
         raise ValueError("--load_in_8bit and --load_in_4bit are both set; pick one.")
     quantised = model_args.load_in_8bit or model_args.load_in_4bit
-    if model_args.model_name_or_path is None:
-        if quantised:
-            raise ValueError(
-                "--load_in_8bit/--load_in_4bit need --model_name_or_path: the built-in default model is made "
-                "in memory and can't be quantised on load; save it with save_pretrained, pass the directory."
-            )
-        model, tokenizer = default_model_and_tokenizer()
+    if model_args.model_name_or_path is None:  # the embedded default, loaded like any checkpoint directory
+        model_args.model_name_or_path = default_model_path()
         # a tiny model's matmuls only lose when split over threads (3x slower measured on a busy 2-core box)
         torch.set_num_threads(1)
-        tokenizer.save_pretrained(output_dir)  # the Trainer saves it there too; the adapter records this path
-        return model, tokenizer, output_dir
 
     kwargs = dict(revision=model_args.revision, cache_dir=model_args.cache_dir)
     if quantised:

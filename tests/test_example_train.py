@@ -105,7 +105,7 @@ def test_no_argument_demo_runs_as_a_script_and_saves_a_loadable_adapter(tmp_path
     ]
     run = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "trainable params: 256" in run.stdout  # P=8 x d_model 32
+    assert f"trainable params: {8 * DEFAULT_D_MODEL:,}" in run.stdout  # P=8 x d_model
 
     results = json.loads((out / "all_results.json").read_text())
     assert {"train_loss", "eval_loss", "eval_accuracy"} <= set(results)
@@ -224,8 +224,8 @@ def test_clear_errors(script, tmp_path):
     with pytest.raises(ValueError, match=r"target 1 in column 'label' is not text; pass --class_labels"):
         script.text_pairs({"input": ["a"], "label": [1]}, args, None)
     assert script.text_pairs({"input": ["a"], "label": [1]}, args, ["no", "yes"]) == (["a"], ["yes"])
-    with pytest.raises(ValueError, match=r"--load_in_8bit/--load_in_4bit need --model_name_or_path"):
-        script.load_model_and_tokenizer(script.ModelArguments(load_in_8bit=True), str(tmp_path))
+    with pytest.raises(ValueError, match=r"--load_in_8bit and --load_in_4bit are both set"):
+        script.load_model_and_tokenizer(script.ModelArguments(load_in_8bit=True, load_in_4bit=True), str(tmp_path))
     with pytest.raises(ValueError, match="There is no dev set"):
         script.main(
             [

@@ -39,3 +39,14 @@ def test_many_prompts_section_runs_offline(capsys):
     (block,) = python_blocks("One frozen model, many prompts")
     exec(compile(block, "README.md", "exec"), {})
     assert "tensor(" in capsys.readouterr().out
+
+
+def test_main_job_runs_the_embedded_default():
+    """The set-up block's main command prompt-tunes the shipped LM-adapted model (issue 9), offline."""
+    main, tests = re.findall(r"```bash\n(python3 -m venv .*?)\n```", README)[:2]
+    assert main.endswith("pip install -e . && python examples/supersense.py")
+    assert tests.endswith('pip install -e ".[test]" && python -m pytest -q')
+    from softprompt_ext.defaults import DEFAULT_KIND, default_model_path
+    from softprompt_ext.embedded import embedded_model_path
+
+    assert DEFAULT_KIND == "lm_adapt" and default_model_path() == embedded_model_path("lm_adapt")
