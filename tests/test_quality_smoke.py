@@ -1,0 +1,33 @@
+"""benchmarks/quality.py end to end at toy size: every method of the reference panel trains, is scored on test,
+and the JSON, table and both plots are written. No accuracy is asserted (2 steps); the committed numbers are in
+benchmarks/QUALITY.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_the_reference_panel(tmp_path, monkeypatch):
+    import quality
+
+    monkeypatch.setattr(quality, "RESULTS", str(tmp_path))  # table and plots go next to --out, not into the repo
+    out = tmp_path / "q.json"
+    assert quality.main(["--steps", "2", "--eval_every", "1", "--dev_size", "4", "--seeds", "0", "--workers", "1",
+                         "--panels", "reference", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["model_lr"] == 3e-4 and report["settings"]["lora_lr"] == 1e-3
+    assert sorted(r["method"] for r in report["runs"]) == ["lora", "model", "prompt"]
+    for run in report["runs"]:
+        assert [p["step"] for p in run["dev_curve"]] == [0, 1, 2]
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and 0.0 <= run["valid_label_rate"] <= 1.0
+    assert [row["label"] for row in report["summary"]["reference"]] == ["prompt tuning", "LoRA r=8", "model tuning"]
+    for name in ("q_table.md", "q_ablations.png", "q_time_to_accuracy.png"):
+        assert (tmp_path / name).stat().st_size > 0
