@@ -18,7 +18,13 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.embedded import SUPERSENSE_LABELS, embedded_model_path, load_embedded, read_supersense
+from softprompt_ext.embedded import (
+    SUPERSENSE_LABELS,
+    embedded_model_path,
+    load_embedded,
+    read_supersense,
+    supersense_batch,
+)
 from softprompt_ext.lm_objectives import add_sentinel_prefix
 from softprompt_ext.training import paper_optimizer
 
@@ -67,20 +73,6 @@ def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 3e-4, lora_lr: flo
     return model, tokenizer, optimizer
 
 
-def _targets(tokenizer, labels: list[str], sentinel: bool) -> list[list[int]]:
-    ids = [tokenizer(label)["input_ids"] for label in labels]
-    return [add_sentinel_prefix(row, tokenizer) for row in ids] if sentinel else ids
-
-
-def _batch(tokenizer, rows: list[dict], sentinel: bool, max_length: int = 64) -> dict[str, torch.Tensor]:
-    enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
-    targets = _targets(tokenizer, [r["label"] for r in rows], sentinel)
-    width = max(map(len, targets))
-    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])  # [B, T]
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
-
-
 @torch.no_grad()
 def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64) -> tuple[float, list[str]]:
     """Exact-match accuracy of greedy generations (special tokens, e.g. a sentinel, removed)."""
@@ -108,7 +100,7 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
     """
     model.eval()
     first = torch.tensor([tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS])
-    prefix = [model.config.decoder_start_token_id] + (_targets(tokenizer, ["x"], True)[0][:1] if sentinel else [])
+    prefix = [model.config.decoder_start_token_id] + (add_sentinel_prefix([], tokenizer) if sentinel else [])
     correct = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -143,7 +135,7 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
             order += rng.sample(range(len(train)), len(train))
         rows, order = [train[i] for i in order[:batch_size]], order[batch_size:]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**_batch(tokenizer, rows, spec.sentinel)).loss
+            loss = model(**supersense_batch(tokenizer, rows, spec.sentinel)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

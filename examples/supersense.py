@@ -23,7 +23,13 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.embedded import SUPERSENSE_LABELS, embedded_model_path, load_embedded, read_supersense
+from softprompt_ext.embedded import (
+    SUPERSENSE_LABELS,
+    embedded_model_path,
+    load_embedded,
+    read_supersense,
+    supersense_batch,
+)
 from softprompt_ext.training import paper_optimizer
 
 
@@ -80,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(order) < 16:
             order += rng.sample(range(len(train)), len(train))
         rows, order = [train[i] for i in order[:16]], order[16:]
-        enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=64,
-                        return_tensors="pt")
-        labels = tokenizer([r["label"] for r in rows], padding=True, return_tensors="pt").input_ids  # [B, T]
-        labels[labels == tokenizer.pad_token_id] = -100  # padding is not predicted
+        batch = supersense_batch(tokenizer, rows)  # input_ids [B, S], attention_mask, labels [B, T]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(**enc, labels=labels).loss
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

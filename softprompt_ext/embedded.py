@@ -65,3 +65,18 @@ def load_supersense(split: str):
     from datasets import Dataset
 
     return Dataset.from_list(read_supersense(split))
+
+
+def supersense_batch(tokenizer, rows: list[dict], sentinel: bool = False, max_length: int = 64) -> dict:
+    """Rows of the task -> `input_ids [B, S]`, `attention_mask [B, S]`, `labels [B, T]` (label word + EOS, padding
+    -100). `sentinel` prefixes every target with `<extra_id_0>` (the paper's "span corruption + sentinel")."""
+    from .lm_objectives import add_sentinel_prefix
+
+    enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    targets = [tokenizer(r["label"])["input_ids"] for r in rows]
+    if sentinel:
+        targets = [add_sentinel_prefix(t, tokenizer) for t in targets]
+    width = max(map(len, targets))
+    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}

@@ -18,6 +18,7 @@ from softprompt_ext.embedded import (
     load_embedded,
     load_supersense,
     read_supersense,
+    supersense_batch,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,11 +216,8 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
         losses = []
         for step in range(160):
             rows = [train[rows_order[(16 * step + j) % len(train)]] for j in range(16)]
-            enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
-            labels = tokenizer([r["label"] for r in rows], padding=True, return_tensors="pt").input_ids  # [16, T]
-            labels[labels == tokenizer.pad_token_id] = -100
             model.train()
-            loss = model(**enc, labels=labels).loss
+            loss = model(**supersense_batch(tokenizer, rows)).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
