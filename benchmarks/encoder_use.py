@@ -25,8 +25,9 @@ import sys
 
 import torch
 
-from softprompt_ext.embedded import load_embedded, read_supersense
-from softprompt_ext.lm_objectives import LMObjective, Seq2SeqCollator
+from softprompt_ext.embedded import load_embedded
+from softprompt_ext.tasks.supersense import read_supersense
+from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
 
 @torch.no_grad()

@@ -104,8 +104,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    from softprompt_ext.multi_prompt import mixed_forward, mixed_generate
-    from softprompt_ext.prompt_ensemble import ensemble_generate, majority_vote
+    from softprompt_ext.inference.ensembles import ensemble_generate, majority_vote
+    from softprompt_ext.inference.mixed_batches import mixed_forward, mixed_generate
 
     started = time.perf_counter()
     model, shape = build_model(args.quick)

@@ -1,7 +1,7 @@
 """One quality run: tune a soft prompt (or the whole model, or LoRA) on WordNet supersense and score it.
 
 Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
-base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.paper_optimizer`), bf16
+base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.recipe.paper_optimizer`), bf16
 autocast, the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
 Model tuning and LoRA use AdamW at standard learning rates (3e-4 / 1e-3) as reference points (Figure 1's
 "model tuning" line). Accuracy is exact string match of greedy generations against the label word (the
@@ -18,15 +18,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.embedded import (
-    SUPERSENSE_LABELS,
-    embedded_model_path,
-    load_embedded,
-    read_supersense,
-    supersense_batch,
-)
-from softprompt_ext.lm_objectives import add_sentinel_prefix
-from softprompt_ext.training import paper_optimizer
+from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.special_tokens import add_sentinel_prefix
+from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
+from softprompt_ext.training.recipe import paper_optimizer
 
 # The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 4,096
 # rows (3,993 usable), so a pool of the 1,000 most common keeps a similar "common words" character.

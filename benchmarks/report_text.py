@@ -136,7 +136,7 @@ def fast_path_section(results: dict) -> list[str]:
             )
         if "fused_gelu_vs_plain" in r:
             line = (
-                f"- **{shape_name}, fused GELU** (`softprompt_ext.fast_path.fuse_gelu`): step "
+                f"- **{shape_name}, fused GELU** (`softprompt_ext.training.fast_path.fuse_gelu`): step "
                 f"{_x(r['fused_gelu_vs_plain']['ratio'])} the default step, same result to float rounding"
             )
             cases = block["timing"]["cases"]
@@ -161,7 +161,7 @@ def fast_path_section(results: dict) -> list[str]:
         if "target_loss_vs_full_logits" in r:
             line = (
                 f"- **{shape_name}, logits at the target positions only** "
-                f"(`softprompt_ext.fast_path.causal_lm_target_loss`): step "
+                f"(`softprompt_ext.training.fast_path.causal_lm_target_loss`): step "
                 f"{_x(r['target_loss_vs_full_logits']['ratio'])} the default step, same loss"
             )
             line += _memory_clause(mem, fam, "target_loss")

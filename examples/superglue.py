@@ -90,10 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     from peft import get_peft_model
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-    from softprompt_ext import SoftPromptConfig
-    from softprompt_ext.metrics import make_compute_metrics
-    from softprompt_ext.rank_classification import rank_classify
-    from softprompt_ext.tasks import get_task, tokenize_for_seq2seq
+    from softprompt_ext import SoftPromptConfig, get_task, make_compute_metrics, tokenize_for_seq2seq
+    from softprompt_ext.inference.rank_classification import rank_classify
 
     datasets.disable_progress_bars()
     torch.manual_seed(args.seed)

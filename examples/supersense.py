@@ -23,14 +23,9 @@ import torch
 from peft import PeftModel, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.embedded import (
-    SUPERSENSE_LABELS,
-    embedded_model_path,
-    load_embedded,
-    read_supersense,
-    supersense_batch,
-)
-from softprompt_ext.training import paper_optimizer
+from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
+from softprompt_ext.training.recipe import paper_optimizer
 
 
 @torch.no_grad()

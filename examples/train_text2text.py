@@ -2,7 +2,7 @@
 """Prompt tuning of a text-to-text model with the Transformers `Seq2SeqTrainer` (Lester et al., 2021).
 
 With no arguments it trains a soft prompt for the bundled toy sentiment task (examples/data/tiny_text2text) on
-the default base model of `softprompt_ext.defaults`, offline, in well under a minute:
+the default base model of `softprompt_ext.embedded`, offline, in well under a minute:
 
     python examples/train_text2text.py
 
@@ -18,7 +18,7 @@ Adafactor recipe, which is the default here):
 Local data: `--train_file train.jsonl --validation_file dev.jsonl` (JSON lines or CSV with an `input` and a
 `target` column; rename with `--input_column/--target_column`). Every `Seq2SeqTrainingArguments` option
 works (`--per_device_train_batch_size`, `--max_steps`, `--push_to_hub`, `--resume_from_checkpoint`, ...);
-their defaults are the paper's (see `softprompt_ext.training.PaperTrainingArguments`). Without
+their defaults are the paper's (see `softprompt_ext.training.recipe.PaperTrainingArguments`). Without
 `--model_name_or_path` the demo settings in `DEMO_ARGS` come first, so any option you pass overrides them.
 `datasets` 4 and later run no loading scripts: a Hub dataset must be stored as data files (Parquet, JSON).
 """
@@ -47,9 +47,9 @@ from transformers import (
 )
 
 from softprompt_ext import SoftPromptConfig, SoftPromptInit
-from softprompt_ext.defaults import default_model_path
-from softprompt_ext.model_card import update_model_card
-from softprompt_ext.training import PaperTrainingArguments, check_trainable_prompt, load_for_training
+from softprompt_ext.adapters.model_card import update_model_card
+from softprompt_ext.embedded import default_model_path
+from softprompt_ext.training.recipe import PaperTrainingArguments, check_trainable_prompt, load_for_training
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ DEMO_DATA = [
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Hub id or directory of the base model; default: softprompt_ext.defaults."},
+        metadata={"help": "Hub id or directory of the base model; default: softprompt_ext.embedded."},
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
     revision: str = field(default="main", metadata={"help": "Model revision (branch, tag or commit)."})

@@ -11,11 +11,11 @@ recipe at CPU scale, every step seeded:
 2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the corpus, T5 id layout (0 pad, 1 EOS, 2 unk,
    100 sentinels `<extra_id_i>` last).
 3. pretraining: a T5 1.1-shaped model (GeGLU, relative attention, dropout 0 as in T5 1.1 pretraining) on
-   span corruption (`softprompt_ext.lm_objectives`, T5's noise 0.15, spans of 3), bf16 autocast, AdamW with
+   span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans of 3), bf16 autocast, AdamW with
    warm-up and cosine decay, a fixed step budget; documents get fresh noise each epoch. Transformers 5.x's T5
    class always ties input and output embeddings, so the model follows T5 1.0's tied convention (unit-scale
    table, decoder output scaled by d_model^-0.5) rather than T5 1.1's untied head; see `build_model`.
-4. LM adaptation: `softprompt_ext.lm_adapt.lm_adapt` (the library's tool, Trainer + Adafactor 1e-3 constant)
+4. LM adaptation: `softprompt_ext.training.lm_adapt.lm_adapt` (the library's tool, Trainer + Adafactor 1e-3 constant)
    on the same corpus for 10% of the pretraining steps.
 5. export: fp16 safetensors, config, tokenizer and a model card into `softprompt_ext/data/embedded/`; the
    build record (steps, tokens, loss curves, wall times) goes next to them as `build_record.json`.
@@ -129,7 +129,7 @@ def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[di
 
 def pretrain(model, tokenizer, lines: list[str], args) -> dict:
     """Span-corruption pretraining with bf16 autocast; returns the record (loss curve, tokens, wall time)."""
-    from softprompt_ext.lm_objectives import LMObjective, Seq2SeqCollator
+    from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
     objective = LMObjective(tokenizer, objective="span_corruption", input_length=args.input_length,
                             target_length=args.target_length, seed=args.seed)
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(span_dir)
     tokenizer.save_pretrained(span_dir)
 
-    from softprompt_ext.lm_adapt import lm_adapt
+    from softprompt_ext.training.lm_adapt import lm_adapt
 
     adapt_steps = max(1, round(args.pretrain_steps * args.adapt_fraction))
     adapt_dir = os.path.join(args.work_dir, "lm_adapt")

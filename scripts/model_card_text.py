@@ -49,7 +49,7 @@ it is a test bed, not a general language model, and it is badly under-trained: p
    tokens seen, {pre['optimizer']} lr {pre['learning_rate']} ({pre['schedule']}), {pre['precision']},
    {pre['wall_seconds']} s on one thread of 2 shared CPU cores. Loss: {_curve_summary(pre['loss_curve'])}.
    That checkpoint ships as `t5-wordnet-span` (for the paper's Figure 3 ablation).
-2. **LM adaptation** (prefix LM, paper section 3.3) with `softprompt_ext.lm_adapt`: {lm['steps']} steps
+2. **LM adaptation** (prefix LM, paper section 3.3) with `softprompt_ext.training.lm_adapt`: {lm['steps']} steps
    (~{round(100 * lm['steps'] / pre['steps'])}% of pre-training, as the paper's 100K on ~1M), {lm['optimizer']},
    {lm['precision']}, {lm['wall_seconds']} s, {lm['loss_curve'][-1]['tokens']:,} input tokens. Loss: {_curve_summary(lm['loss_curve'])}.
    `config.json` records it under `lm_adaptation`.

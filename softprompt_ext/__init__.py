@@ -5,56 +5,111 @@
 
     model = get_peft_model(base, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=100))
 
-The core (config, encoder, registration) is imported eagerly; the rest of the public API loads on first
-use, so `import softprompt_ext` (and the `softprompt` command) does not pull in the Trainer.
+The public API is every name in `__all__`, imported from `softprompt_ext` itself (`from softprompt_ext import
+rank_classify`). The core (config, encoder, registration, checkpoints) is imported eagerly; the rest loads on
+first use, so `import softprompt_ext` (and the `softprompt` command) does not pull in the Trainer. Type
+checkers see the real objects through the `TYPE_CHECKING` imports below, which mirror the lazy table.
 """
 
+from __future__ import annotations
+
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .checkpoints import (  # noqa: E402
+from .checkpoints import (
     LM_ADAPTED,
     is_span_corruption_only,
     lm_adapted_counterpart,
     resolve_lm_adapted,
 )
-from .config import SoftPromptConfig, SoftPromptInit  # noqa: E402
-from .encoder import SoftPromptEmbedding  # noqa: E402
-from .registration import register  # noqa: E402
+from .config import SoftPromptConfig, SoftPromptInit
+from .encoder import SoftPromptEmbedding
+from .registration import register
+from .version import __version__
 
 register()
 
+if TYPE_CHECKING:
+    from .adapters.atomic import last_complete_checkpoint, recover_adapter_dir, save_adapter_atomically
+    from .adapters.hub import push_adapter
+    from .adapters.validation import AdapterError, AdapterReport, load_adapter_safely, validate_adapter
+    from .analysis.readout import adapter_info, adapter_readout, format_readout, model_readout
+    from .analysis.similarity import most_similar, prompt_similarity, similarity_matrix
+    from .embedded import default_model_and_tokenizer, default_model_path, embedded_model_path, load_embedded
+    from .inference.ensembles import (
+        ClassEnsemble,
+        EnsembleOutput,
+        combine_label_scores,
+        ensemble_classify,
+        ensemble_generate,
+        majority_vote,
+    )
+    from .inference.generate import generate, generate_texts
+    from .inference.mixed_batches import MixedOutput, mixed_forward, mixed_generate
+    from .inference.rank_classification import RankClassificationOutput, rank_classify
+    from .precision import autocast, bf16_autocast, bf16_is_fast, resolve_precision
+    from .tasks.base import ClassificationTask, Task, tokenize_for_seq2seq
+    from .tasks.registry import get_task, list_tasks, make_compute_metrics
+    from .tasks.transfer import get_transfer
+    from .training.fast_path import causal_lm_target_loss, fuse_gelu
+    from .training.recipe import (
+        PaperTrainingArguments,
+        check_trainable_prompt,
+        load_for_training,
+        paper_optimizer,
+    )
+
+# public name -> the module (below this package) that defines it; keep in step with the imports above
 _LAZY = {
-    "PaperTrainingArguments": "training",
-    "load_for_training": "training",
-    "paper_optimizer": "training",
-    "push_adapter": "hub",
-    "make_compute_metrics": "metrics",
-    "rank_classify": "rank_classification",
-    "get_task": "tasks",
-    "list_tasks": "tasks",
-    "get_transfer": "transfer",
-    "MixedOutput": "multi_prompt",
-    "mixed_forward": "multi_prompt",
-    "mixed_generate": "multi_prompt",
-    "ClassEnsemble": "prompt_ensemble",
-    "EnsembleOutput": "prompt_ensemble",
-    "combine_label_scores": "prompt_ensemble",
-    "ensemble_classify": "prompt_ensemble",
-    "ensemble_generate": "prompt_ensemble",
-    "majority_vote": "prompt_ensemble",
-    "AdapterError": "safety",
-    "AdapterReport": "safety",
-    "validate_adapter": "safety",
-    "load_adapter_safely": "safety",
-    "save_adapter_atomically": "safe_save",
-    "recover_adapter_dir": "safe_save",
-    "last_complete_checkpoint": "safe_save",
-    "bf16_autocast": "fast_path",
-    "causal_lm_target_loss": "fast_path",
-    "fuse_gelu": "fast_path",
+    "PaperTrainingArguments": "training.recipe",
+    "check_trainable_prompt": "training.recipe",
+    "load_for_training": "training.recipe",
+    "paper_optimizer": "training.recipe",
+    "causal_lm_target_loss": "training.fast_path",
+    "fuse_gelu": "training.fast_path",
+    "autocast": "precision",
+    "bf16_autocast": "precision",
+    "bf16_is_fast": "precision",
+    "resolve_precision": "precision",
+    "push_adapter": "adapters.hub",
+    "AdapterError": "adapters.validation",
+    "AdapterReport": "adapters.validation",
+    "load_adapter_safely": "adapters.validation",
+    "validate_adapter": "adapters.validation",
+    "last_complete_checkpoint": "adapters.atomic",
+    "recover_adapter_dir": "adapters.atomic",
+    "save_adapter_atomically": "adapters.atomic",
+    "get_task": "tasks.registry",
+    "list_tasks": "tasks.registry",
+    "make_compute_metrics": "tasks.registry",
+    "ClassificationTask": "tasks.base",
+    "Task": "tasks.base",
+    "tokenize_for_seq2seq": "tasks.base",
+    "get_transfer": "tasks.transfer",
+    "RankClassificationOutput": "inference.rank_classification",
+    "rank_classify": "inference.rank_classification",
+    "MixedOutput": "inference.mixed_batches",
+    "mixed_forward": "inference.mixed_batches",
+    "mixed_generate": "inference.mixed_batches",
+    "ClassEnsemble": "inference.ensembles",
+    "EnsembleOutput": "inference.ensembles",
+    "combine_label_scores": "inference.ensembles",
+    "ensemble_classify": "inference.ensembles",
+    "ensemble_generate": "inference.ensembles",
+    "majority_vote": "inference.ensembles",
+    "generate": "inference.generate",
+    "generate_texts": "inference.generate",
+    "adapter_info": "analysis.readout",
+    "adapter_readout": "analysis.readout",
+    "format_readout": "analysis.readout",
+    "model_readout": "analysis.readout",
+    "most_similar": "analysis.similarity",
+    "prompt_similarity": "analysis.similarity",
+    "similarity_matrix": "analysis.similarity",
+    "default_model_and_tokenizer": "embedded",
+    "default_model_path": "embedded",
+    "embedded_model_path": "embedded",
+    "load_embedded": "embedded",
 }
 
 

@@ -4,7 +4,7 @@
     softprompt similar TARGET LIBRARY... [--measure max_cosine|pooled_cosine] [--json] [--png FILE]
     softprompt info ADAPTER [--json]
     softprompt check ADAPTER [--base MODEL]   (validate an untrusted adapter without loading it)
-    softprompt lm-adapt ...          (forwards to softprompt_ext.lm_adapt when installed)
+    softprompt lm-adapt ...          (forwards to softprompt_ext.training.lm_adapt when installed)
 
 Installed as the console script `softprompt` (entry point `softprompt_ext.cli:main`) and runnable as
 `python -m softprompt_ext`. Every subcommand is a thin shell over a library function
@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- commands
 def _inspect(args: argparse.Namespace) -> None:
-    from .inspection import adapter_readout, format_readout, readout_to_dict
+    from .analysis.readout import adapter_readout, format_readout, readout_to_dict
 
     readout = adapter_readout(
         args.adapter,
@@ -133,7 +133,7 @@ def _inspect(args: argparse.Namespace) -> None:
         skip_sentinels=not (args.keep_special or args.keep_sentinels),
     )
     if args.png:
-        from .plots import plot_readout
+        from .analysis.plots import plot_readout
 
         plot_readout(readout, args.png, title=f"Nearest tokens of {args.adapter}")
     if args.json:
@@ -144,11 +144,11 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _similar(args: argparse.Namespace) -> None:
-    from .similarity import most_similar, similarity_matrix
+    from .analysis.similarity import most_similar, similarity_matrix
 
     matches = most_similar(args.target, args.library, measure=args.measure, top_k=args.top_k)
     if args.png:
-        from .plots import plot_similarity
+        from .analysis.plots import plot_similarity
 
         names = [args.target] + [m.path for m in matches]
         plot_similarity(similarity_matrix(names, args.measure), names, args.png, title=f"Prompt similarity ({args.measure})")
@@ -163,7 +163,7 @@ def _similar(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from .inspection import adapter_info
+    from .analysis.readout import adapter_info
 
     info = adapter_info(args.adapter)
     if args.json:
@@ -192,7 +192,7 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from .safety import validate_adapter
+    from .adapters.validation import validate_adapter
 
     base = None
     if args.base:
@@ -208,15 +208,15 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _lm_adapt(argv: list[str]) -> int:
-    """Forward to `softprompt_ext.lm_adapt.main(argv)`, imported only now (it may not be installed)."""
+    """Forward to `softprompt_ext.training.lm_adapt.main(argv)`, imported only now (it may not be installed)."""
     try:
-        module = importlib.import_module("softprompt_ext.lm_adapt")
+        module = importlib.import_module("softprompt_ext.training.lm_adapt")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("softprompt_ext.lm_adapt", None):
+        if exc.name not in ("softprompt_ext.training.lm_adapt", None):
             print(f"{PROG} lm-adapt: error: it needs the package {exc.name!r}, which is not installed.", file=sys.stderr)
         else:
             print(f"{PROG} lm-adapt: error: this installation of softprompt-ext has no LM-adaptation module "
-                  "(softprompt_ext.lm_adapt); upgrade softprompt-ext.", file=sys.stderr)
+                  "(softprompt_ext.training.lm_adapt); upgrade softprompt-ext.", file=sys.stderr)
         return 2
     result = module.main(argv)
     return result if isinstance(result, int) else 0

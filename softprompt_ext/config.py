@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peft import PromptTuningConfig
-from peft.utils import CONFIG_NAME
 
-from ._io import atomic_write_text
+from .adapters.atomic import atomic_write_text
+from .peft_internals import CONFIG_NAME, split_from_pretrained_kwargs
+from .version import __version__
 
 RECORD_NAME = "softprompt_config.json"  # sidecar file next to adapter_config.json
 RECORD_FORMAT_VERSION = 1
@@ -284,7 +285,7 @@ class SoftPromptConfig(PromptTuningConfig):
             os.path.join(save_directory, RECORD_NAME), json.dumps(self.record(), indent=2, sort_keys=True)
         )
 
-        from .model_card import update_model_card  # local import: model_card imports this module
+        from .adapters.model_card import update_model_card  # local import: model_card imports this module
 
         update_model_card(save_directory, self)
 
@@ -299,9 +300,11 @@ class SoftPromptConfig(PromptTuningConfig):
         `peft.PromptTuningConfig.from_pretrained`, or start a new prompt from it with
         `SoftPromptConfig.continue_from`).
         """
-        from ._hub import read_adapter_json  # local import keeps huggingface_hub out of config construction
+        from .adapters.reader import (
+            read_adapter_json,  # local import keeps huggingface_hub out of config construction
+        )
 
-        hub_kwargs, class_kwargs, _ = cls._split_kwargs(kwargs)
+        hub_kwargs, class_kwargs, _ = split_from_pretrained_kwargs(kwargs)
         plain = read_adapter_json(pretrained_model_name_or_path, CONFIG_NAME, subfolder, **hub_kwargs)
         record = read_adapter_json(pretrained_model_name_or_path, RECORD_NAME, subfolder, **hub_kwargs)
         if plain is None:
@@ -346,7 +349,7 @@ class SoftPromptConfig(PromptTuningConfig):
         Works for softprompt-ext adapters (settings kept) and plain PEFT prompt-tuning adapters (their
         encoder rows are used). `overrides` replace fields, e.g. `num_virtual_tokens=20` (truncate or fill).
         """
-        from ._hub import read_adapter_json
+        from .adapters.reader import read_adapter_json
 
         plain = read_adapter_json(adapter, CONFIG_NAME, None)
         if plain is None:
@@ -361,6 +364,4 @@ class SoftPromptConfig(PromptTuningConfig):
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__

@@ -1,28 +1,36 @@
-"""The embedded tiny LM-adapted T5 and the bundled WordNet supersense task (offline, shipped in the wheel).
+"""The embedded tiny LM-adapted T5 (offline, shipped in the wheel) and the default base model of the examples.
 
 Prompt tuning only means something on a pretrained model (Lester et al. 2021), and nothing may be downloaded
 in tests, examples or CI. `scripts/build_embedded_model.py` therefore builds a ~9M-parameter T5 1.1-style model
-on WordNet 3.0 text (span corruption, then LM adaptation with `softprompt_ext.lm_adapt`, paper section 3.3) and
+on WordNet 3.0 text (span corruption, then LM adaptation with `softprompt_ext.training.lm_adapt`, paper section 3.3) and
 ships two checkpoints (8.4M parameters, ~17 MB each) in fp16 under `softprompt_ext/data/embedded/`:
 
 * `"lm_adapt"` - `t5-wordnet-lm-adapt`: span corruption + prefix-LM adaptation; the default base.
 * `"span"` - `t5-wordnet-span`: span corruption only (for the paper's Figure 3 "LM adaptation" ablation).
 
-The task (`wordnet_supersense`): noun gloss -> lexicographer category word, split by synset. Files are read
-with `importlib.resources`, so this works from a wheel as well as from a source checkout.
+The task trained on it, WordNet noun supersenses, is `softprompt_ext.tasks.supersense`. Files are read with
+`importlib.resources`, so this works from a wheel as well as from a source checkout.
+
+`default_model_path()` / `default_model_and_tokenizer()` are the one place that decides which base model the
+examples use when none is named (the LM-adapted checkpoint: Lester et al. 2021 prompt-tune LM-adapted T5,
+section 3.3); point them elsewhere and every example that takes no `--model_name_or_path` follows.
 """
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 CHECKPOINTS = {"lm_adapt": "t5-wordnet-lm-adapt", "span": "t5-wordnet-span"}
-SUPERSENSE_LABELS = ("animal", "artifact", "body", "food", "location", "person", "plant", "substance")
-SUPERSENSE_SPLITS = ("train", "dev", "test")
+DEFAULT_KIND = "lm_adapt"  # the examples' base model when none is named
+DEFAULT_D_MODEL = 256  # the embedded model's width: a prompt of P tokens trains P x 256 numbers
+
+
+def data_dir() -> Path:
+    """`softprompt_ext/data`: the shipped checkpoints and task files."""
+    return _data_dir()
 
 
 def _data_dir() -> Path:
@@ -51,32 +59,15 @@ def load_embedded(kind: str = "lm_adapt", dtype: torch.dtype = torch.float32):
     return model.eval(), AutoTokenizer.from_pretrained(path)
 
 
-def read_supersense(split: str) -> list[dict[str, str]]:
-    """Rows of a split as dicts with `id`, `text`, `label` and `lexname`."""
-    if split not in SUPERSENSE_SPLITS:
-        raise ValueError(f"split={split!r} is not a supersense split; use one of {list(SUPERSENSE_SPLITS)}.")
-    path = _data_dir() / "wordnet_supersense" / f"{split}.jsonl"
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def default_model_path() -> str:
+    """Directory of the default checkpoint (model + tokenizer); `from_pretrained` accepts it."""
+    return embedded_model_path(DEFAULT_KIND)
 
 
-def load_supersense(split: str):
-    """A split of the bundled WordNet noun supersense task as a `datasets.Dataset` (columns as `read_supersense`)."""
-    from datasets import Dataset
+def default_model_and_tokenizer():
+    """`(model, tokenizer)`: the default base model (`T5ForConditionalGeneration`, fp32, eval mode), its tokenizer.
 
-    return Dataset.from_list(read_supersense(split))
-
-
-def supersense_batch(tokenizer, rows: list[dict], sentinel: bool = False, max_length: int = 64) -> dict:
-    """Rows of the task -> `input_ids [B, S]`, `attention_mask [B, S]`, `labels [B, T]` (label word + EOS, padding
-    -100). `sentinel` prefixes every target with `<extra_id_0>` (the paper's "span corruption + sentinel")."""
-    from .lm_objectives import add_sentinel_prefix
-
-    enc = tokenizer([r["text"] for r in rows], padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
-    targets = [tokenizer(r["label"])["input_ids"] for r in rows]
-    if sentinel:
-        targets = [add_sentinel_prefix(t, tokenizer) for t in targets]
-    width = max(map(len, targets))
-    labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+    The model's `name_or_path` is the shipped checkpoint's directory, which also holds the tokenizer, so it can
+    be passed as `SoftPromptConfig(tokenizer_name_or_path=...)` for the prompt initialiser.
+    """
+    return load_embedded(DEFAULT_KIND)

@@ -14,15 +14,18 @@ stands there (see `registration.py`) and serves both configs:
 from __future__ import annotations
 
 import torch
-from peft.tuners.prompt_tuning import PromptEmbedding
-from peft.tuners.tuners_utils import BasePromptEncoder
-from peft.utils.integrations import gather_params_ctx
 
 from .config import SoftPromptConfig
 from .init import build_initial_prompt
+from .peft_internals import (
+    PROMPT_KEY,
+    PromptEncoderBase,
+    gather_params_ctx,
+    warn_if_causal_generate_is_broken,
+)
 
 
-class SoftPromptEmbedding(PromptEmbedding):
+class SoftPromptEmbedding(PromptEncoderBase):
     """The learned prompt of one adapter.
 
     Args:
@@ -48,8 +51,10 @@ class SoftPromptEmbedding(PromptEmbedding):
         if not isinstance(config, SoftPromptConfig):
             super().__init__(config, word_embeddings)  # plain PEFT behaviour, bit for bit
             return
-        BasePromptEncoder.__init__(self)
+        self.init_module_only()
         num_rows, dim = config.num_virtual_tokens, config.token_dim
+        if getattr(config.task_type, "value", config.task_type) == "CAUSAL_LM":
+            warn_if_causal_generate_is_broken()
         if config.inference_mode:
             # weights come from a checkpoint next: skip the init (and leave the global RNG untouched)
             weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]
@@ -71,13 +76,13 @@ class SoftPromptEmbedding(PromptEmbedding):
             self.embedding.weight.requires_grad_(False)
         self._soft_config = config
 
-    def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load a saved prompt, naming both shapes when it does not fit this model."""
+    def check_saved_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Refuse a saved prompt that does not fit this model, naming both shapes (PEFT calls this first)."""
         config = getattr(self, "_soft_config", None)
         if config is not None:
-            saved = state_dict.get("prompt_embeddings")
+            saved = state_dict.get(PROMPT_KEY)
             if saved is None:
-                raise ValueError(f"the adapter weights hold {sorted(state_dict)} but no 'prompt_embeddings'.")
+                raise ValueError(f"the adapter weights hold {sorted(state_dict)} but no {PROMPT_KEY!r}.")
             expected = tuple(self.embedding.weight.shape)
             if not saved.is_floating_point():  # PEFT's load_state_dict would cast ints, bools, complex silently
                 raise ValueError(
@@ -93,6 +98,5 @@ class SoftPromptEmbedding(PromptEmbedding):
                     f"the saved prompt has {saved.shape[0]} rows but adapter_config.json says "
                     f"num_virtual_tokens={expected[0]}; the adapter files do not belong together."
                 )
-            if not torch.isfinite(saved).all():
+            if not torch.isfinite(saved.float()).all():  # finite in the float32 it is used in
                 raise ValueError("the saved prompt holds NaN or inf values; the adapter is damaged.")
-        super()._load_adapter_state_dict(state_dict)

@@ -13,19 +13,18 @@ the first rows and a fallback initialiser -- sampled vocabulary -- fills the res
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
+from .special_tokens import excluded_token_ids
+
 if TYPE_CHECKING:
     from .config import SoftPromptConfig
 
 Initializer = Callable[[int, "torch.Generator | None"], torch.Tensor]
-
-_BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # Llama/SentencePiece byte-fallback pieces
 
 
 # ---------------------------------------------------------------------------------------------- factories
@@ -151,17 +150,6 @@ def vocab_pool(num_rows: int, sample_vocab_size: int, excluded_ids: set[int] | f
     return torch.nonzero(keep).flatten()[:sample_vocab_size]  # [N]
 
 
-def excluded_token_ids(tokenizer) -> set[int]:
-    """Special ids (pad, eos, unk, bos, sentinels, ...) and byte-fallback pieces of a tokenizer."""
-    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) if i is not None}
-    for token, idx in tokenizer.get_vocab().items():
-        if _BYTE_FALLBACK.match(token):
-            ids.add(int(idx))
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
-    return ids
-
-
 # ---------------------------------------------------------------------------------------------- from a config
 def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch.Tensor:
     """The initial prompt `[P, H]` (float32) that `config` asks for, from the model's embedding table `[V, H]`."""
@@ -203,7 +191,7 @@ def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch
         ids = tokenizer(config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
         return from_rows(token_rows(table, ids), sampled)(num_rows, generator)
     if init == SoftPromptInit.SAVED_PROMPT:
-        from ._hub import read_prompt
+        from .adapters.reader import read_prompt
 
         saved = read_prompt(config.init_prompt_path)  # [P', H']
         if saved.shape[1] != dim:

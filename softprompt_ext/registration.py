@@ -5,13 +5,14 @@ the `PeftType` enum, and `peft_model.py` branches on `peft_type`). So softprompt
 `peft_type=PROMPT_TUNING` and fills PEFT's two registry slots for it with subclasses that behave exactly
 like PEFT's own classes for a plain `PromptTuningConfig`:
 
-* `PEFT_TYPE_TO_TUNER_MAPPING[PROMPT_TUNING] = SoftPromptEmbedding` -- the prompt encoder PEFT instantiates
+* the tuner slot (`PEFT_TYPE_TO_TUNER_MAPPING[PROMPT_TUNING]`) = `SoftPromptEmbedding` -- the prompt encoder PEFT instantiates
   in `PeftModel._setup_prompt_encoder`;
-* `PEFT_TYPE_TO_CONFIG_MAPPING[PROMPT_TUNING] = PromptTuningConfigLoader` -- what `PeftModel.from_pretrained`
+* the config slot (`PEFT_TYPE_TO_CONFIG_MAPPING[PROMPT_TUNING]`) = `PromptTuningConfigLoader` -- what `PeftModel.from_pretrained`
   and `load_adapter` call `.from_pretrained` on: it returns a `SoftPromptConfig` for adapters that carry a
   `softprompt_config.json` record and a plain `PromptTuningConfig` otherwise.
 
-No PEFT function is replaced. `tests/test_peft_contract.py` pins the PEFT behaviour relied on here.
+No PEFT function is replaced. The registry slots are reached through `peft_internals.py`, whose tests pin
+the PEFT behaviour relied on.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from __future__ import annotations
 from typing import Any
 
 from peft import PromptTuningConfig
-from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.prompt_tuning import PromptEmbedding
-from peft.utils import PeftType
 
-from ._hub import locate
-from .config import RECORD_NAME, SoftPromptConfig
+from .adapters.validation import build_config, validate_adapter
 from .encoder import SoftPromptEmbedding
-from .safety import validate_adapter
+from .peft_internals import (
+    PromptEmbedding,
+    prompt_tuning_registry_entries,
+    set_prompt_tuning_registry_entries,
+    split_from_pretrained_kwargs,
+)
 
 
 class PromptTuningConfigLoader(PromptTuningConfig):
@@ -41,19 +43,19 @@ class PromptTuningConfigLoader(PromptTuningConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
-        hub_kwargs, _, _ = SoftPromptConfig._split_kwargs(kwargs)
+        hub_kwargs, class_kwargs, _ = split_from_pretrained_kwargs(kwargs)
         # PEFT calls this before it adds the adapter and reads the weights (falling back to a pickled
-        # adapter_model.bin): check config, record and safetensors weights first, naming the bad file.
-        validate_adapter(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
-        if locate(pretrained_model_name_or_path, RECORD_NAME, subfolder, **hub_kwargs) is not None:
-            return SoftPromptConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        return PromptTuningConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        # adapter_model.bin): check config, record and safetensors weights first, naming the bad file. The
+        # config comes from the files validation has already parsed: each is read once.
+        report = validate_adapter(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        if not class_kwargs:
+            return report.config
+        return build_config(report.plain, report.record, report.location, **class_kwargs)
 
 
 def register() -> None:
     """Fill PEFT's PROMPT_TUNING registry slots (idempotent; runs on `import softprompt_ext`)."""
-    current_tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.PROMPT_TUNING)
-    current_config = PEFT_TYPE_TO_CONFIG_MAPPING.get(PeftType.PROMPT_TUNING)
+    current_tuner, current_config = prompt_tuning_registry_entries()
     if current_tuner not in (PromptEmbedding, SoftPromptEmbedding) or current_config not in (
         PromptTuningConfig,
         PromptTuningConfigLoader,
@@ -62,11 +64,9 @@ def register() -> None:
             f"PEFT's PROMPT_TUNING registry holds {current_tuner!r} / {current_config!r}, not PEFT's own classes: "
             "another plugin claims prompt tuning; softprompt-ext will not override it."
         )
-    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PROMPT_TUNING] = SoftPromptEmbedding
-    PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PROMPT_TUNING] = PromptTuningConfigLoader
+    set_prompt_tuning_registry_entries(SoftPromptEmbedding, PromptTuningConfigLoader)
 
 
 def unregister() -> None:
     """Give PEFT's own classes back their registry slots (used by tests of plain-PEFT behaviour)."""
-    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PROMPT_TUNING] = PromptEmbedding
-    PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PROMPT_TUNING] = PromptTuningConfig
+    set_prompt_tuning_registry_entries(PromptEmbedding, PromptTuningConfig)

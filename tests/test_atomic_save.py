@@ -21,13 +21,13 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.safe_save import (
+from softprompt_ext.adapters.atomic import (
     STAGES,
     last_complete_checkpoint,
     recover_adapter_dir,
     save_adapter_atomically,
 )
-from softprompt_ext.safety import AdapterError, load_adapter_safely, validate_adapter
+from softprompt_ext.adapters.validation import AdapterError, load_adapter_safely, validate_adapter
 from softprompt_ext.tiny_models import build_t5
 
 VOCAB, P, H = 64, 4, 16
@@ -40,7 +40,7 @@ ZYGOTE = textwrap.dedent(
     import torch
     from peft import get_peft_model
     from softprompt_ext import SoftPromptConfig
-    from softprompt_ext.safe_save import save_adapter_atomically
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
     from softprompt_ext.tiny_models import build_t5
 
     def work(directory, stop_at, marker, rows, width):

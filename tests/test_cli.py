@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForSeq2SeqLM
 
 from softprompt_ext import SoftPromptConfig, tiny_models
+from softprompt_ext.analysis.similarity import max_cosine
 from softprompt_ext.cli import main
-from softprompt_ext.similarity import max_cosine
 
 CAT, SEA, EOS, SENTINEL = 75, 68, 1, 170  # '▁cat', '▁sea', '</s>', '<extra_id_2>' of the test tokenizer
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -214,18 +214,18 @@ def test_png_without_matplotlib_names_the_extra(files, tmp_path, monkeypatch, ca
 
 def test_lm_adapt_forwards_its_arguments(monkeypatch):
     seen = []
-    fake = types.ModuleType("softprompt_ext.lm_adapt")
+    fake = types.ModuleType("softprompt_ext.training.lm_adapt")
     fake.main = lambda argv: seen.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "softprompt_ext.lm_adapt", fake)
+    monkeypatch.setitem(sys.modules, "softprompt_ext.training.lm_adapt", fake)
     assert main(["lm-adapt", "--steps", "10", "--help"]) == 3
     assert seen == [["--steps", "10", "--help"]]
 
 
 def test_lm_adapt_missing_is_a_clear_message(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "softprompt_ext.lm_adapt", None)  # as if the module were not installed
+    monkeypatch.setitem(sys.modules, "softprompt_ext.training.lm_adapt", None)  # as if the module were not installed
     assert main(["lm-adapt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no LM-adaptation module (softprompt_ext.lm_adapt)" in err[0]
+    assert len(err) == 1 and "no LM-adaptation module (softprompt_ext.training.lm_adapt)" in err[0]
 
 
 def test_check_accepts_a_good_adapter_and_its_base(files, capsys):

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from peft import PeftModel, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
+from softprompt_ext.adapters.validation import load_adapter_safely, validate_adapter
 from softprompt_ext.registration import PromptTuningConfigLoader
-from softprompt_ext.safety import load_adapter_safely, validate_adapter
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 SOME = settings(

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from softprompt_ext import SoftPromptConfig, checkpoints
-from softprompt_ext.embedded import (
+from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.tasks.supersense import (
     SUPERSENSE_LABELS,
-    embedded_model_path,
-    load_embedded,
     load_supersense,
     read_supersense,
     supersense_batch,
@@ -199,7 +198,7 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
 
     from peft import get_peft_model
 
-    from softprompt_ext.training import paper_optimizer
+    from softprompt_ext.training.recipe import paper_optimizer
 
     torch.manual_seed(0)
     previous = torch.get_num_threads()

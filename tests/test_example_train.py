@@ -16,7 +16,7 @@ from peft import AutoPeftModelForSeq2SeqLM, PeftModel
 from safetensors.torch import load_file
 
 from softprompt_ext import SoftPromptConfig, tiny_models
-from softprompt_ext.defaults import DEFAULT_D_MODEL, default_model_and_tokenizer
+from softprompt_ext.embedded import DEFAULT_D_MODEL, default_model_and_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "examples", "train_text2text.py")

@@ -1,4 +1,4 @@
-"""softprompt_ext.fast_path: the same loss from fewer logits, and bf16 autocast within tolerance."""
+"""softprompt_ext.training.fast_path: the same loss from fewer logits, and bf16 autocast within tolerance."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import torch
 from peft import get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.fast_path import (
+from softprompt_ext.precision import bf16_autocast, bf16_is_fast
+from softprompt_ext.training.fast_path import (
     TanhGELU,
-    bf16_autocast,
-    bf16_is_fast,
     causal_lm_target_loss,
     fuse_gelu,
     target_positions,

@@ -7,7 +7,8 @@ import torch
 from peft import get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.init import excluded_token_ids, from_rows, from_sampled_vocab, label_rows, vocab_pool
+from softprompt_ext.init import from_rows, from_sampled_vocab, label_rows, vocab_pool
+from softprompt_ext.special_tokens import excluded_token_ids
 
 
 def prompt_of(model) -> torch.Tensor:

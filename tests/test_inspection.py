@@ -13,8 +13,8 @@ from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForSeq2SeqLM
 
 from softprompt_ext import SoftPromptConfig, tiny_models
-from softprompt_ext._base_model import _table_from_checkpoint, embedding_table
-from softprompt_ext.inspection import (
+from softprompt_ext.analysis.base_model import _table_from_checkpoint, embedding_table
+from softprompt_ext.analysis.readout import (
     Neighbour,
     adapter_info,
     adapter_readout,
@@ -23,8 +23,8 @@ from softprompt_ext.inspection import (
     model_readout,
     nearest_tokens,
     readout_to_dict,
-    special_token_ids,
 )
+from softprompt_ext.special_tokens import readout_skip_ids
 
 # Hand-made table [V=6, H=4]: rows of different norms, so only a cosine (not a dot product) ranks them right.
 TABLE = torch.tensor(
@@ -100,10 +100,10 @@ def test_a_prompt_of_another_width_names_both_shapes():
 def test_special_token_ids_split_specials_from_sentinels(tokenizer):
     sentinels = set(range(168, 176))  # <extra_id_0..7>
     padding_rows = {176, 177, 178, 179}  # table rows past the tokenizer name no token
-    assert special_token_ids(tokenizer, 180) == {0, 1, 2} | sentinels | padding_rows
-    assert special_token_ids(tokenizer, 180, sentinels=False) == {0, 1, 2} | padding_rows
-    assert special_token_ids(tokenizer, 180, special=False) == sentinels
-    assert special_token_ids(tokenizer, 180, special=False, sentinels=False) == set()
+    assert readout_skip_ids(tokenizer, 180) == {0, 1, 2} | sentinels | padding_rows
+    assert readout_skip_ids(tokenizer, 180, sentinels=False) == {0, 1, 2} | padding_rows
+    assert readout_skip_ids(tokenizer, 180, special=False) == sentinels
+    assert readout_skip_ids(tokenizer, 180, special=False, sentinels=False) == set()
 
 
 def test_format_and_json_forms():
@@ -160,7 +160,7 @@ def test_class_label_rows_read_back_as_their_labels_and_specials_are_skipped(sav
     assert [row[0].token for row in readout[:2]] == ["▁cat", "▁sea"]
     assert [row[0].token_id for row in readout[:2]] == [CAT, SEA]
     assert [row[0].score for row in readout[:2]] == pytest.approx([1.0, 1.0], abs=1e-5)
-    specials = special_token_ids(tokenizer, len(tokenizer))
+    specials = readout_skip_ids(tokenizer, len(tokenizer))
     assert not {n.token_id for row in readout for n in row} & specials
     assert all(row[0].score < 0.999 for row in readout[2:])  # the copies of </s> and the sentinel are skipped
 

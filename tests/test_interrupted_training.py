@@ -6,7 +6,7 @@
 2. A kill while Trainer writes `checkpoint-N` leaves it without a whole `trainer_state.json` (written last).
    Trainer's `resume_from_checkpoint=True` picks that checkpoint and fails (pinned here);
    `safe_save.last_complete_checkpoint` picks the previous one, and the run still ends where it should.
-3. The LM-adaptation CLI (`python -m softprompt_ext.lm_adapt`) killed mid-run and resumed from the last
+3. The LM-adaptation CLI (`python -m softprompt_ext.training.lm_adapt`) killed mid-run and resumed from the last
    complete checkpoint ends with the weights of an uninterrupted run.
 """
 
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from softprompt_ext import tiny_models
-from softprompt_ext.safe_save import last_complete_checkpoint
+from softprompt_ext.adapters.atomic import last_complete_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "scripts", "interrupted_training.py")
@@ -169,7 +169,7 @@ def one_thread():
 def test_killed_lm_adaptation_cli_resumes_to_the_same_weights(tmp_path, tokenizer, one_thread):
     """The CLI runs in a subprocess killed after checkpoint-5; the uninterrupted reference runs meanwhile,
     in-process through the same CLI entry point (`lm_adapt.main`), and so does the resume."""
-    from softprompt_ext.lm_adapt import main
+    from softprompt_ext.training.lm_adapt import main
 
     source = str(tmp_path / "t5-tiny")
     tiny_models.build_t5(len(tokenizer)).save_pretrained(source)
@@ -180,7 +180,7 @@ def test_killed_lm_adaptation_cli_resumes_to_the_same_weights(tmp_path, tokenize
     killed_dir, reference_dir = str(tmp_path / "killed"), str(tmp_path / "reference")
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "softprompt_ext.lm_adapt", *common, "--output_dir", killed_dir],
+        [sys.executable, "-m", "softprompt_ext.training.lm_adapt", *common, "--output_dir", killed_dir],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -213,7 +213,7 @@ def test_killed_lm_adaptation_cli_resumes_to_the_same_weights(tmp_path, tokenize
 
 
 def test_lm_adapt_resume_last_skips_a_half_written_checkpoint(tmp_path):
-    from softprompt_ext.lm_adapt import resolve_resume
+    from softprompt_ext.training.lm_adapt import resolve_resume
 
     for step in (5, 10):
         os.makedirs(tmp_path / f"checkpoint-{step}")

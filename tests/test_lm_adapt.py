@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from softprompt_ext import SoftPromptConfig, checkpoints, tiny_models
-from softprompt_ext.lm_adapt import lm_adapt, main, resolve_resume
-from softprompt_ext.lm_objectives import LMObjective, Seq2SeqCollator
+from softprompt_ext.training.lm_adapt import lm_adapt, main, resolve_resume
+from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {"input_length": 16, "target_length": 16}
@@ -226,7 +226,7 @@ def test_cli_requires_output_dir(source, corpus, capsys):
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "softprompt_ext.lm_adapt", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "softprompt_ext.training.lm_adapt", *args], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=300,
     )
 

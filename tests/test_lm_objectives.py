@@ -7,16 +7,14 @@ import random
 import pytest
 import torch
 
-from softprompt_ext.lm_objectives import (
+from softprompt_ext.special_tokens import add_sentinel_prefix, ids_to_drop, sentinel_ids
+from softprompt_ext.training.lm_objectives import (
     LMObjective,
     Seq2SeqCollator,
-    add_sentinel_prefix,
     apply_span_corruption,
     chunk_token_ids,
-    ids_to_drop,
     prefix_lm_split,
     random_spans_noise_mask,
-    sentinel_ids,
     span_corruption_chunk_length,
 )
 

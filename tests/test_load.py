@@ -21,8 +21,8 @@ import torch
 from peft import get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.multi_prompt import mixed_forward
-from softprompt_ext.safety import load_adapter_safely
+from softprompt_ext.adapters.validation import load_adapter_safely
+from softprompt_ext.inference.mixed_batches import mixed_forward
 from softprompt_ext.tiny_models import build_t5
 
 ADAPTERS, BATCH, VOCAB, H, T = 64, 128, 4096, 16, 10  # logits of one batch: 128 x 3 x 4096 floats = 6 MB

@@ -1,23 +1,22 @@
-"""`softprompt_ext.metrics` against hand-computed values (the arithmetic is in the comments)."""
+"""`softprompt_ext.tasks.metrics` against hand-computed values (the arithmetic is in the comments)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from softprompt_ext.metrics import (
+from softprompt_ext.tasks.metrics import (
     accuracy,
     binary_f1,
     exact_match_score,
     macro_f1,
-    make_compute_metrics,
     multirc_metrics,
     normalize_answer,
     squad_metrics,
     token_f1_score,
     wsc_referent_match,
 )
-from softprompt_ext.tasks import get_task
+from softprompt_ext.tasks.registry import get_task, make_compute_metrics
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.multi_prompt import mixed_forward, mixed_generate
-from softprompt_ext.prompt_ensemble import (
+from softprompt_ext.inference.ensembles import (
     answer_key,
     combine_label_scores,
     ensemble_classify,
@@ -23,6 +22,7 @@ from softprompt_ext.prompt_ensemble import (
     majority_vote,
     score_labels,
 )
+from softprompt_ext.inference.mixed_batches import mixed_forward, mixed_generate
 
 TASK = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM"}
 TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, BitsAndBytesConfig, DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from softprompt_ext import SoftPromptConfig, tiny_models
-from softprompt_ext.training import PaperTrainingArguments, check_trainable_prompt
+from softprompt_ext.training.recipe import PaperTrainingArguments, check_trainable_prompt
 
 pytest.importorskip("bitsandbytes")
 

@@ -7,8 +7,8 @@ import torch
 from peft import get_peft_model
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.rank_classification import rank_classify, score_candidates
-from softprompt_ext.tasks import get_task
+from softprompt_ext.inference.rank_classification import rank_classify, score_candidates
+from softprompt_ext.tasks.registry import get_task
 from softprompt_ext.tiny_models import build_tokenizer
 
 # inputs of different lengths (padding) and labels of 1..many sub-tokens

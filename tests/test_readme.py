@@ -46,7 +46,6 @@ def test_main_job_runs_the_embedded_default():
     main, tests = re.findall(r"```bash\n(python3 -m venv .*?)\n```", README)[:2]
     assert main.endswith("pip install -e . && python examples/supersense.py")
     assert tests.endswith('pip install -e ".[test]" && python -m pytest -q')
-    from softprompt_ext.defaults import DEFAULT_KIND, default_model_path
-    from softprompt_ext.embedded import embedded_model_path
+    from softprompt_ext.embedded import DEFAULT_KIND, default_model_path, embedded_model_path
 
     assert DEFAULT_KIND == "lm_adapt" and default_model_path() == embedded_model_path("lm_adapt")

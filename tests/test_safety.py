@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 
 import pytest
@@ -20,7 +21,7 @@ from peft import PeftModel, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.safety import AdapterError, load_adapter_safely, validate_adapter
+from softprompt_ext.adapters.validation import AdapterError, load_adapter_safely, validate_adapter
 
 P, H = 4, 16
 CFG, W, REC, BIN = (
@@ -351,13 +352,14 @@ def test_peft_from_pretrained_plain_adapter_for_another_d_model(tmp_path, make_m
         PeftModel.from_pretrained(make_model("t5"), directory)  # today: loads, then fails at forward
 
 
-def test_extra_tensors_warn_but_load(tmp_path, make_model):
+@pytest.mark.parametrize("name", ["payload", "base_model.model.lm_head.weight", "base_model.encoder.block.0.layer.0.SelfAttention.q.weight"])
+def test_extra_tensors_are_refused_naming_the_tensor(tmp_path, make_model, name):
+    # PEFT loads every tensor of the file into the model (strict=False): an undeclared base-model tensor would
+    # overwrite the frozen model. Before the one strict reader this only warned and loaded.
     directory = save_adapter(tmp_path / "a", make_model)
-    prompt = torch.ones(P, H)
-    put_tensors({"prompt_embeddings": prompt, "payload": torch.zeros(3)})(directory)
-    with pytest.warns(UserWarning, match=r"ignoring tensors \['payload'\]"):
-        report = validate_adapter(directory)
-    torch.testing.assert_close(report.prompt, prompt)
+    put_tensors({"prompt_embeddings": torch.ones(P, H), name: torch.zeros(H, H)})(directory)
+    with pytest.raises(AdapterError, match=rf"holds tensor\(s\) \[{re.escape(repr(name))}\] besides 'prompt_embeddings'"):
+        validate_adapter(directory)
 
 
 def test_oversized_config_refused_before_parsing(tmp_path, make_model):

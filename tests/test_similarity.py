@@ -12,7 +12,7 @@ from peft import get_peft_model
 from safetensors.torch import save_file
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.similarity import (
+from softprompt_ext.analysis.similarity import (
     Match,
     cosine_matrix,
     library_entries,

@@ -1,4 +1,4 @@
-"""Text-to-text formatting, verbalizers, registry and loading of `softprompt_ext.tasks` (+ SuperGLUE / QA).
+"""Text-to-text formatting, verbalizers, registry and loading of `softprompt_ext.tasks.base` (+ SuperGLUE / QA).
 
 Every expected string below is written out by hand from T5's conventions (field order, separators, markup
 handling), not computed with the code under test.
@@ -14,16 +14,15 @@ import pytest
 import torch
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext.tasks import (
+from softprompt_ext.tasks.base import (
     COLUMNS,
     ClassificationTask,
-    get_task,
     label_id,
-    list_tasks,
     tokenize_for_seq2seq,
 )
-from softprompt_ext.tasks_qa import pad_punctuation
-from softprompt_ext.tasks_superglue import mark_pronoun
+from softprompt_ext.tasks.qa import pad_punctuation
+from softprompt_ext.tasks.registry import get_task, list_tasks
+from softprompt_ext.tasks.superglue import mark_pronoun
 
 datasets.disable_progress_bars()
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "data", "superglue")
@@ -309,6 +308,7 @@ def test_class_labels_initialise_the_prompt(make_model, tokenizer, tokenizer_dir
 
 def test_registry_names_aliases_and_errors():
     assert {
+        "supersense",
         "boolq",
         "cb",
         "copa",

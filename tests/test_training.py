@@ -23,8 +23,8 @@ from transformers import (
 from transformers.optimization import Adafactor
 
 from softprompt_ext import SoftPromptConfig
-from softprompt_ext._hub import read_prompt
-from softprompt_ext.training import (
+from softprompt_ext.adapters.reader import read_prompt
+from softprompt_ext.training.recipe import (
     PaperTrainingArguments,
     check_trainable_prompt,
     load_for_training,

@@ -1,10 +1,10 @@
-"""Zero-shot transfer configurations of `softprompt_ext.transfer` (paper section 5, Tables 2 and 3)."""
+"""Zero-shot transfer configurations of `softprompt_ext.tasks.transfer` (paper section 5, Tables 2 and 3)."""
 
 from __future__ import annotations
 
 import pytest
 
-from softprompt_ext.transfer import MRQA_OUT_OF_DOMAIN, TRANSFERS, get_transfer
+from softprompt_ext.tasks.transfer import MRQA_OUT_OF_DOMAIN, TRANSFERS, get_transfer
 
 
 def test_qqp_to_mrpc_maps_labels_before_scoring():

@@ -21,11 +21,11 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from softprompt_ext.hub import push_adapter
+from softprompt_ext.adapters.hub import push_adapter
 
 BASE_REPO = "tester/tiny-t5-lm-adapt"  # the base model lives on the test Hub under its own id
 ADAPTER_REPO = "tester/tiny-t5-softprompt"
-CARD_REPO = "tester/tiny-t5-softprompt-card"  # pushed by save_pretrained + upload_folder (softprompt_ext.hub.push_adapter)
+CARD_REPO = "tester/tiny-t5-softprompt-card"  # pushed by save_pretrained + upload_folder (softprompt_ext.adapters.hub.push_adapter)
 LABELS = ["positive", "negative"]
 SOURCE = ["this is a positive review of a wonderful book", "a terrible film with a weak story"]
 TARGET = ["positive", "negative"]

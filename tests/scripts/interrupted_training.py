@@ -103,7 +103,7 @@ def main() -> None:
     if args.resume_with_true:
         resume = True
     elif args.resume:
-        from softprompt_ext.safe_save import last_complete_checkpoint
+        from softprompt_ext.adapters.atomic import last_complete_checkpoint
 
         resume = last_complete_checkpoint(args.output_dir)
     train(args.output_dir, args.max_steps, args.save_steps, args.step_delay, resume)

@@ -39,44 +39,15 @@ Span corruption + sentinel (the paper's middle option, section 3.3)
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..special_tokens import ids_to_drop, sentinel_ids
+
 OBJECTIVES = ("prefix_lm", "span_corruption")
 MIN_CHUNK_TOKENS = 2  # one token for each side of the split
-_SENTINEL = re.compile(r"^<extra_id_(\d+)>$")
-
-
-# ---------------------------------------------------------------------------------------------- tokenizer facts
-def sentinel_ids(tokenizer: Any) -> list[int]:
-    """Ids of `<extra_id_0>`, `<extra_id_1>`, ... in that order (T5, mT5, ByT5 layout); `[]` when there are none."""
-    found = {int(m.group(1)): idx for tok, idx in tokenizer.get_vocab().items() if (m := _SENTINEL.match(tok))}
-    return [found[i] for i in sorted(found)]
-
-
-def ids_to_drop(tokenizer: Any) -> frozenset[int]:
-    """Ids that must never come from text: every special token and sentinel except the unknown token."""
-    special = set(tokenizer.all_special_ids) | set(sentinel_ids(tokenizer))
-    special.discard(tokenizer.unk_token_id)
-    return frozenset(special)
-
-
-def add_sentinel_prefix(label_ids: list[int], tokenizer: Any) -> list[int]:
-    """The paper's "span corruption + sentinel" target: `[<extra_id_0>] + label_ids` (unchanged if already there).
-
-    Use it on downstream targets when prompt tuning a span-corruption checkpoint (section 3.3).
-    """
-    ids = sentinel_ids(tokenizer)
-    if not ids:
-        raise ValueError(
-            "the tokenizer has no <extra_id_N> sentinel tokens; 'span corruption + sentinel' targets need a "
-            "T5-style tokenizer (T5, mT5, ByT5)."
-        )
-    label_ids = list(label_ids)
-    return label_ids if label_ids[:1] == [ids[0]] else [ids[0], *label_ids]
 
 
 # ---------------------------------------------------------------------------------------------- prefix LM

@@ -7,7 +7,7 @@ target task, one trained briefly on it -- not between task descriptions. So tran
 
     from peft import get_peft_model
     from softprompt_ext import SoftPromptConfig
-    from softprompt_ext.similarity import most_similar
+    from softprompt_ext.analysis.similarity import most_similar
 
     # 1. a prompt trained for a few hundred steps on the target task: `probe` (a PeftModel or adapter dir)
     best = most_similar(probe, "saved_prompts/")[0]
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .inspection import load_prompt
+from .readout import load_prompt
 
 PromptSource = Any  # a [P, H] tensor, an adapter directory, a Hub adapter id, a .safetensors file or a PeftModel
 

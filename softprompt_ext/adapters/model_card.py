@@ -11,12 +11,12 @@ import os
 from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
-from ._io import atomic_write_text
+from ..peft_internals import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from .atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from .config import SoftPromptConfig
+    from ..config import SoftPromptConfig
 
 CARD_NAME = "README.md"
 TAGS = ("prompt-tuning", "softprompt-ext", "peft")

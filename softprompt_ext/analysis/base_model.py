@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._hub import locate
+from ..adapters.reader import locate
 
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"

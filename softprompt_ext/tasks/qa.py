@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import Task
+from .base import Task
 
 _NON_WORD = re.compile(r"(\W)", re.ASCII)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .inspection import Neighbour
+from .readout import Neighbour
 
 INSTALL_HINT = "pip install softprompt-ext[plot]"
 

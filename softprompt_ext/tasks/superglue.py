@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import ClassificationTask, Task, group_key, key_value_text, label_id
+from .base import ClassificationTask, Task, group_key, key_value_text, label_id
 
 SUPERGLUE_HUB = "aps/super_glue"
 

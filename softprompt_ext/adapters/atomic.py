@@ -22,6 +22,10 @@ Swapping replaces the whole directory, so it refuses a directory holding files t
 write (training logs, `checkpoint-N`, `.git`): nothing of the user's is deleted. A `README.md` already
 there is carried into the new save first, so an edited model card is updated, not replaced.
 
+`atomic_write(path, write)` / `atomic_write_text(path, text)`: the same rule for one file -- write a
+temporary file in the target's directory, fsync it, `os.replace` it over the target, fsync the directory.
+The file gets the permissions an ordinary `open(path, "w")` would (0666 minus the umask), as PEFT's files do.
+
 `last_complete_checkpoint(output_dir)`: transformers' `get_last_checkpoint` returns the highest
 `checkpoint-N` even when the run was killed while writing it (Trainer writes `trainer_state.json` last).
 This returns the highest checkpoint whose `trainer_state.json` parses and says `global_step == N`, so
@@ -42,6 +46,36 @@ OLD_SUFFIX = ".old"  # the previous adapter while the new one is moved in
 STAGING_MARK = ".tmp-"  # staging directories are named .<name>.tmp-XXXXXXXX next to the target
 STAGES = ("saved", "moved_old", "swapped", "done")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` to produce the file, then move it over `path` in one durable step."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved adapter is as readable as PEFT's
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)  # the rename itself survives a power cut
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8, newline-terminated) to `path` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+
+    atomic_write(path, write)
 
 
 def save_adapter_atomically(
@@ -177,6 +211,12 @@ def _fsync_tree(root: str) -> None:
             with open(os.path.join(folder, file), "rb") as handle:
                 os.fsync(handle.fileno())
         _fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: str) -> None:

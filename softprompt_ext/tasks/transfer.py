@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tasks import Task, get_task
+from .base import Task
+from .registry import get_task
 
 # MRQA out-of-domain sets in the paper's Table 2 order (registry names)
 MRQA_OUT_OF_DOMAIN = ("textbookqa", "bioasq", "race", "relation_extraction", "duorc", "drop")

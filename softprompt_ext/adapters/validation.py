@@ -35,23 +35,24 @@ finiteness; a wrong but finite prompt from a stranger is the stranger's prompt.
 from __future__ import annotations
 
 import inspect
-import json
-import math
 import os
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
 from peft import PeftModel, PromptTuningConfig
-from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
-from ._hub import PROMPT_KEY, locate
-from .config import RECORD_NAME, SoftPromptConfig
-
-MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
-FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
+from ..config import RECORD_NAME, SoftPromptConfig
+from ..peft_internals import CONFIG_NAME, prompt_weight, saved_prompt_rows
+from .reader import (
+    AdapterError,
+    find_weights,
+    interrupted_save_hint,
+    read_adapter_json,
+    read_prompt,
+)
 
 # adapter_config.json fields PEFT reads for a prompt adapter: name -> (allowed JSON types, may be null)
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
@@ -72,10 +73,6 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 
 
-class AdapterError(ValueError):
-    """An adapter that must not be loaded; the message names the file and the problem."""
-
-
 @dataclass(frozen=True)
 class AdapterReport:
     """What `validate_adapter` found in a valid adapter.
@@ -84,13 +81,16 @@ class AdapterReport:
         location: the directory or Hub repo id given (with the subfolder, if any).
         config: `SoftPromptConfig` with a `softprompt_config.json`, else PEFT's `PromptTuningConfig`.
         weights_file: local path of the validated `adapter_model.safetensors`.
-        prompt: the saved prompt `[R, H]` as stored (R = P, or P x num_transformer_submodules for plain PEFT).
+        prompt: the saved prompt `[R, H]` in float32 (R = P, or P x num_transformer_submodules for plain PEFT).
+        plain, record: the parsed `adapter_config.json` and `softprompt_config.json` (None when absent).
     """
 
     location: str
     config: PromptTuningConfig
     weights_file: str
     prompt: torch.Tensor
+    plain: dict = field(default_factory=dict, repr=False)
+    record: dict | None = field(default=None, repr=False)
 
     @property
     def d_model(self) -> int:
@@ -127,28 +127,27 @@ def validate_adapter(
         raise TypeError(f"base_model must be a torch model or None, got {type(base_model).__name__}.")
     where = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
 
-    plain = _read_json(path_or_repo, CONFIG_NAME, subfolder, hub_kwargs)
+    plain = read_adapter_json(path_or_repo, CONFIG_NAME, subfolder, **hub_kwargs)
     if plain is None:
         raise AdapterError(
-            f"No {CONFIG_NAME} at {where!r}: it is not an adapter directory or repo."
-            + _interrupted_save(where)
+            f"No {CONFIG_NAME} at {where!r}: it is not an adapter directory or repo." + interrupted_save_hint(where)
         )
     config_file = os.path.join(where, CONFIG_NAME)
     _check_fields(plain, config_file)
-    record = _read_json(path_or_repo, RECORD_NAME, subfolder, hub_kwargs)
-    config = _build_config(plain, record, config_file)
+    record = read_adapter_json(path_or_repo, RECORD_NAME, subfolder, **hub_kwargs)
+    config = build_config(plain, record, config_file)
 
-    weights_file = _locate_weights(path_or_repo, subfolder, hub_kwargs, where)
-    prompt = _read_prompt(weights_file, _expected_rows(config), config.token_dim)
-    if base_model is not None:
-        model_dim = _model_dim(base_model)
-        if prompt.shape[1] != model_dim:
-            raise AdapterError(
-                f"{weights_file}: the prompt has shape {tuple(prompt.shape)} (rows, d_model) but the base "
-                f"model's d_model is {model_dim}: the adapter was trained on a different base model; load it "
-                "onto that one."
-            )
-    return AdapterReport(location=where, config=config, weights_file=weights_file, prompt=prompt)
+    weights_file = find_weights(path_or_repo, subfolder, **hub_kwargs)
+    prompt = read_prompt(
+        weights_file,
+        expected_rows=saved_prompt_rows(config),
+        token_dim=config.token_dim,
+        d_model=_model_dim(base_model) if base_model is not None else None,
+        modules_to_save=config.modules_to_save,
+    )  # [R, H]
+    return AdapterReport(
+        location=where, config=config, weights_file=weights_file, prompt=prompt, plain=plain, record=record
+    )
 
 
 def load_adapter_safely(
@@ -191,68 +190,6 @@ def load_adapter_safely(
 
 
 # ------------------------------------------------------------------------------------------- config
-def _locate(path_or_repo: str, filename: str, subfolder: str | None, hub_kwargs: dict) -> str | None:
-    """`_hub.locate`, with a missing local path or an unreachable Hub repo turned into an `AdapterError`."""
-    from huggingface_hub.errors import HFValidationError
-
-    folder = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
-    if not os.path.isdir(folder) and (os.path.isabs(path_or_repo) or path_or_repo.startswith(".")):
-        raise AdapterError(
-            f"No directory {folder!r}: pass an adapter directory or a Hub repo id.{_interrupted_save(folder)}"
-        )
-    try:
-        return locate(path_or_repo, filename, subfolder, **hub_kwargs)
-    except HFValidationError:
-        raise AdapterError(
-            f"{path_or_repo!r} is neither an adapter directory nor a valid Hub repo id."
-        ) from None
-    except OSError as exc:  # huggingface_hub's not-found, offline and HTTP errors are OSErrors
-        raise AdapterError(f"{filename} of {folder!r} cannot be fetched: {exc}") from None
-
-
-def _interrupted_save(folder: str) -> str:
-    """A hint when `safe_save.save_adapter_atomically` was killed between its two renames, else ''."""
-    leftover = f"{folder.rstrip(os.sep)}.old"
-    if not os.path.isdir(leftover):
-        return ""
-    return (
-        f" {leftover} exists: a save was interrupted; "
-        f"softprompt_ext.safe_save.recover_adapter_dir({folder!r}) "
-        "restores the previous adapter."
-    )
-
-
-def _read_json(path_or_repo: str, filename: str, subfolder: str | None, hub_kwargs: dict) -> dict | None:
-    """The JSON object in `filename`, None when absent; never more than MAX_JSON_BYTES read."""
-    local = _locate(path_or_repo, filename, subfolder, hub_kwargs)
-    if local is None:
-        return None
-    size = os.path.getsize(local)
-    if size > MAX_JSON_BYTES:
-        raise AdapterError(
-            f"{local}: {size} bytes; an adapter's {filename} is a few KB, this one is refused."
-        )
-    with open(local, "rb") as handle:
-        raw = handle.read()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise AdapterError(
-            f"{local}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is damaged."
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{local}: not valid JSON ({exc}); the file is damaged.") from None
-    except RecursionError:
-        raise AdapterError(
-            f"{local}: JSON nested too deeply to be an adapter config; the file is damaged."
-        ) from None
-    if not isinstance(data, dict):
-        raise AdapterError(
-            f"{local}: expected a JSON object, got a JSON {type(data).__name__}; the file is damaged."
-        )
-    return data
-
-
 def _check_fields(plain: dict[str, Any], config_file: str) -> None:
     """peft_type and the types of the fields PEFT reads; the config classes check values afterwards."""
     if "peft_type" not in plain:
@@ -286,116 +223,33 @@ def _check_fields(plain: dict[str, Any], config_file: str) -> None:
         )
 
 
-def _build_config(
-    plain: dict[str, Any], record: dict[str, Any] | None, config_file: str
+def build_config(
+    plain: dict[str, Any], record: dict[str, Any] | None, config_file: str, **overrides: Any
 ) -> PromptTuningConfig:
-    """The config object PEFT's loader builds, its validation errors prefixed with the file."""
+    """The config object of a parsed adapter, its validation errors prefixed with the file.
+
+    `SoftPromptConfig` when the adapter carries a record, else PEFT's `PromptTuningConfig` built the way PEFT's
+    `from_pretrained` builds it: unknown keys dropped with a warning, `overrides` only where the file is silent.
+    """
     try:
         if record is not None:
-            return SoftPromptConfig.from_parts(plain, record)
+            return SoftPromptConfig.from_parts(plain, record, **overrides)
         known = {f.name for f in fields(PromptTuningConfig) if f.init}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # unknown keys: PEFT's own loader warns about them once, later
-            return PromptTuningConfig(**{k: v for k, v in plain.items() if k in known})
+        unknown = sorted(set(plain) - known)
+        if unknown:
+            warnings.warn(
+                f"{config_file}: ignoring unknown PromptTuningConfig keys {unknown}; the adapter was saved by a "
+                "newer PEFT; upgrade PEFT to keep these settings.",
+                stacklevel=4,
+            )
+        merged = {**overrides, **plain}
+        return PromptTuningConfig(**{k: v for k, v in merged.items() if k in known})
     except (ValueError, TypeError) as exc:
         files = config_file if record is None else f"{config_file} + {RECORD_NAME}"
         raise AdapterError(f"{files}: {exc}") from exc
 
 
-def _expected_rows(config: PromptTuningConfig) -> int:
-    """Rows of the saved prompt: P for SoftPromptConfig, P x submodules for a plain PEFT config."""
-    if isinstance(config, SoftPromptConfig):
-        return config.num_virtual_tokens
-    submodules = config.num_transformer_submodules
-    if submodules is None:  # PEFT's default, applied when the adapter is set up
-        submodules = 2 if getattr(config.task_type, "value", config.task_type) == "SEQ_2_SEQ_LM" else 1
-    return config.num_virtual_tokens * submodules
-
-
-# ------------------------------------------------------------------------------------------- weights
-def _locate_weights(path_or_repo: str, subfolder: str | None, hub_kwargs: dict, where: str) -> str:
-    local = _locate(path_or_repo, SAFETENSORS_WEIGHTS_NAME, subfolder, hub_kwargs)
-    if local is not None:
-        return local
-    pickle_file = os.path.join(where, WEIGHTS_NAME)
-    found = (
-        f"{pickle_file} is a pickle"
-        if os.path.isfile(pickle_file)
-        else f"No {SAFETENSORS_WEIGHTS_NAME} at {where!r}"
-    )
-    raise AdapterError(
-        f"{found}: only {SAFETENSORS_WEIGHTS_NAME} is loaded. Pickled weights ({WEIGHTS_NAME}) are refused "
-        "because unpickling a file can run arbitrary code. If you trust the file's author, convert it once: "
-        "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
-    )
-
-
-def _read_prompt(weights_file: str, expected_rows: int, token_dim: int | None) -> torch.Tensor:
-    """The prompt `[R, H]` of a safetensors file, checked against the config before and after reading."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(weights_file, framework="pt") as handle:
-            keys = list(handle.keys())
-            if PROMPT_KEY not in keys:
-                raise AdapterError(
-                    f"{weights_file}: holds {sorted(keys)} but no {PROMPT_KEY!r}; it is not a prompt-tuning "
-                    "adapter."
-                )
-            if len(keys) > 1:
-                warnings.warn(
-                    f"{weights_file}: ignoring tensors {sorted(set(keys) - {PROMPT_KEY})}; a prompt adapter "
-                    "holds "
-                    f"only {PROMPT_KEY!r}.",
-                    stacklevel=3,
-                )
-            header = handle.get_slice(PROMPT_KEY)
-            shape, dtype = tuple(header.get_shape()), header.get_dtype()
-            _check_header(weights_file, shape, dtype, expected_rows, token_dim)
-            prompt = handle.get_tensor(PROMPT_KEY)  # [R, H]
-    except SafetensorError as exc:
-        raise AdapterError(
-            f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged."
-        ) from None
-    except OSError as exc:
-        raise AdapterError(f"{weights_file}: cannot be read ({exc}).") from None
-    if not torch.isfinite(prompt).all():
-        bad = int((~torch.isfinite(prompt)).sum())
-        raise AdapterError(
-            f"{weights_file}: {bad} of {prompt.numel()} prompt values are NaN or inf; the adapter is damaged."
-        )
-    return prompt
-
-
-def _check_header(
-    weights_file: str, shape: tuple, dtype: str, expected_rows: int, token_dim: int | None
-) -> None:
-    if dtype not in FLOAT_DTYPES:
-        raise AdapterError(
-            f"{weights_file}: {PROMPT_KEY} has dtype {dtype}; a prompt is floating point "
-            f"({', '.join(FLOAT_DTYPES)}). The adapter is damaged or not a prompt."
-        )
-    if len(shape) != 2:
-        raise AdapterError(
-            f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}, expected 2 dimensions [P, d_model]."
-        )
-    if shape[0] != expected_rows:
-        raise AdapterError(
-            f"{weights_file}: {PROMPT_KEY} has {shape[0]} rows but {CONFIG_NAME} implies {expected_rows} "
-            "(num_virtual_tokens x prompt submodules); the adapter files do not belong together."
-        )
-    if token_dim is not None and shape[1] != token_dim:
-        raise AdapterError(
-            f"{weights_file}: {PROMPT_KEY} has width {shape[1]} but {CONFIG_NAME} says "
-            f"token_dim={token_dim}; "
-            "the adapter files do not belong together."
-        )
-    if shape[1] < 1 or math.prod(shape) == 0:
-        raise AdapterError(
-            f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}; an empty prompt cannot be used."
-        )
-
-
+# ------------------------------------------------------------------------------------------- model
 def _model_dim(model: torch.nn.Module) -> int:
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     get = getattr(base, "get_input_embeddings", None)
@@ -410,7 +264,7 @@ def _model_dim(model: torch.nn.Module) -> int:
 
 def _check_loaded(model: PeftModel, adapter_name: str, report: AdapterReport) -> None:
     """The prompt PEFT loaded must be the validated one (a file replaced between the two reads is caught)."""
-    loaded = model.prompt_encoder[adapter_name].embedding.weight.detach()  # [R, H]
+    loaded = prompt_weight(model, adapter_name).detach()  # [R, H]
     expected = report.prompt.to(device=loaded.device, dtype=loaded.dtype)
     if loaded.shape != expected.shape or not torch.equal(loaded, expected):
         raise AdapterError(

@@ -21,17 +21,18 @@ Design decisions
 * Labels may be class ids (the Hub's `ClassLabel`), booleans or label strings (the original SuperGLUE JSON
   lines use `true`/`false` and `"entailment"`); -1 means "no label" (test splits) and is refused for training.
 
-The SuperGLUE tasks live in `tasks_superglue.py`, SQuAD and the MRQA sets in `tasks_qa.py`; this module
-has the base classes, GLUE MRPC / QQP / SST-2, the registry and the seq2seq tokenisation.
+This module holds the base classes and the seq2seq tokenisation; the tasks themselves live in `glue.py`,
+`superglue.py`, `qa.py` and `supersense.py`, and `registry.py` finds them by name (`get_task`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .metrics import accuracy, binary_f1, macro_f1
 
 COLUMNS = ("inputs", "targets", "answers", "group", "label_id")
 
@@ -270,8 +271,6 @@ class ClassificationTask(Task):
     def compute_metrics(
         self, predictions: Sequence[str], rows: Sequence[Mapping[str, Any]]
     ) -> dict[str, float]:
-        from .metrics import accuracy, binary_f1, macro_f1
-
         references = [row["targets"] for row in rows]
         scores = {"accuracy": accuracy(predictions, references)}
         if self.f1 == "binary":
@@ -283,85 +282,13 @@ class ClassificationTask(Task):
         return scores
 
 
-# ---------------------------------------------------------------------------------------------- GLUE
-MRPC = ClassificationTask(
-    "mrpc",
-    "nyu-mll/glue",
-    "mrpc",
-    prefix="mrpc",
-    label_names=("not_equivalent", "equivalent"),
-    fields=("sentence1", "sentence2"),
-    f1="binary",
-)
-QQP = ClassificationTask(
-    "qqp",
-    "nyu-mll/glue",
-    "qqp",
-    prefix="qqp",
-    label_names=("not_duplicate", "duplicate"),
-    fields=("question1", "question2"),
-    f1="binary",
-)
-SST2 = ClassificationTask(
-    "sst2", "nyu-mll/glue", "sst2", prefix="sst2", label_names=("negative", "positive"), fields=("sentence",)
-)
-
-
-# ---------------------------------------------------------------------------------------------- registry
-_ALIASES = {
-    "sst-2": "sst2",
-    "wsc.fixed": "wsc",
-    "re": "relation_extraction",
-    "relationextraction": "relation_extraction",
-    "duorc.paraphraserc": "duorc",
-    "squad_v1": "squad",
-}
-
-
-def _registry() -> dict[str, Task]:
-    from .tasks_qa import QA_TASKS  # local imports: those modules build on the classes above
-    from .tasks_superglue import SUPERGLUE_TASKS
-
-    tasks: list[Task] = [*SUPERGLUE_TASKS, MRPC, QQP, SST2, *QA_TASKS]
-    return {task.name: task for task in tasks}
-
-
-def list_tasks() -> list[str]:
-    """Names `get_task` accepts (aliases aside)."""
-    return sorted(_registry())
-
-
-def get_task(name: str, **overrides: Any) -> Task:
-    """The task registered under `name` (case-insensitive), with fields replaced by `overrides`.
-
-    `overrides` change e.g. where the data lives: `get_task("boolq", hub_path="super_glue")`.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"task name must be a string, got {name!r}; see softprompt_ext.tasks.list_tasks().")
-    registry = _registry()
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in registry:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}.")
-    task = registry[key]
-    if not overrides:
-        return task
-    known = {f.name for f in dataclasses.fields(task)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(
-            f"get_task({name!r}) got unknown field(s) {unknown}; {type(task).__name__} has {sorted(known)}."
-        )
-    return dataclasses.replace(task, **overrides)
-
-
 # ---------------------------------------------------------------------------------------------- tokenising
 def tokenize_for_seq2seq(formatted, tokenizer, *, max_input_length: int = 512, max_target_length: int = 64):
     """`input_ids`, `attention_mask` and `labels` for an encoder-decoder (T5) from a formatted dataset.
 
     Inputs and targets get the tokenizer's special tokens (T5: a closing EOS). Inputs longer than
     `max_input_length` are cut at the end, as T5's pipelines do. The other columns are dropped; keep the
-    formatted dataset for `metrics.make_compute_metrics(..., eval_dataset=formatted)`.
+    formatted dataset for `make_compute_metrics(..., eval_dataset=formatted)`.
     """
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:

@@ -41,6 +41,8 @@ import torch
 from transformers import Seq2SeqTrainingArguments
 from transformers.optimization import Adafactor, get_constant_schedule
 
+from ..peft_internals import prompt_parameters
+
 PAPER_LEARNING_RATE = 0.3  # section 3; appendix search space 0.001-0.5
 PAPER_DECAY_RATE = 0.8  # T5X sign convention: beta2_t = 1 - t^(-0.8)
 PAPER_WEIGHT_DECAY_RATE = 1e-5  # T5X meaning: parameter *= (1 - 1e-5) every step
@@ -173,19 +175,18 @@ def check_trainable_prompt(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     the `PeftModel` (after `get_peft_model`) it freezes the prompt too, and the Trainer then runs, logs a
     constant loss and saves the initial prompt without any error. This check names the fix instead.
     """
-    prompt_encoder = getattr(model, "prompt_encoder", None)
-    if prompt_encoder is None or not len(prompt_encoder):
+    prompt = prompt_parameters(model)
+    if not prompt:
         raise TypeError(
             f"model is a {type(model).__name__}, not a prompt-tuning PeftModel; build it with "
             "peft.get_peft_model(base_model, SoftPromptConfig(...)) first."
         )
-    prompt = [p for p in prompt_encoder.parameters()]
     if not any(p.requires_grad for p in prompt):
         raise ValueError(
             "the soft prompt is frozen (requires_grad=False), so training would not change it. "
             "peft.prepare_model_for_kbit_training freezes every parameter: call it on the base model "
             "*before* get_peft_model, not on the PeftModel. To continue training a saved prompt, use "
-            "softprompt_ext.training.load_for_training(base_model, adapter)."
+            "softprompt_ext.load_for_training(base_model, adapter)."
         )
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -211,7 +212,7 @@ def load_for_training(
     """
     from peft import get_peft_model
 
-    from .config import SoftPromptConfig
+    from ..config import SoftPromptConfig
 
     config = SoftPromptConfig.continue_from(adapter, **overrides)
     model = get_peft_model(base_model, config, adapter_name=adapter_name)

@@ -6,7 +6,7 @@ frozen model can serve a batch whose examples belong to different tasks.
 
 PEFT holds several prompt adapters in one `PeftModel` (`load_adapter`), but its forward and generate use
 the single active adapter for the whole batch. This module reads each loaded prompt
-(`model.prompt_encoder[name].embedding.weight`), places prompt i in front of example i itself and calls
+(`peft_internals.prompt_weight`), places prompt i in front of example i itself and calls
 the frozen base model with `inputs_embeds`. PEFT is neither patched nor called for the placement.
 
 Design decisions
@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
-from peft.utils import PeftType
+
+from ..peft_internals import input_embeddings, is_prompt_tuning, prompt_weight
 
 IGNORE_INDEX = -100  # label value that takes no part in the loss (PEFT and transformers use the same)
 
@@ -119,15 +120,15 @@ def loaded_prompts(model: PeftModel, adapter_names: list[str] | tuple[str, ...])
                 f"{sorted(model.peft_config)}. Load it first with model.load_adapter(path, adapter_name={name!r})."
             )
         config = model.peft_config[name]
-        if config.peft_type != PeftType.PROMPT_TUNING:
+        if not is_prompt_tuning(config):
             kind = getattr(config.peft_type, "value", config.peft_type)
             raise ValueError(
                 f"adapter_names[{i}]={name!r} is a {kind} adapter, not a prompt-tuning adapter (peft_type "
                 "PROMPT_TUNING); mixed-task batches place soft prompts only. Use SoftPromptConfig or "
                 "peft.PromptTuningConfig adapters."
             )
-        weight = model.prompt_encoder[name].embedding.weight  # [P or 2P, H]
-        d_model = model.word_embeddings.embedding_dim  # exists once the model holds a prompt adapter
+        weight = prompt_weight(model, name)  # [P or 2P, H]
+        d_model = input_embeddings(model).embedding_dim  # exists once the model holds a prompt adapter
         if weight.shape[-1] != d_model:
             widths = {other: tuple(p.shape) for other, p in prompts.items()}
             raise ValueError(
@@ -177,7 +178,7 @@ def place_prompts(
     attention_mask = _check_batch(input_ids, attention_mask, adapter_names)
     prompts = loaded_prompts(model, adapter_names)
     real = attention_mask.bool()  # [B, T]
-    inputs_embeds = model.word_embeddings(input_ids)  # [B, T, H]
+    inputs_embeds = input_embeddings(model)(input_ids)  # [B, T, H]
     batch, device = input_ids.shape[0], inputs_embeds.device
 
     # All distinct prompts in one zero-padded table, so placing them is one indexing operation.

@@ -4,7 +4,7 @@ The paper reads a prompt by listing, for every prompt position, the vocabulary t
 embeddings are closest to it by cosine similarity: learned rows form semantic clusters, and rows initialised
 from class labels usually keep their label as nearest neighbour after training.
 
-    from softprompt_ext.inspection import adapter_readout, format_readout
+    from softprompt_ext.analysis.readout import adapter_readout, format_readout
 
     readout = adapter_readout("my-adapter", top_k=5)   # base model from adapter_config.json
     print(format_readout(readout))
@@ -16,7 +16,7 @@ Design decisions
 * One matrix product `[P, H] x [H, V]` with the prompt rows normalised; the scores are then divided by the
   table's row norms, which gives the same cosine without a normalised copy of a 32k x 4096 table. Excluded
   ids get `-inf` before `topk`, so there is no Python loop over the vocabulary.
-* Special tokens are skipped by default -- the same set `init.excluded_token_ids` keeps out of
+* Special tokens are skipped by default -- the same set `special_tokens.excluded_token_ids` keeps out of
   `SAMPLE_VOCAB` (pad, EOS, UNK, byte fallback) -- and T5's sentinels `<extra_id_i>` on their own switch
   (a span-corruption-only T5 pulls prompts towards sentinels, paper section 3.3, so keeping them can be the
   point). Table rows past the tokenizer (T5 pads 32,100 tokens to 32,128 rows) name no token and are
@@ -29,17 +29,24 @@ Design decisions
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from ._base_model import embedding_table, tokenizer_for
-from ._hub import locate, read_adapter_json, read_prompt
-from .init import excluded_token_ids
-
-_SENTINEL = re.compile(r"^<extra_id_\d+>$")  # T5's span-corruption sentinels
+from ..adapters.model_card import CARD_NAME
+from ..adapters.reader import locate, read_prompt
+from ..adapters.validation import validate_adapter
+from ..config import RECORD_NAME
+from ..peft_internals import (
+    CONFIG_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
+    has_prompt_encoder,
+    is_prompt_tuning,
+    prompt_weight,
+)
+from ..special_tokens import readout_skip_ids
+from .base_model import embedding_table, tokenizer_for
 
 
 @dataclass(frozen=True)
@@ -104,23 +111,6 @@ def nearest_tokens(
     ]
 
 
-def special_token_ids(tokenizer: Any, num_rows: int, *, special: bool = True, sentinels: bool = True) -> set[int]:
-    """Ids a readout skips: special tokens and/or T5 sentinels of `tokenizer`, in a table of `num_rows` rows.
-
-    `special` covers what `init.excluded_token_ids` excludes (pad, EOS, UNK, BOS, byte fallback, added
-    special tokens) and the table rows past the tokenizer; `sentinels` covers `<extra_id_i>`, which
-    tokenizers mark special too -- so `special=True, sentinels=False` skips the other specials but keeps them.
-    """
-    sentinel_ids = {int(i) for tok, i in tokenizer.get_vocab().items() if _SENTINEL.match(tok)}
-    ids: set[int] = set()
-    if special:
-        ids |= excluded_token_ids(tokenizer) - sentinel_ids
-        ids |= set(range(len(tokenizer), num_rows))
-    if sentinels:
-        ids |= sentinel_ids
-    return ids
-
-
 # ---------------------------------------------------------------------------------------------- prompts
 def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
     """The prompt `[P, H]` (float32, on the CPU) of an adapter, a `PeftModel`, or a tensor.
@@ -136,7 +126,7 @@ def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
         if source.dim() != 2:
             raise ValueError(f"a prompt tensor must be [P, d_model], got shape {tuple(source.shape)}.")
         return source.detach().float().cpu()
-    if hasattr(source, "peft_config") and hasattr(source, "prompt_encoder"):
+    if hasattr(source, "peft_config") and hasattr(source, "get_base_model"):
         return _model_prompt(source, adapter_name)[0]
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
@@ -145,13 +135,10 @@ def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
             f"a prompt source must be an adapter path, a Hub id, a PeftModel or a tensor, got {type(source).__name__}."
         )
     _check_exists(source)
-    prompt = read_prompt(source)  # [rows, H]
-    config = read_adapter_json(source, "adapter_config.json") if not os.path.isfile(source) else None
-    if config:
-        num_virtual_tokens = config.get("num_virtual_tokens")
-        if isinstance(num_virtual_tokens, int) and 0 < num_virtual_tokens < prompt.shape[0]:
-            prompt = prompt[:num_virtual_tokens]  # [P, H]: plain PEFT seq2seq saves 2P rows, the encoder uses P
-    return prompt
+    if os.path.isfile(source):
+        return read_prompt(source)  # [P, H]: a bare .safetensors file, checked by the one reader
+    report = validate_adapter(source)  # config, record and weights through the one reader
+    return report.prompt[: report.config.num_virtual_tokens]  # [P, H]: plain PEFT seq2seq saves 2P rows
 
 
 def _check_exists(source: str) -> None:
@@ -164,18 +151,16 @@ def _check_exists(source: str) -> None:
 
 def _model_prompt(model: Any, adapter_name: str | None) -> tuple[torch.Tensor, Any]:
     """(prompt `[P, H]`, its config) of one adapter of a `PeftModel`."""
-    from peft.utils import PeftType
-
     name = adapter_name or model.active_adapter
     if name not in model.peft_config:
         raise ValueError(f"adapter_name={name!r} is not in this model; it has {sorted(model.peft_config)}.")
     config = model.peft_config[name]
-    if config.peft_type != PeftType.PROMPT_TUNING or name not in model.prompt_encoder:
+    if not is_prompt_tuning(config) or not has_prompt_encoder(model, name):
         raise ValueError(
             f"adapter {name!r} is a {getattr(config.peft_type, 'value', config.peft_type)} adapter; the readout "
             "reads prompt-tuning (PROMPT_TUNING) adapters only."
         )
-    weight = model.prompt_encoder[name].embedding.weight  # [rows, H]
+    weight = prompt_weight(model, name)  # [rows, H]
     return weight[: config.num_virtual_tokens].detach().float().cpu(), config  # [P, H]
 
 
@@ -196,7 +181,7 @@ def model_readout(
         tokenizer: the base model's tokenizer; default: loaded from the adapter's `tokenizer_name_or_path` or
             `base_model_name_or_path`.
         adapter_name: which adapter (default: the active one).
-        top_k, skip_special, skip_sentinels: see `nearest_tokens` and `special_token_ids`.
+        top_k, skip_special, skip_sentinels: see `nearest_tokens` and `softprompt_ext.special_tokens.readout_skip_ids`.
     Returns:
         P lists of `top_k` `Neighbour`s, best first.
     """
@@ -204,7 +189,7 @@ def model_readout(
     if tokenizer is None:
         tokenizer = tokenizer_for([config.tokenizer_name_or_path, config.base_model_name_or_path])
     table = model.get_base_model().get_input_embeddings().weight  # [V, H]
-    exclude = special_token_ids(tokenizer, table.shape[0], special=skip_special, sentinels=skip_sentinels)
+    exclude = readout_skip_ids(tokenizer, table.shape[0], special=skip_special, sentinels=skip_sentinels)
     return nearest_tokens(prompt, table, top_k=top_k, exclude_ids=exclude, tokenizer=tokenizer)
 
 
@@ -226,12 +211,14 @@ def adapter_readout(
             embedding tensor is read when the checkpoint is safetensors.
         tokenizer: a tokenizer, or its directory / Hub id. Default: the base model's, else the adapter's
             `tokenizer_name_or_path`.
-        top_k, skip_special, skip_sentinels: see `nearest_tokens` and `special_token_ids`.
+        top_k, skip_special, skip_sentinels: see `nearest_tokens` and `softprompt_ext.special_tokens.readout_skip_ids`.
     Returns:
         P lists of `top_k` `Neighbour`s, best first.
     """
-    prompt = load_prompt(adapter)  # [P, H]
-    config = read_adapter_json(adapter, "adapter_config.json") or {}
+    _check_exists(adapter)
+    report = validate_adapter(adapter)  # config, record and weights through the one reader
+    prompt = report.prompt[: report.config.num_virtual_tokens]  # [P, H]
+    config = report.plain
     base = base_model if base_model is not None else config.get("base_model_name_or_path")
     if base is None:
         raise ValueError(
@@ -244,7 +231,7 @@ def adapter_readout(
     elif tokenizer is None:
         base_name = base if isinstance(base, str) else getattr(base, "name_or_path", None)
         tokenizer = tokenizer_for([base_name, config.get("tokenizer_name_or_path")])
-    exclude = special_token_ids(tokenizer, table.shape[0], special=skip_special, sentinels=skip_sentinels)
+    exclude = readout_skip_ids(tokenizer, table.shape[0], special=skip_special, sentinels=skip_sentinels)
     return nearest_tokens(prompt, table, top_k=top_k, exclude_ids=exclude, tokenizer=tokenizer)
 
 
@@ -256,15 +243,10 @@ def adapter_info(adapter: str) -> dict[str, Any]:
     Returns:
         A JSON-ready dict; `record` is the content of `softprompt_config.json` (None for plain PEFT adapters).
     """
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-
     _check_exists(adapter)
-    config = read_adapter_json(adapter, "adapter_config.json")
-    if config is None:
-        raise ValueError(f"No adapter_config.json at {adapter!r}; pass a saved adapter directory or Hub adapter id.")
-    record = read_adapter_json(adapter, "softprompt_config.json")
-    saved = read_prompt(adapter)  # [rows, H]
-    prompt = load_prompt(adapter)  # [P, H]
+    report = validate_adapter(adapter)  # config, record and weights through the one reader
+    config, record, saved = report.plain, report.record, report.prompt  # saved: [rows, H]
+    prompt = saved[: report.config.num_virtual_tokens]  # [P, H]
     if os.path.isdir(adapter):
         files = {
             os.path.relpath(os.path.join(root, f), adapter): os.path.getsize(os.path.join(root, f))
@@ -272,7 +254,7 @@ def adapter_info(adapter: str) -> dict[str, Any]:
             for f in found
         }
     else:  # a Hub id: the files read from it (cached locally by huggingface_hub)
-        names = ["adapter_config.json", "softprompt_config.json", SAFETENSORS_WEIGHTS_NAME, "README.md"]
+        names = [CONFIG_NAME, RECORD_NAME, SAFETENSORS_WEIGHTS_NAME, CARD_NAME]
         located = {name: locate(adapter, name) for name in names}
         files = {name: os.path.getsize(path) for name, path in located.items() if path is not None}
     return {

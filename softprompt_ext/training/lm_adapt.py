@@ -6,7 +6,7 @@ released LM-adapted T5 1.1 (`checkpoints.LM_ADAPTED`); for mT5, ByT5 or a domain
     softprompt-lm-adapt --model_name_or_path google/mt5-base --train_files corpus.txt \\
         --max_steps 100000 --output_dir mt5-base-lm-adapt
     # or --dataset_name allenai/c4 --dataset_config_name en --streaming; .txt or .jsonl files (--text_column)
-    # or: accelerate launch -m softprompt_ext.lm_adapt ...; resume with --resume_from_checkpoint last
+    # or: accelerate launch -m softprompt_ext.training.lm_adapt ...; resume with --resume_from_checkpoint last
 
 Design decisions
 ----------------
@@ -36,8 +36,8 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
+from ..adapters.atomic import last_complete_checkpoint
 from .lm_objectives import LMObjective, Seq2SeqCollator
-from .safe_save import last_complete_checkpoint
 
 PROG = "softprompt-lm-adapt"
 RECORD_KEYS = {"prefix_lm": "lm_adaptation", "span_corruption": "continued_pretraining"}
@@ -211,7 +211,7 @@ def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) 
     """Train `args.model_name_or_path` on the objective with Trainer and save model + tokenizer to `output_dir`."""
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, Trainer
 
-    from . import __version__
+    from ..version import __version__
 
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if args.streaming and training_args.max_steps <= 0:
@@ -306,7 +306,7 @@ class _Parser(HfArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console script `softprompt-lm-adapt` (also `python -m softprompt_ext.lm_adapt`); `--help` lists all flags."""
+    """Console script `softprompt-lm-adapt` (also `python -m softprompt_ext.training.lm_adapt`); `--help` lists all flags."""
     parser = _Parser(
         (LMAdaptArguments, LMAdaptTrainingArguments),
         prog=PROG,

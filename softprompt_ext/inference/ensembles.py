@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from .multi_prompt import IGNORE_INDEX, _is_encoder_decoder, loaded_prompts, mixed_forward, mixed_generate
+from .mixed_batches import IGNORE_INDEX, _is_encoder_decoder, loaded_prompts, mixed_forward, mixed_generate
 
 METHODS = ("vote", "mean")
 

@@ -20,10 +20,8 @@ plain step pays for and the result does not need (numbers in `benchmarks/RESULTS
   formula (`F.gelu(approximate="tanh")`, equal to float rounding: 2.4e-7 at most on N(0, 1) inputs). On
   the T5 1.1-small shape at batch 8 x 228 tokens this drops 174 MB (20 %) of the tensors saved for
   backward and four fifths of the activation's time.
-* **Float32 matrix products on hardware with fast bfloat16.** `bf16_autocast` runs the frozen model's
-  matrix products in bfloat16 where the device has bf16 units (CUDA with bf16 support, CPUs with
-  AVX512-BF16 or AMX), keeping the prompt, its gradient and the optimizer in float32. This changes the
-  result by bfloat16 rounding only (tests bound it); it is what `TrainingArguments(bf16=True)` does.
+* **Float32 matrix products on hardware with fast bfloat16.** `softprompt_ext.precision.autocast` runs the
+  frozen model's matrix products in bfloat16 where the device has bf16 units; see `precision.py`.
 
 Dropout is *not* on this list: the paper's recipe uses dropout 0.1, and its masks are part of the
 result. (Dropout with p=0 costs nothing in PyTorch: `F.dropout` returns its input unchanged.)
@@ -31,53 +29,10 @@ result. (Dropout with p=0 costs nothing in PyTorch: `F.dropout` returns its inpu
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # the label value transformers' losses skip
-
-
-def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether `device` has bfloat16 matrix units (so bf16 autocast speeds training up rather than down).
-
-    CUDA: `torch.cuda.is_bf16_supported()`. CPU: AVX512-BF16 or AMX-BF16, as oneDNN reports it; older
-    CPUs emulate bf16 and get slower, so they answer False.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-        try:
-            return bool(probe()) if probe is not None else False
-        except RuntimeError:  # a build without oneDNN
-            return False
-    return False
-
-
-@contextlib.contextmanager
-def bf16_autocast(device: str | torch.device = "cpu", enabled: bool | None = None) -> Iterator[bool]:
-    """Run the enclosed forward pass under bfloat16 autocast where it is fast; yield whether it is on.
-
-    Args:
-        device: where the model runs ("cpu", "cuda", "cuda:1", or a `torch.device`).
-        enabled: None (default) turns autocast on when `bf16_is_fast(device)`; True forces it on; False off.
-
-    Wrap the forward pass and the loss only; call `backward()` and `optimizer.step()` after the block
-    (autocast's own rule). Parameters stay float32, so the prompt's gradient and optimizer state do too.
-    """
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}; None picks by hardware.")
-    device = torch.device(device)
-    on = bf16_is_fast(device) if enabled is None else enabled
-    if not on:
-        yield False
-        return
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        yield True
 
 
 class TanhGELU(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Metrics of the paper's evaluations, with the standard definitions, and a `Seq2SeqTrainer` hook.
+"""Metrics of the paper's evaluations, with the standard definitions: pure functions of strings.
 
 Lester et al. (2021) report SuperGLUE dev scores (section 3, Figure 1, Table 1), SQuAD -> MRQA F1 (section 5,
 Table 2) and QQP <-> MRPC accuracy / F1 (section 5, Table 3). They use T5's metrics; this module implements
@@ -28,13 +28,10 @@ from __future__ import annotations
 import collections
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .tasks import Task
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = frozenset(string.punctuation)
@@ -183,66 +180,3 @@ def check_lengths(predictions: Sequence[Any], other: Sequence[Any], name: str) -
             f"got {len(predictions)} predictions but {len(other)} {name}; "
             "pass one entry per example, in order."
         )
-
-
-# ---------------------------------------------------------------------------------------------- Trainer hook
-def make_compute_metrics(
-    tokenizer, task: Task | str, eval_dataset: Any | None = None
-) -> Callable[[Any], dict[str, float]]:
-    """A `compute_metrics` for `Seq2SeqTrainer` with `Seq2SeqTrainingArguments(predict_with_generate=True)`.
-
-    Args:
-        tokenizer: decodes the generated ids and the label ids.
-        task: a `Task` (or its registry name) whose `compute_metrics` scores the decoded strings.
-        eval_dataset: the *formatted* eval set (`task.format(raw)`, columns `inputs`, `targets`, `answers`,
-            `group`, `label_id`), in the order the Trainer evaluates it (its eval sampler is sequential).
-            Needed by tasks that score against more than the single target string (MultiRC groups, ReCoRD /
-            SQuAD / MRQA answer lists, WSC labels); without it the decoded labels are the references.
-
-    The Trainer pads generated ids across batches with -100 and labels carry -100 on ignored positions: both
-    are replaced by the pad id before decoding, and special tokens are skipped.
-    """
-    from .tasks import get_task
-
-    task = get_task(task) if isinstance(task, str) else task
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def compute_metrics(eval_pred: Any) -> dict[str, float]:
-        predictions, label_ids = _unpack(eval_pred)
-        if predictions.ndim == 3:
-            raise ValueError(
-                f"compute_metrics got logits of shape {predictions.shape}; generate predictions instead: "
-                "Seq2SeqTrainingArguments(predict_with_generate=True)."
-            )
-        predictions = np.where(predictions < 0, pad_id, predictions)  # [N, L] -100 from cross-batch padding
-        label_ids = np.where(label_ids < 0, pad_id, label_ids)  # [N, L']
-        pred_text = [t.strip() for t in tokenizer.batch_decode(predictions, skip_special_tokens=True)]
-        gold_text = [t.strip() for t in tokenizer.batch_decode(label_ids, skip_special_tokens=True)]
-        if eval_dataset is not None:
-            rows = [dict(row) for row in eval_dataset]
-            if len(rows) != len(pred_text):
-                raise ValueError(
-                    f"eval_dataset has {len(rows)} rows but the Trainer produced "
-                    f"{len(pred_text)} predictions; "
-                    "pass the formatted dataset the Trainer evaluates (same rows, same order)."
-                )
-        else:
-            rows = [
-                {"targets": t, "answers": [t], "group": str(i), "label_id": -1}
-                for i, t in enumerate(gold_text)
-            ]
-        return task.compute_metrics(pred_text, rows)
-
-    return compute_metrics
-
-
-def _unpack(eval_pred: Any) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(eval_pred, Mapping):
-        predictions, label_ids = eval_pred["predictions"], eval_pred["label_ids"]
-    elif hasattr(eval_pred, "predictions"):
-        predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
-    else:
-        predictions, label_ids = eval_pred
-    if isinstance(predictions, tuple):
-        predictions = predictions[0]
-    return np.asarray(predictions), np.asarray(label_ids)

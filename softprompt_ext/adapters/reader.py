@@ -1,0 +1,232 @@
+"""The one reader of adapter files: every path that reads an adapter (PEFT's loader slot, `from_pretrained`,
+`continue_from`, `SAVED_PROMPT`, `load_for_training`, validation, readout, similarity, the CLI) comes here.
+
+Adapters come from strangers on the Hub (Lester et al. 2021, sections 1 and 6: a prompt per task, shared and
+stored by the thousand), so one door with all the checks protects every path:
+
+* JSON (`read_adapter_json`): at most `MAX_JSON_BYTES`, UTF-8, valid JSON, an object, not nested past what
+  Python can parse; otherwise one `AdapterError` naming the file.
+* Weights (`read_prompt`): `adapter_model.safetensors` only -- pickles are never opened (unpickling can run
+  code). The header is read first: the prompt must be 2-D, floating point, with the rows, width and d_model
+  the caller expects, so a tensor that does not fit is refused before its data is read (a 12 KB sparse file
+  cannot make the reader allocate gigabytes). Tensors other than the prompt are refused unless they belong to
+  a module the config declares in `modules_to_save` (PEFT loads every tensor of the file into the model with
+  `strict=False`: an undeclared `lm_head.weight` would overwrite the frozen base model). Values must be finite
+  *after* the cast to float32, the dtype the prompt is used in (a float64 1e300 is inf in float32).
+* Locations (`find_adapter_file`): a local directory, or a Hub repo id through `huggingface_hub`; a missing
+  directory, an invalid repo id and an unreachable Hub are each one clear `AdapterError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+
+from ..peft_internals import CONFIG_NAME, PROMPT_KEY, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+
+MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
+OLD_SUFFIX = ".old"  # what an interrupted `save_adapter_atomically` leaves next to the adapter
+
+
+class AdapterError(ValueError):
+    """An adapter that must not be loaded; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------- locations
+def locate(path_or_repo: str, filename: str, subfolder: str | None = None, **hub_kwargs: Any) -> str | None:
+    """Local path of `filename` in a directory or Hub repo; None when it has no such file (no other checks)."""
+    folder = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
+    if os.path.isdir(folder):
+        candidate = os.path.join(folder, filename)
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        return hf_hub_download(path_or_repo, filename, subfolder=subfolder, **hub_kwargs)
+    except EntryNotFoundError:  # absent in the repo, or offline and not in the local cache
+        return None
+
+
+def find_adapter_file(
+    path_or_repo: str, filename: str, subfolder: str | None = None, **hub_kwargs: Any
+) -> str | None:
+    """`locate`, with a missing local directory or an unreachable Hub repo turned into an `AdapterError`."""
+    from huggingface_hub.errors import HFValidationError
+
+    folder = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
+    if os.path.isfile(folder):
+        raise AdapterError(f"{folder!r} is a file; pass the adapter's directory (or a Hub repo id).")
+    if not os.path.isdir(folder) and (os.path.isabs(path_or_repo) or path_or_repo.startswith(".")):
+        raise AdapterError(
+            f"No directory {folder!r}: pass an adapter directory or a Hub repo id.{interrupted_save_hint(folder)}"
+        )
+    try:
+        return locate(path_or_repo, filename, subfolder, **hub_kwargs)
+    except HFValidationError:
+        raise AdapterError(f"{path_or_repo!r} is neither an adapter directory nor a valid Hub repo id.") from None
+    except OSError as exc:  # huggingface_hub's not-found, offline and HTTP errors are OSErrors
+        raise AdapterError(f"{filename} of {folder!r} cannot be fetched: {exc}") from None
+
+
+def interrupted_save_hint(folder: str) -> str:
+    """A hint when `save_adapter_atomically` was killed between its two renames, else ''."""
+    leftover = f"{folder.rstrip(os.sep)}{OLD_SUFFIX}"
+    if not os.path.isdir(leftover):
+        return ""
+    return (
+        f" {leftover} exists: a save was interrupted; softprompt_ext.recover_adapter_dir({folder!r}) "
+        "restores the previous adapter."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+def read_adapter_json(
+    path_or_repo: str, filename: str = CONFIG_NAME, subfolder: str | None = None, **hub_kwargs: Any
+) -> dict | None:
+    """The JSON object in `filename` of an adapter, None when absent; never more than MAX_JSON_BYTES read."""
+    local = find_adapter_file(path_or_repo, filename, subfolder, **hub_kwargs)
+    if local is None:
+        return None
+    return read_json_file(local)
+
+
+def read_json_file(local: str) -> dict:
+    """A local adapter JSON file, checked for size, encoding, syntax, depth and type."""
+    try:
+        size = os.path.getsize(local)
+        if size > MAX_JSON_BYTES:
+            raise AdapterError(
+                f"{local}: {size} bytes; an adapter's {os.path.basename(local)} is a few KB, this one is refused."
+            )
+        with open(local, "rb") as handle:
+            raw = handle.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise AdapterError(f"{local}: cannot be read ({exc.strerror or exc}).") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{local}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is damaged.") from None
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{local}: not valid JSON ({exc}); the file is damaged.") from None
+    except RecursionError:
+        raise AdapterError(f"{local}: JSON nested too deeply to be an adapter config; the file is damaged.") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{local}: expected a JSON object, got a JSON {type(data).__name__}; the file is damaged.")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def find_weights(path_or_repo: str, subfolder: str | None = None, **hub_kwargs: Any) -> str:
+    """Local path of the adapter's `adapter_model.safetensors`; a pickle-only adapter is refused."""
+    local = find_adapter_file(path_or_repo, SAFETENSORS_WEIGHTS_NAME, subfolder, **hub_kwargs)
+    if local is not None:
+        return local
+    where = os.path.join(path_or_repo, subfolder) if subfolder else path_or_repo
+    pickle_file = os.path.join(where, WEIGHTS_NAME)
+    found = f"{pickle_file} is a pickle" if os.path.isfile(pickle_file) else f"No {SAFETENSORS_WEIGHTS_NAME} at {where!r}"
+    raise AdapterError(
+        f"{found}: only {SAFETENSORS_WEIGHTS_NAME} is loaded. Pickled weights ({WEIGHTS_NAME}) are refused "
+        "because unpickling a file can run arbitrary code. If you trust the file's author, convert it once: "
+        "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')."
+        + interrupted_save_hint(where)
+    )
+
+
+def read_prompt(
+    source: str | os.PathLike,
+    *,
+    expected_rows: int | None = None,
+    token_dim: int | None = None,
+    d_model: int | None = None,
+    modules_to_save: Iterable[str] | None = None,
+    subfolder: str | None = None,
+    **hub_kwargs: Any,
+) -> torch.Tensor:
+    """The saved prompt `[R, H]` (float32) of an adapter directory, Hub adapter id or `.safetensors` file.
+
+    Args:
+        source: adapter directory, Hub repo id, or a `.safetensors` file.
+        expected_rows: R the config implies (`peft_internals.saved_prompt_rows`), checked when given.
+        token_dim: the width `adapter_config.json` records, checked when given.
+        d_model: the base model's width, checked when given -- all three from the header, before the data.
+        modules_to_save: module names the config declares; their tensors may sit beside the prompt.
+    Raises:
+        AdapterError: naming the file, for every way the file is not a usable prompt.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        if not source.endswith(".safetensors"):
+            raise AdapterError(
+                f"{source}: only .safetensors prompts are read (pickle files can run code when loaded); "
+                "re-save the adapter with safe_serialization=True."
+            )
+        weights_file = source
+    else:
+        weights_file = find_weights(source, subfolder, **hub_kwargs)
+    declared = [m for m in (modules_to_save or ()) if isinstance(m, str) and m]
+    try:
+        with safe_open(weights_file, framework="pt") as handle:
+            keys = list(handle.keys())
+            if PROMPT_KEY not in keys:
+                raise AdapterError(
+                    f"{weights_file}: holds {sorted(keys)[:10]} but no {PROMPT_KEY!r}; it is not a prompt-tuning adapter."
+                )
+            foreign = sorted(k for k in keys if k != PROMPT_KEY and not any(f".{m}." in f".{k}" for m in declared))
+            if foreign:
+                raise AdapterError(
+                    f"{weights_file}: holds tensor(s) {foreign[:5]} besides {PROMPT_KEY!r} that belong to no module "
+                    f"the config declares in modules_to_save ({declared}); PEFT would load them into the frozen base "
+                    "model. A prompt adapter holds its prompt only; refusing the file."
+                )
+            header = handle.get_slice(PROMPT_KEY)
+            shape, dtype = tuple(header.get_shape()), header.get_dtype()
+            _check_header(weights_file, shape, dtype, expected_rows, token_dim, d_model)
+            prompt = handle.get_tensor(PROMPT_KEY).float()  # [R, H]: the dtype it is used in
+    except SafetensorError as exc:
+        raise AdapterError(f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged.") from None
+    except OSError as exc:
+        raise AdapterError(f"{weights_file}: cannot be read ({exc}).") from None
+    finite = torch.isfinite(prompt)
+    if not bool(finite.all()):
+        raise AdapterError(
+            f"{weights_file}: {int((~finite).sum())} of {prompt.numel()} prompt values are NaN or inf in float32; "
+            "the adapter is damaged."
+        )
+    return prompt
+
+
+def _check_header(
+    weights_file: str, shape: tuple, dtype: str, expected_rows: int | None, token_dim: int | None, d_model: int | None
+) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has dtype {dtype}; a prompt is floating point "
+            f"({', '.join(FLOAT_DTYPES)}). The adapter is damaged or not a prompt."
+        )
+    if len(shape) != 2:
+        raise AdapterError(f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}, expected 2 dimensions [P, d_model].")
+    if shape[1] < 1 or math.prod(shape) == 0:
+        raise AdapterError(f"{weights_file}: {PROMPT_KEY} has shape {list(shape)}; an empty prompt cannot be used.")
+    if expected_rows is not None and shape[0] != expected_rows:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has {shape[0]} rows but {CONFIG_NAME} implies {expected_rows} "
+            "(num_virtual_tokens x prompt submodules); the adapter files do not belong together."
+        )
+    if token_dim is not None and shape[1] != token_dim:
+        raise AdapterError(
+            f"{weights_file}: {PROMPT_KEY} has width {shape[1]} but {CONFIG_NAME} says token_dim={token_dim}; "
+            "the adapter files do not belong together."
+        )
+    if d_model is not None and shape[1] != d_model:
+        raise AdapterError(
+            f"{weights_file}: the prompt has shape {tuple(shape)} (rows, d_model) but the base model's d_model is "
+            f"{d_model}: the adapter was trained on a different base model; load it onto that one."
+        )

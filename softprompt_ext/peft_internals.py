@@ -1,0 +1,212 @@
+"""The one module that touches PEFT's internals: every attribute path, private helper and registry slot.
+
+softprompt-ext extends PEFT without patching it (see `registration.py`), but a few things it needs are not
+public API: the registry dicts, the prompt encoder's base class, where a `PeftModel` keeps its prompts and
+input embeddings, how `from_pretrained` splits its keyword arguments, how many rows a plain PEFT prompt
+adapter saves. Each is reached through a function or constant here, and each has a test in
+`tests/test_peft_internals.py` that names the PEFT behaviour it relies on -- so a PEFT upgrade that changes one
+fails there first, and this file is the only one to fix. Everywhere else the library uses PEFT's public
+names only (`from peft import PeftModel, get_peft_model, PromptTuningConfig, ...`); `tests/test_architecture.py`
+checks that with a search of the source.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from typing import Any
+
+import torch
+from peft import PeftModel, PromptTuningConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.tuners.prompt_tuning import PromptEmbedding
+from peft.tuners.tuners_utils import BasePromptEncoder
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from peft.utils.integrations import gather_params_ctx
+
+__all__ = [
+    "CONFIG_NAME",
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
+    "PROMPT_KEY",
+    "SAFETENSORS_WEIGHTS_NAME",
+    "WEIGHTS_NAME",
+    "BasePromptEncoder",
+    "PeftType",
+    "PromptEmbedding",
+    "active_prompt_config",
+    "prompt_tuning_registry_entries",
+    "set_prompt_tuning_registry_entries",
+    "causal_generate_reinserts_prompt",
+    "gather_params_ctx",
+    "PromptEncoderBase",
+    "input_embeddings",
+    "is_prompt_tuning",
+    "prompt_parameters",
+    "prompt_weight",
+    "saved_prompt_rows",
+    "split_from_pretrained_kwargs",
+    "warn_if_causal_generate_is_broken",
+]
+
+PROMPT_KEY = "prompt_embeddings"  # the tensor name PEFT saves a prompt-tuning adapter's prompt under
+
+
+# ---------------------------------------------------------------------------------------------- registries
+def prompt_tuning_registry_entries() -> tuple[Any, Any]:
+    """`(tuner class, config class)` PEFT builds for `peft_type=PROMPT_TUNING` (its two registry slots)."""
+    return (
+        PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.PROMPT_TUNING),
+        PEFT_TYPE_TO_CONFIG_MAPPING.get(PeftType.PROMPT_TUNING),
+    )
+
+
+def set_prompt_tuning_registry_entries(tuner: type, config: type) -> None:
+    """Put `tuner` and `config` in PEFT's PROMPT_TUNING registry slots (what `get_peft_model` and
+    `PeftModel.from_pretrained` look up)."""
+    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PROMPT_TUNING] = tuner
+    PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PROMPT_TUNING] = config
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def is_prompt_tuning(config: Any) -> bool:
+    """Whether a PEFT config is a prompt-tuning one (`peft_type` PROMPT_TUNING, enum or string)."""
+    peft_type = getattr(config, "peft_type", None)
+    return getattr(peft_type, "value", peft_type) == PeftType.PROMPT_TUNING.value
+
+
+def saved_prompt_rows(config: PromptTuningConfig) -> int:
+    """Rows PEFT allocates (and saves) for a prompt adapter: P x `num_transformer_submodules`.
+
+    PEFT fills a missing `num_transformer_submodules` with 2 for SEQ_2_SEQ_LM (a prompt for the encoder *and*
+    one for the decoder, of which its forward uses only the first P rows) and 1 otherwise. `SoftPromptConfig`
+    always says 1 (paper section 2: encoder only).
+    """
+    submodules = config.num_transformer_submodules
+    if submodules is None:  # PEFT's default, applied when the adapter is set up
+        submodules = 2 if getattr(config.task_type, "value", config.task_type) == "SEQ_2_SEQ_LM" else 1
+    return int(config.num_virtual_tokens) * int(submodules)
+
+
+def split_from_pretrained_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """`(hub_kwargs, config_kwargs, other_kwargs)`: how PEFT's `PeftConfig.from_pretrained` splits its kwargs."""
+    return PromptTuningConfig._split_kwargs(kwargs)
+
+
+def active_prompt_config(model: Any) -> Any | None:
+    """The active adapter's config when it is a prompt-learning adapter that prepends virtual tokens."""
+    config = getattr(model, "active_peft_config", None)
+    peft_type = getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", None))
+    # prompt and p-tuning prepend embeddings (they appear in the logits); prefix tuning uses the KV cache
+    if peft_type in ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING"):
+        return config
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- models
+def prompt_weight(model: PeftModel, adapter_name: str) -> torch.Tensor:
+    """The prompt parameter `[R, H]` of a loaded prompt-tuning adapter (R = `saved_prompt_rows`)."""
+    return model.prompt_encoder[adapter_name].embedding.weight
+
+
+def has_prompt_encoder(model: Any, adapter_name: str) -> bool:
+    """Whether `model` holds a prompt encoder under `adapter_name`."""
+    encoders = getattr(model, "prompt_encoder", None)
+    return encoders is not None and adapter_name in encoders
+
+
+def prompt_parameters(model: Any) -> list[torch.nn.Parameter]:
+    """Every parameter of every prompt encoder of a PEFT model (`[]` for a model without prompt adapters)."""
+    encoders = getattr(model, "prompt_encoder", None)
+    if encoders is None or not len(encoders):
+        return []
+    return list(encoders.parameters())
+
+
+def input_embeddings(model: PeftModel) -> torch.nn.Module:
+    """The base model's input embedding module, as PEFT keeps it on a model with prompt adapters."""
+    return model.word_embeddings
+
+
+class PromptEncoderBase(PromptEmbedding):
+    """PEFT's prompt-tuning encoder with the two hooks softprompt-ext needs, each named here.
+
+    * `init_module_only()`: run `BasePromptEncoder.__init__` (plain `nn.Module` set-up) without
+      `PromptEmbedding.__init__`, which would build and initialise PEFT's own `[P x submodules, H]` table.
+    * `check_saved_state(state_dict)`: called with the adapter's tensors before they are loaded; PEFT loads a
+      prompt encoder's weights by calling its `_load_adapter_state_dict` (`set_peft_model_state_dict`).
+    """
+
+    def init_module_only(self) -> None:
+        BasePromptEncoder.__init__(self)
+
+    def check_saved_state(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Raise when the saved tensors do not fit this encoder; the default accepts everything."""
+
+    def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.check_saved_state(state_dict)
+        super()._load_adapter_state_dict(state_dict)
+
+
+# ---------------------------------------------------------------------------------------------- known upstream bugs
+_probing = threading.local()
+_warned: list[bool] = []
+
+
+def warn_if_causal_generate_is_broken() -> None:
+    """Warn once per process, when a causal-LM soft-prompt model is built, if PEFT's generate is wrong here."""
+    if _warned or not causal_generate_reinserts_prompt():
+        return
+    _warned.append(True)
+    warnings.warn(
+        "This PEFT + transformers combination re-inserts a soft prompt at every step of a causal LM's "
+        "model.generate(...), so tokens after the first are wrong (PEFT 0.21 with transformers 5). Generate with "
+        "softprompt_ext.generate(model, input_ids=..., attention_mask=..., max_new_tokens=...) instead; "
+        "forward passes and training are unaffected.",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+@functools.cache
+def causal_generate_reinserts_prompt() -> bool:
+    """Whether this PEFT + transformers re-insert the prompt at every step of a causal LM's `generate`.
+
+    PEFT 0.21 with transformers 5.x: `PeftModelForCausalLM.prepare_inputs_for_generation` looks for the cache
+    under `past_key_values`, transformers 5 passes it as `cache`, so every decoding step prepends the prompt
+    again and tokens after the first are wrong. Measured once per process on a 1-layer random GPT-2: the
+    scores of the second generated token are compared with a full forward pass (no cache) of the same
+    sequence. An installed PEFT that fixes the bug answers False, and the library's workaround switches off.
+    """
+    if getattr(_probing, "active", False):
+        return False  # the probe itself builds a soft-prompt model
+    _probing.active = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the probe's own model is not the user's business
+            return _probe_causal_generate()
+    finally:
+        _probing.active = False
+
+
+def _probe_causal_generate() -> bool:
+    from peft import get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    generator = torch.Generator().manual_seed(0)
+    config = GPT2Config(vocab_size=16, n_positions=32, n_embd=8, n_layer=1, n_head=2, bos_token_id=0,
+                        eos_token_id=15, pad_token_id=15)
+    with torch.random.fork_rng():  # leave the user's global RNG as it was
+        torch.manual_seed(0)
+        base = GPT2LMHeadModel(config).eval()
+        model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    with torch.no_grad():
+        prompt_weight(model, "default").copy_(torch.randn(3, 8, generator=generator) * 3)
+        ids = torch.tensor([[1, 2, 3]])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                             min_new_tokens=2, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                             pad_token_id=15)
+        sequence = out.sequences[:, : ids.shape[1] + 1]  # input + first generated token
+        full = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits[:, -1]  # [1, V]
+    return not torch.allclose(out.scores[1].float(), full.float(), atol=1e-4, rtol=1e-4)

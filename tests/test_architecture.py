@@ -1,0 +1,105 @@
+"""The package's shape: no import cycles, no imports back up the layers, PEFT internals in one module only."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import import_graph  # noqa: E402
+
+# attribute paths and imports that reach into PEFT's internals (anything but its public top-level names)
+PEFT_INTERNALS = re.compile(
+    r"from peft\.|import peft\.|\.prompt_encoder\b|\.word_embeddings\b|\.active_peft_config\b|_split_kwargs"
+    r"|PEFT_TYPE_TO_\w+_MAPPING|_load_adapter_state_dict|BasePromptEncoder"
+)
+
+INTERNAL_ATTRIBUTES = {"prompt_encoder", "word_embeddings", "active_peft_config", "_split_kwargs"}
+
+
+def test_import_graph_has_no_cycles_and_no_upward_imports():
+    graph = import_graph.build_graph(ROOT)
+    assert "softprompt_ext.config" in graph and graph["softprompt_ext.registration"], "the graph saw no imports"
+    assert import_graph.find_cycles(graph) == []
+    assert import_graph.layer_violations(graph) == []
+
+
+def test_the_checker_finds_a_cycle_and_an_upward_import():
+    graph = {"softprompt_ext.a": {"softprompt_ext.b"}, "softprompt_ext.b": {"softprompt_ext.a"},
+             "softprompt_ext.config": {"softprompt_ext.inference.scoring"}, "softprompt_ext.inference.scoring": set()}
+    assert import_graph.find_cycles(graph) == [["softprompt_ext.a", "softprompt_ext.b"]]
+    assert import_graph.layer_violations(graph) == [
+        "softprompt_ext.config (core) imports softprompt_ext.inference.scoring (inference)"
+    ]
+
+
+def test_the_command_line_check_passes():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "import_graph.py"), "--quiet"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0 cycles, 0 imports across layers" in out.stdout
+
+
+def code_lines(path: Path) -> dict[int, str]:
+    """The source of `path` without strings and comments, line by line (docstrings may name internals)."""
+    lines: dict[int, str] = {}
+    with open(path, "rb") as handle:
+        for token in tokenize.tokenize(handle.readline):
+            if token.type == tokenize.STRING and token.string.strip("\"'") in INTERNAL_ATTRIBUTES:
+                lines[token.start[0]] = lines.get(token.start[0], "") + "." + token.string.strip("\"'") + " "
+                continue  # getattr(model, "prompt_encoder") is an attribute path too
+            if token.type in (tokenize.STRING, tokenize.COMMENT, tokenize.ENCODING):
+                continue
+            lines[token.start[0]] = lines.get(token.start[0], "") + token.string + " "
+    return {number: re.sub(r" (?=[.\[\]()])|(?<=[.\[(]) ", "", line) for number, line in lines.items()}
+
+
+def test_peft_internals_are_touched_in_one_module_only():
+    offenders = []
+    for path in sorted((ROOT / "softprompt_ext").rglob("*.py")):
+        if path.name == "peft_internals.py":
+            continue
+        for number, code in code_lines(path).items():
+            if PEFT_INTERNALS.search(code):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {code.strip()}")
+    assert offenders == []
+
+
+def test_code_lines_keep_code_and_drop_strings():
+    here = code_lines(Path(__file__))
+    assert any("PEFT_INTERNALS.search(code)" in line for line in here.values())
+    assert not any("prompt_encoder[name]" in line for line in here.values())  # only inside strings here
+    assert any(".active_peft_config" in line for line in here.values())  # the set above, as bare strings
+
+
+@pytest.mark.parametrize("line, hit", [("from peft.utils import X", True), ("model.prompt_encoder[name]", True),
+                                       ("from peft import PeftModel", False), ("word_embeddings.weight", False)])
+def test_the_peft_pattern_catches_internals_only(line, hit):
+    assert bool(PEFT_INTERNALS.search(line)) is hit
+
+
+def test_every_public_name_resolves_to_a_real_object():
+    import softprompt_ext
+
+    for name in softprompt_ext.__all__:
+        assert getattr(softprompt_ext, name) is not None, name
+    # the TYPE_CHECKING imports mirror the lazy table, so type checkers see the same names
+    tree = ast.parse((ROOT / "softprompt_ext" / "__init__.py").read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    typed = {(node.module, alias.name) for node in block.body for alias in node.names}
+    assert typed == {(module, name) for name, module in softprompt_ext._LAZY.items()}
+
+
+def test_version_is_written_in_one_place():
+    import softprompt_ext
+    from softprompt_ext.version import __version__
+
+    assert softprompt_ext.__version__ == __version__
+    assert 'dynamic = ["version"]' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")
