@@ -206,7 +206,7 @@ def test_model_mode_is_restored(build, tokenizer):
 def test_bad_inputs(build, make_model, tokenizer):
     model = build("llama")
     ids, mask = _batch(tokenizer, "right")
-    with pytest.raises(ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids with B >= 1, got \(7,\)"):
+    with pytest.raises(ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids with B >= 1, got \(27,\)"):
         score_label_ids(model, ids[0], None, SHARED, NAMES[:1])
     with pytest.raises(ValueError, match=r"attention_mask has shape \(4, 3\) but input_ids has shape"):
         score_label_ids(model, ids, mask[:, :3], SHARED, NAMES)
