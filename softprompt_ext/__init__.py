@@ -33,6 +33,8 @@ _LAZY = {
     "push_adapter": "hub",
     "make_compute_metrics": "metrics",
     "rank_classify": "rank_classification",
+    "LabelScores": "label_scoring",
+    "score_label_ids": "label_scoring",
     "get_task": "tasks",
     "list_tasks": "tasks",
     "get_transfer": "transfer",
