@@ -109,7 +109,9 @@ def score_label_ids(
         attention_mask = _drop_trailing_eos(input_ids, attention_mask, eos)
 
     counts = [len(labels) for labels in per_example]
-    expand = torch.repeat_interleave(torch.arange(len(counts), device=device), torch.tensor(counts, device=device))
+    expand = torch.repeat_interleave(
+        torch.arange(len(counts), device=device), torch.tensor(counts, device=device)
+    )
     rows = [ids for labels in per_example for ids in labels]  # R = sum_b C_b label rows, example-major
     width = max(len(ids) for ids in rows)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
@@ -126,7 +128,9 @@ def score_label_ids(
         if encoder_decoder:
             token_lp = _score_encoder_decoder(model, base, names, input_ids, attention_mask, labels, expand)
         else:
-            token_lp = _score_decoder_only(model, base, names, input_ids, attention_mask, labels, label_mask, expand)
+            token_lp = _score_decoder_only(
+                model, base, names, input_ids, attention_mask, labels, label_mask, expand
+            )
     finally:
         model.train(was_training)
     token_lp = token_lp * label_mask  # [R, W]; 0 past each label's end
@@ -152,10 +156,12 @@ def _score_encoder_decoder(model, base, names, input_ids, attention_mask, labels
     else:
         encoder_kwargs = {"input_ids": input_ids}
     _check_not_empty(attention_mask)
-    hidden = base.get_encoder()(**encoder_kwargs, attention_mask=attention_mask).last_hidden_state  # [B, S, H]
+    encoder = base.get_encoder()
+    hidden = encoder(**encoder_kwargs, attention_mask=attention_mask).last_hidden_state  # [B, S, H]
     start = base.config.decoder_start_token_id
     start = start if start is not None else (base.config.pad_token_id or 0)
-    decoder_input_ids = torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], 1)  # [R, W] shift right
+    # teacher forcing: the decoder start token, then the label shifted right
+    decoder_input_ids = torch.cat([torch.full_like(labels[:, :1], start), labels[:, :-1]], 1)  # [R, W]
     logits = base(
         encoder_outputs=BaseModelOutput(last_hidden_state=hidden[expand]),  # [R, S, H], no encoder rerun
         attention_mask=attention_mask[expand],  # [R, S]
@@ -165,7 +171,9 @@ def _score_encoder_decoder(model, base, names, input_ids, attention_mask, labels
     return _log_probs(logits, labels)
 
 
-def _score_decoder_only(model, base, names, input_ids, attention_mask, labels, label_mask, expand) -> torch.Tensor:
+def _score_decoder_only(
+    model, base, names, input_ids, attention_mask, labels, label_mask, expand
+) -> torch.Tensor:
     """Per-token log-probs `[R, W]`: the context once with a cache, then the labels on the gathered cache."""
     if names is not None:
         placed = place_prompts(model, input_ids, attention_mask, names)
@@ -190,7 +198,8 @@ def _score_decoder_only(model, base, names, input_ids, attention_mask, labels, l
             f"{type(base).__name__} returned no transformers Cache object with use_cache=True (got "
             f"{type(cache).__name__}); label scoring of decoder-only models needs one (transformers >= 5)."
         )
-    cache.batch_select_indices(expand)  # [B, ...] -> [R, ...]: the context's keys and values, one row per label
+    # [B, ...] -> [R, ...]: the context's keys and values, one row per label (no context recomputed)
+    cache.batch_select_indices(expand)
     steps = labels.shape[1] - 1  # the last label token predicts nothing that is scored
     rest = base(
         input_ids=labels[:, :-1],  # [R, W - 1]
@@ -216,9 +225,10 @@ def _left_pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad: int):
     length = int(count.max())
     rows, cols = real.nonzero(as_tuple=True)
     dest = (length - count)[rows] + (real.long().cumsum(1) - 1)[rows, cols]
-    ids = torch.full((input_ids.shape[0], length), pad, dtype=input_ids.dtype, device=input_ids.device)  # [B, L]
+    ids = input_ids.new_full((input_ids.shape[0], length), pad)  # [B, L]
     ids[rows, dest] = input_ids[rows, cols]
-    mask = (torch.arange(length, device=input_ids.device)[None] >= (length - count)[:, None]).long()  # [B, L]
+    columns = torch.arange(length, device=input_ids.device)[None]  # [1, L]
+    mask = (columns >= (length - count)[:, None]).long()  # [B, L]
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, L]
     return ids, mask, positions
 
@@ -313,7 +323,9 @@ def _per_example_label_ids(label_ids, batch: int) -> list[list[list[int]]]:
     if all(_is_id_list(ids) for ids in label_ids):
         shared = [list(ids) for ids in label_ids]
         return [shared] * batch
-    nested = all(isinstance(x, Sequence) and not isinstance(x, str) and x and not _is_id_list(x) for x in label_ids)
+    nested = all(
+        isinstance(x, Sequence) and not isinstance(x, str) and x and not _is_id_list(x) for x in label_ids
+    )
     if not nested:
         raise ValueError(
             f"label_ids must be a non-empty list of non-empty token-id lists (shared by all examples) or one "

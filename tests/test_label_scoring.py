@@ -33,7 +33,10 @@ TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 def _config(kind: str, length: int, seed: int) -> SoftPromptConfig:
     return SoftPromptConfig(
-        task_type=TASK[kind], num_virtual_tokens=length, prompt_tuning_init="RANDOM_UNIFORM", init_range=1.0,
+        task_type=TASK[kind],
+        num_virtual_tokens=length,
+        prompt_tuning_init="RANDOM_UNIFORM",
+        init_range=1.0,
         init_seed=seed,
     )
 
@@ -100,8 +103,9 @@ def test_mixed_adapters_per_example_labels_equal_alone(build, tokenizer, kind, s
     assert isinstance(out, LabelScores) and out.scores.dtype == torch.float32
     expected = _reference(model, ids, mask, PER_EXAMPLE, NAMES, causal=kind != "t5")
     torch.testing.assert_close(out.scores, expected, **TOL)
-    assert out.num_tokens.tolist() == [[len(label) for label in labels] + [0] * (4 - len(labels)) for labels in
-                                       PER_EXAMPLE]
+    assert out.num_tokens.tolist() == [
+        [len(label) for label in labels] + [0] * (4 - len(labels)) for labels in PER_EXAMPLE
+    ]
     assert out.token_log_probs.shape == (4, 4, 4)
     finite = torch.isfinite(out.scores)
     torch.testing.assert_close(out.token_log_probs.sum(-1)[finite], out.scores[finite])
@@ -130,14 +134,20 @@ def test_plain_model_without_prompt(make_model, tokenizer, kind, side):
 
 
 def test_lora_adapter_is_scored_through_the_base_model(make_model, tokenizer):
-    model = get_peft_model(make_model("llama"), LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]))
+    model = get_peft_model(
+        make_model("llama"), LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"])
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))  # LoRA B starts at 0: make it count
+                p.normal_(
+                    0, 1.0, generator=torch.Generator().manual_seed(0)
+                )  # LoRA B starts at 0: make it count
     ids, mask = _batch(tokenizer, "right")
     out = score_label_ids(model, ids, mask, SHARED)
-    torch.testing.assert_close(out.scores, _reference(model, ids, mask, [SHARED] * 4, None, causal=True), **TOL)
+    torch.testing.assert_close(
+        out.scores, _reference(model, ids, mask, [SHARED] * 4, None, causal=True), **TOL
+    )
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
@@ -147,7 +157,9 @@ def test_single_token_labels(build, tokenizer, kind):
     ids, mask = _batch(tokenizer, "left")
     labels = [[5], [11], [EOS]]
     out = score_label_ids(model, ids, mask, labels, NAMES)
-    torch.testing.assert_close(out.scores, _reference(model, ids, mask, [labels] * 4, NAMES, kind != "t5"), **TOL)
+    torch.testing.assert_close(
+        out.scores, _reference(model, ids, mask, [labels] * 4, NAMES, kind != "t5"), **TOL
+    )
 
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
@@ -179,8 +191,9 @@ def test_score_labels_drops_the_eos_a_causal_tokenizer_appends(build, tokenizer)
     assert (with_eos - expected).abs().max() > 0.05  # the defect is visible at this tolerance
     torch.testing.assert_close(score_labels(model, ids, mask, NAMES, SHARED), expected, **TOL)
     ensemble = ensemble_classify(model, ids, mask, ["p3", "p7"], SHARED)
-    torch.testing.assert_close(ensemble.scores[1], _reference(model, ids, mask, [SHARED] * 4, ["p7"] * 4, True),
-                               **TOL)
+    torch.testing.assert_close(
+        ensemble.scores[1], _reference(model, ids, mask, [SHARED] * 4, ["p7"] * 4, True), **TOL
+    )
 
 
 def test_eos_handling_can_be_configured(build, tokenizer):
@@ -206,11 +219,15 @@ def test_model_mode_is_restored(build, tokenizer):
 def test_bad_inputs(build, make_model, tokenizer):
     model = build("llama")
     ids, mask = _batch(tokenizer, "right")
-    with pytest.raises(ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids with B >= 1, got \(27,\)"):
+    with pytest.raises(
+        ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids with B >= 1, got \(27,\)"
+    ):
         score_label_ids(model, ids[0], None, SHARED, NAMES[:1])
     with pytest.raises(ValueError, match=r"attention_mask has shape \(4, 3\) but input_ids has shape"):
         score_label_ids(model, ids, mask[:, :3], SHARED, NAMES)
-    with pytest.raises(ValueError, match=r"label_ids must be a non-empty list of non-empty token-id lists, got \[\]"):
+    with pytest.raises(
+        ValueError, match=r"label_ids must be a non-empty list of non-empty token-id lists, got \[\]"
+    ):
         score_label_ids(model, ids, mask, [], NAMES)
     with pytest.raises(ValueError, match=r"label_ids must be a non-empty list .* got \[\[5\], \[\]\]"):
         score_label_ids(model, ids, mask, [[5], []], NAMES)
@@ -224,8 +241,14 @@ def test_bad_inputs(build, make_model, tokenizer):
         score_label_ids(model, ids, mask, SHARED, NAMES[:2])
     with pytest.raises(TypeError, match="adapter_names=.* was given but model is a LlamaForCausalLM"):
         score_label_ids(make_model("llama"), ids, mask, SHARED, NAMES)
-    with pytest.raises(ValueError, match=r"an input is empty and the model has no soft prompt \(rows \[1\]\)"):
+    with pytest.raises(
+        ValueError, match=r"an input is empty and the model has no soft prompt \(rows \[1\]\)"
+    ):
         score_label_ids(make_model("llama"), ids, mask * torch.tensor([[1], [0], [1], [1]]), SHARED)
-    prefix = get_peft_model(make_model("llama"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
-    with pytest.raises(ValueError, match="is a PREFIX_TUNING adapter; label scoring places prompt-tuning prompts"):
+    prefix = get_peft_model(
+        make_model("llama"), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+    )
+    with pytest.raises(
+        ValueError, match="is a PREFIX_TUNING adapter; label scoring places prompt-tuning prompts"
+    ):
         score_label_ids(prefix, ids, mask, SHARED)
