@@ -5,7 +5,7 @@ base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.tra
 autocast, the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
 Model tuning and LoRA use AdamW at standard learning rates (3e-4 / 1e-3) as reference points (Figure 1's
 "model tuning" line). Accuracy is exact string match of greedy generations against the label word (the
-paper's metric) and, for comparison, rank classification by the labels' first tokens.
+paper's metric) and, for comparison, rank classification by the labels' first tokens (`label_token_accuracy`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
 from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.inference.scoring import score_label_ids
 from softprompt_ext.special_tokens import add_sentinel_prefix
 from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
 from softprompt_ext.training.recipe import paper_optimizer
@@ -89,23 +90,27 @@ def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64) 
 def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, batch_size: int = 64) -> float:
     """Rank classification by the first label token: argmax over the 8 labels' first tokens at the first
     answer position (after the sentinel for sentinel targets). The labels' first tokens are distinct, so this is
-    rank classification with the score of the first token only. The library's `rank_classify` scores whole
-    labels but re-encodes each input once per candidate (8x): 68 s per 320 examples on the shared CPU, too slow
-    for 33 runs, so it is used only where noted.
+    rank classification with the score of the first token only.
+
+    Scored with the library's one label scorer (`softprompt_ext.inference.scoring.score_label_ids`, each input
+    encoded once): every candidate is `[sentinel] + [first label token]` and only the first label token's
+    log-probability is ranked (`token_log_probs[:, :, len(prefix)]`; the sentinel's is the same for every
+    candidate). That is what this metric measured before, so the committed results stay comparable; it stays a
+    first-token metric on purpose. Whole-label rank classification (`rank_classify`: every label token and EOS)
+    is no longer too slow (the input is no longer re-encoded per candidate), but it is a different metric and
+    would need all runs redone. bf16 autocast as in `generate_accuracy`; the log-probabilities are float32.
     """
-    model.eval()
-    first = torch.tensor([tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS])
-    prefix = [model.config.decoder_start_token_id] + (add_sentinel_prefix([], tokenizer) if sentinel else [])
+    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS]
+    prefix = add_sentinel_prefix([], tokenizer) if sentinel else []
+    label_ids = [prefix + [token] for token in first]  # C = 8 candidates of len(prefix) + 1 tokens
     correct = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=64,
                         return_tensors="pt")
-        decoder_input_ids = torch.tensor([prefix] * len(chunk))  # [B, 1 or 2]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                           decoder_input_ids=decoder_input_ids).logits  # [B, 1 or 2, V]
-        picked = logits[:, -1, first].argmax(dim=-1)  # [B]
+            scored = score_label_ids(model, enc["input_ids"], enc["attention_mask"], label_ids)
+        picked = scored.token_log_probs[:, :, len(prefix)].argmax(dim=-1)  # [B]
         correct += sum(SUPERSENSE_LABELS[i] == r["label"] for i, r in zip(picked.tolist(), chunk, strict=True))
     return correct / max(1, len(rows))
 

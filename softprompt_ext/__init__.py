@@ -32,7 +32,8 @@ register()
 if TYPE_CHECKING:
     from .adapters.atomic import last_complete_checkpoint, recover_adapter_dir, save_adapter_atomically
     from .adapters.hub import push_adapter
-    from .adapters.validation import AdapterError, AdapterReport, load_adapter_safely, validate_adapter
+    from .adapters.reader import AdapterError
+    from .adapters.validation import AdapterReport, load_adapter_safely, validate_adapter
     from .analysis.readout import adapter_info, adapter_readout, format_readout, model_readout
     from .analysis.similarity import most_similar, prompt_similarity, similarity_matrix
     from .embedded import default_model_and_tokenizer, default_model_path, embedded_model_path, load_embedded
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .inference.generate import generate, generate_texts
     from .inference.mixed_batches import MixedOutput, mixed_forward, mixed_generate
     from .inference.rank_classification import RankClassificationOutput, rank_classify
+    from .inference.scoring import LabelScores, score_label_ids
     from .precision import autocast, bf16_autocast, bf16_is_fast, resolve_precision
     from .tasks.base import ClassificationTask, Task, tokenize_for_seq2seq
     from .tasks.registry import get_task, list_tasks, make_compute_metrics
@@ -72,7 +74,7 @@ _LAZY = {
     "bf16_is_fast": "precision",
     "resolve_precision": "precision",
     "push_adapter": "adapters.hub",
-    "AdapterError": "adapters.validation",
+    "AdapterError": "adapters.reader",
     "AdapterReport": "adapters.validation",
     "load_adapter_safely": "adapters.validation",
     "validate_adapter": "adapters.validation",
@@ -86,6 +88,8 @@ _LAZY = {
     "Task": "tasks.base",
     "tokenize_for_seq2seq": "tasks.base",
     "get_transfer": "tasks.transfer",
+    "LabelScores": "inference.scoring",
+    "score_label_ids": "inference.scoring",
     "RankClassificationOutput": "inference.rank_classification",
     "rank_classify": "inference.rank_classification",
     "MixedOutput": "inference.mixed_batches",

@@ -1,4 +1,4 @@
-"""Mixed-task batches and prompt ensembling (`multi_prompt.py`, `prompt_ensemble.py`).
+"""Mixed-task batches and prompt ensembling (`mixed_batches.py`, `ensembles.py`).
 
 The reference for every mixed batch is each example run alone, unpadded, after `model.set_adapter(name)`
 through PEFT's own forward. For greedy generation the reference is PEFT's `generate` on T5 and, for
@@ -394,7 +394,8 @@ def test_score_labels_equals_alone_log_likelihood(build, tokenizer, kind):
                 y = torch.tensor([label])
                 if kind == "t5":
                     loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=y).loss
-                else:
+                else:  # the label continues the input: the EOS the tokenizer appended is dropped
+                    x = x[:, :-1] if x[0, -1] == EOS else x
                     full = torch.cat([x, y], 1)
                     loss = model(input_ids=full, labels=torch.cat([torch.full_like(x, -100), y], 1)).loss
                 torch.testing.assert_close(scores[b, c], -loss * len(label), **TOL)

@@ -2,7 +2,7 @@
 
 Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
 https://arxiv.org/abs/2104.08691 -- section 6: N prompts trained on the same task share one frozen model;
-the N x B batch runs in one pass (`multi_prompt.mixed_generate`) and the outputs are combined by majority
+the N x B batch runs in one pass (`mixed_batches.mixed_generate`) and the outputs are combined by majority
 vote (T5-XXL SuperGLUE: 90.5 average single prompt, 91.3 ensemble of 5).
 
 Design decisions
@@ -13,7 +13,9 @@ Design decisions
 * Tie-break, generation and class votes alike: among the answers with the most votes, the one given by
   the earliest adapter in `adapter_names` wins. Put the prompt you trust most (e.g. best dev score) first.
 * The rank-classification form works on a score tensor `[N, B, C]` (one row of label scores per prompt),
-  whatever produced it; `score_labels` is a small batched scorer (summed label log-likelihood) for it.
+  whatever produced it; `ensemble_classify` fills it with `scoring.score_label_ids` (summed label
+  log-likelihood, each (prompt, input) row encoded once; a causal input's trailing EOS is dropped, the label
+  continues the input).
   `"mean"` averages the per-prompt label distributions (softmax of the scores over the C labels), ties
   going to the lowest label index; `"vote"` counts each prompt's best label.
 """
@@ -27,7 +29,8 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from .mixed_batches import IGNORE_INDEX, _is_encoder_decoder, loaded_prompts, mixed_forward, mixed_generate
+from .mixed_batches import loaded_prompts, mixed_generate
+from .scoring import score_label_ids
 
 METHODS = ("vote", "mean")
 
@@ -208,56 +211,20 @@ def score_labels(
     adapter_names: list[str],
     label_ids: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """Summed log-likelihood of every candidate label, each example under its own adapter, in one pass.
+    """Summed log-likelihood `[B, C]` of every candidate label, each example under its own adapter.
+
+    A thin wrapper over `scoring.score_label_ids` (each input encoded once), kept for its name.
 
     Args:
         input_ids: `[B, T]`, attention_mask: `[B, T]`, adapter_names: B names (as in `mixed_forward`).
         label_ids: C token-id lists, one per label, e.g. `tokenizer(["positive", "negative"]).input_ids`.
-            Seq2seq: the decoder targets; decoder-only: the tokens that continue the input.
+            Seq2seq: the decoder targets; decoder-only: the tokens that continue the input (an EOS that ends
+            the input is dropped first).
 
     Returns:
-        `[B, C]` log p(label | input) summed over the label's tokens (B x C rows in one forward).
+        `[B, C]` log p(label | input) summed over the label's tokens.
     """
-    encoder_decoder = _is_encoder_decoder(model)
-    if isinstance(label_ids, torch.Tensor) or not label_ids or any(len(ids) == 0 for ids in label_ids):
-        raise ValueError(
-            f"label_ids must be a non-empty list of non-empty token-id lists, got {label_ids!r}; "
-            "e.g. tokenizer(['positive', 'negative']).input_ids."
-        )
-    num_labels, batch = len(label_ids), input_ids.shape[0]
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    device = input_ids.device
-    width = max(len(ids) for ids in label_ids)
-    block = torch.zeros(num_labels, width, dtype=input_ids.dtype, device=device)  # [C, W]
-    block_mask = torch.zeros(num_labels, width, dtype=attention_mask.dtype, device=device)  # [C, W]
-    for c, ids in enumerate(label_ids):
-        block[c, : len(ids)] = torch.tensor(list(ids), dtype=input_ids.dtype)
-        block_mask[c, : len(ids)] = 1
-    loaded_prompts(model, adapter_names)  # names are checked before the batch is multiplied by C
-    if len(adapter_names) != batch:
-        raise ValueError(
-            f"len(adapter_names)={len(adapter_names)} but the batch holds {batch} examples; pass one adapter "
-            "name per example."
-        )
-    names = [name for name in adapter_names for _ in range(num_labels)]  # row b * C + c
-    targets = block.masked_fill(block_mask == 0, IGNORE_INDEX).repeat(batch, 1)  # [B * C, W]
-    ids = input_ids.repeat_interleave(num_labels, 0)  # [B * C, T]
-    mask = attention_mask.repeat_interleave(num_labels, 0)  # [B * C, T]
-    if encoder_decoder:
-        out = mixed_forward(model, ids, mask, names, labels=targets)
-    else:
-        # the label continues the input: [input tokens; label tokens], loss on the label tokens only
-        no_loss = torch.full_like(ids, IGNORE_INDEX)  # [B * C, T]
-        out = mixed_forward(
-            model,
-            torch.cat([ids, block.repeat(batch, 1)], 1),
-            torch.cat([mask, block_mask.repeat(batch, 1)], 1),
-            names,
-            labels=torch.cat([no_loss, targets], 1),
-        )
-    log_likelihood = -(out.loss_per_example * out.num_label_tokens)  # [B * C]
-    return log_likelihood.view(batch, num_labels)
+    return score_label_ids(model, input_ids, attention_mask, label_ids, adapter_names).scores
 
 
 def ensemble_classify(
@@ -268,14 +235,13 @@ def ensemble_classify(
     label_ids: Sequence[Sequence[int]],
     method: str = "vote",
 ) -> ClassEnsemble:
-    """Rank classification with N prompts: score every label under every prompt (one N x B x C pass),
-    then combine with `combine_label_scores` (`"vote"` or `"mean"`)."""
+    """Rank classification with N prompts: score every label under every prompt (the N x B inputs encoded once
+    each, then N x B x C label rows), then combine with `combine_label_scores` (`"vote"` or `"mean"`)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; use one of {METHODS}.")
     _ensemble_names(model, adapter_names)
     num_prompts, batch = len(adapter_names), input_ids.shape[0]
     ids, mask = _repeat(input_ids, attention_mask, num_prompts)
     names = [name for name in adapter_names for _ in range(batch)]
-    with torch.no_grad():
-        scores = score_labels(model, ids, mask, names, label_ids)  # [N * B, C]
+    scores = score_label_ids(model, ids, mask, label_ids, names).scores  # [N * B, C], each row encoded once
     return combine_label_scores(scores.view(num_prompts, batch, -1), method)

@@ -8,23 +8,19 @@ picks the best one, so every output is a valid label. It is the natural read-out
 
 Design decisions
 ----------------
-* One forward pass per batch: B inputs x C candidates become B*C rows. Encoder-decoders (T5) repeat each
-  input C times on the encoder side and put the candidates on the decoder side; causal LMs score the
-  concatenation `input + candidate`.
-* Causal LMs under PEFT prompt tuning return logits for the P virtual positions too (`[N, P + T, V]`):
-  the offset is read from the logits' length and must equal the active prompt's P (or 0 without one).
-  The token at sequence position j is predicted by logit row `offset + j - 1`; with a prompt, the prompt's
-  last position predicts the first token even when the input is empty.
-* Rows are always padded on the *right*, whatever `tokenizer.padding_side` says: the models compute
-  position ids from the sequence index (PEFT drops any `position_ids` passed with a prompt), so left padding
-  would shift the real tokens' positions and change their scores. Right padding after a causal sequence
-  changes nothing before it, so batched scores equal one-example-at-a-time scores.
+* The scoring itself is `scoring.score_label_ids`, the library's one label scorer: each input is
+  encoded once (T5: the encoder on B rows, the decoder on the B x C candidate rows; causal LMs: the (prompt +)
+  input once with a key/value cache, then the candidates on the cache), with the active prompt adapter for
+  every row, or no prompt for a plain model (or a non-prompt adapter such as LoRA). This module only turns
+  strings into token ids and scores into a ranking.
+* The tokenizer's padding side does not matter: the scorer counts positions over real tokens only, so
+  batched scores equal one-example-at-a-time scores.
 * Candidates are tokenised on their own without special tokens, plus EOS when `append_eos` (the default for
   encoder-decoders, whose text-to-text targets end in EOS; off for causal LMs). For causal LMs a trailing EOS
   that the tokenizer appends to the input is removed, so that the candidate continues the input.
 * Scores are summed token log-probabilities (computed in float32); `length_normalize=True` ranks by the mean
   per token instead, which removes the bias towards short labels. The model is put in eval mode for the pass
-  (dropout would make scores random) and its previous mode is restored.
+  (dropout would make scores random) and its previous mode is restored. Results come back on the CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .scoring import score_label_ids
 
 
 @dataclass
@@ -131,17 +129,18 @@ def score_candidates(
     append_eos: bool | None = None,
     max_input_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-likelihood `[B, C]` and token counts `[B, C]` of the candidates, in one forward pass.
+    """Summed log-likelihood `[B, C]` and token counts `[B, C]` of the candidates (on the CPU).
 
     Arguments as in `rank_classify`. Missing candidates (an input with fewer than C) score `-inf`, 0 tokens.
     """
     if isinstance(inputs, str) or not inputs:
         raise ValueError(f"inputs must be a non-empty list of strings, got {inputs!r}.")
     candidates = _per_example_candidates(candidates, len(inputs))
-    config = _model_config(model)
-    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"{type(model).__name__} has no .config; pass a transformers model or a PeftModel.")
     if append_eos is None:
-        append_eos = encoder_decoder
+        append_eos = bool(getattr(config, "is_encoder_decoder", False))
     eos = tokenizer.eos_token_id
     if append_eos and eos is None:
         raise ValueError("append_eos=True but the tokenizer has no eos_token_id; pass append_eos=False.")
@@ -149,10 +148,7 @@ def score_candidates(
 
     truncate = {"truncation": True, "max_length": max_input_length} if max_input_length else {}
     contexts = [list(ids) for ids in tokenizer(list(inputs), **truncate)["input_ids"]]
-    if not encoder_decoder:
-        contexts = [ids[:-1] if eos is not None and ids and ids[-1] == eos else ids for ids in contexts]
-    width = max(len(c) for c in candidates)
-    cand_ids: list[list[list[int]]] = []
+    label_ids: list[list[list[int]]] = []
     for cands in candidates:
         encoded = [list(ids) for ids in tokenizer(list(cands), add_special_tokens=False)["input_ids"]]
         encoded = [ids + [eos] if append_eos else ids for ids in encoded]
@@ -161,85 +157,16 @@ def score_candidates(
                 raise ValueError(
                     f"candidate {text!r} has no tokens; pass non-empty label strings or append_eos=True."
                 )
-        cand_ids.append(encoded + [encoded[0]] * (width - len(encoded)))  # fillers, masked to -inf below
-
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        if encoder_decoder:
-            token_scores, mask = _score_seq2seq(model, config, contexts, cand_ids, pad, device)
-        else:
-            token_scores, mask = _score_causal(model, contexts, cand_ids, pad, device)
-    finally:
-        model.train(was_training)
-
-    batch = len(inputs)
-    scores = torch.where(mask.bool(), token_scores, 0.0).sum(dim=1).view(batch, width).cpu()  # [B, C]
-    counts = mask.sum(dim=1).view(batch, width).long().cpu()  # [B, C]
-    present = torch.tensor([[j < len(c) for j in range(width)] for c in candidates])  # [B, C]
-    scores = scores.masked_fill(~present, float("-inf"))
-    counts = counts.masked_fill(~present, 0)
-    return scores, counts
+        label_ids.append(encoded)
+    input_ids, attention_mask = _right_pad(contexts, pad)  # [B, T] each
+    # causal LMs: the candidate continues the input, so the tokenizer's EOS at its end is dropped
+    out = score_label_ids(
+        model, input_ids, attention_mask, label_ids, strip_context_eos=eos is not None, eos_token_id=eos
+    )
+    return out.scores.cpu(), out.num_tokens.cpu()
 
 
-def _score_seq2seq(model, config, contexts, cand_ids, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs `[B*C, L]` and mask `[B*C, L]`; encoder inputs repeated per candidate."""
-    rows_in = [ctx for ctx, cands in zip(contexts, cand_ids, strict=True) for _ in cands]
-    rows_out = [ids for cands in cand_ids for ids in cands]
-    input_ids, attention_mask = _right_pad(rows_in, pad, device)  # [B*C, T]
-    labels, label_mask = _right_pad(rows_out, pad, device)  # [B*C, L]
-    start = config.decoder_start_token_id if config.decoder_start_token_id is not None else pad
-    decoder_input_ids = torch.cat(
-        [torch.full_like(labels[:, :1], start), labels[:, :-1]], dim=1
-    )  # [B*C, L] teacher forcing: shift right
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids
-    ).logits  # [B*C, L, V]
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B*C, L, V]
-    token_scores = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [B*C, L]
-    return token_scores, label_mask.float()
-
-
-def _score_causal(model, contexts, cand_ids, pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs `[B*C, L]` and mask `[B*C, L]` of the candidate part of `input + candidate`."""
-    rows, spans = [], []
-    for ctx, cands in zip(contexts, cand_ids, strict=True):
-        for ids in cands:
-            rows.append(ctx + ids)
-            spans.append((len(ctx), len(ids)))
-    input_ids, attention_mask = _right_pad(rows, pad, device)  # [B*C, T]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B*C, offset + T, V]
-    offset = logits.shape[1] - input_ids.shape[1]
-    expected = _num_virtual_tokens(model)
-    if offset != expected:
-        raise RuntimeError(
-            f"the causal LM returned {logits.shape[1]} logit positions for {input_ids.shape[1]} tokens: "
-            f"{offset} extra, but the active prompt has {expected} virtual tokens."
-        )
-    width = max(n for _, n in spans)
-    # the token at sequence position j is predicted by logit row offset + j - 1
-    positions = torch.zeros(len(rows), width, dtype=torch.long)  # [B*C, L]
-    targets = torch.full((len(rows), width), pad, dtype=torch.long)  # [B*C, L]
-    mask = torch.zeros(len(rows), width)  # [B*C, L]
-    for r, (ctx_len, n) in enumerate(spans):
-        first = offset + ctx_len - 1
-        if first < 0:
-            raise ValueError(
-                "an input is empty and the model has no soft prompt: nothing predicts the candidate's first "
-                "token; give the input at least one token (e.g. a BOS)."
-            )
-        positions[r, :n] = torch.arange(first, first + n)
-        targets[r, :n] = input_ids[r, ctx_len : ctx_len + n].cpu()
-        mask[r, :n] = 1.0
-    positions, targets, mask = positions.to(device), targets.to(device), mask.to(device)
-    picked = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # [B*C, L, V]
-    log_probs = torch.log_softmax(picked.float(), dim=-1)  # [B*C, L, V]
-    token_scores = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B*C, L]
-    return token_scores, mask
-
-
-def _right_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids `[N, T]` padded on the right with `pad`, and the attention mask `[N, T]`."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)  # [N, T]
@@ -247,7 +174,7 @@ def _right_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, t
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
+    return ids, mask
 
 
 def _per_example_candidates(candidates, batch: int) -> list[list[str]]:
@@ -269,27 +196,3 @@ def _per_example_candidates(candidates, batch: int) -> list[list[str]]:
             raise ValueError(f"candidates[{i}]={cands!r} must be a non-empty list of strings.")
         out.append(list(cands))
     return out
-
-
-def _model_config(model):
-    config = getattr(model, "config", None)
-    if config is None:
-        raise TypeError(f"{type(model).__name__} has no .config; pass a transformers model or a PeftModel.")
-    return config
-
-
-def _num_virtual_tokens(model) -> int:
-    """P of the active prompt-learning adapter; 0 for a plain model or a non-prompt adapter."""
-    config = getattr(model, "active_peft_config", None)
-    peft_type = getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", None))
-    # prompt and p-tuning prepend embeddings (they appear in the logits); prefix tuning uses the KV cache
-    if peft_type in ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING"):
-        return int(config.num_virtual_tokens)
-    return 0
-
-
-def _device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
