@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from softprompt_ext.precision import bf16_is_fast
+
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "softprompt-ext")
 
 
@@ -119,6 +121,7 @@ def describe(device: torch.device, argv: list[str], mode: str, name: str) -> dic
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_flags": _cpu_flags(),
+        "bf16_is_fast": bf16_is_fast(device),  # softprompt_ext.precision: whether bf16 autocast speeds up here
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gb": _memory_gb(),

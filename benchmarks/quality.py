@@ -26,8 +26,9 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality_runs import RunSpec, run  # noqa: E402
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.quality_runs import RunSpec, run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_lr", type=float, default=3e-4, help="AdamW learning rate for model tuning")
     parser.add_argument("--lora_lr", type=float, default=1e-3, help="AdamW learning rate for LoRA")
     parser.add_argument("--eval_every", type=int, default=25)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast only where the CPU/GPU has bf16 units (softprompt_ext.precision)")
     parser.add_argument("--dev_size", type=int, default=96, help="dev examples used for selection/curves")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     kwargs = {"steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every,
-              "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr}
+              "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr,
+              "precision": args.precision}
     runs: dict[str, dict] = {}
     if (args.resume or args.report_only) and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:

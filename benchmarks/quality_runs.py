@@ -1,8 +1,8 @@
 """One quality run: tune a soft prompt (or the whole model, or LoRA) on WordNet supersense and score it.
 
 Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
-base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.recipe.paper_optimizer`), bf16
-autocast, the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
+base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.recipe.paper_optimizer`),
+`softprompt_ext.precision.autocast` (bf16 only on hardware with bf16 units, else fp32; `precision` forces either), the prompt that scores best on dev (checked every `eval_every` steps) is the one scored on test.
 Model tuning and LoRA use AdamW at standard learning rates (3e-4 / 1e-3) as reference points (Figure 1's
 "model tuning" line). Accuracy is exact string match of greedy generations against the label word (the
 paper's metric) and, for comparison, rank classification by the labels' first tokens (`label_token_accuracy`).
@@ -19,8 +19,11 @@ from peft import LoraConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
 from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.inference.generate import generate_texts
 from softprompt_ext.inference.scoring import score_label_ids
+from softprompt_ext.precision import autocast, resolve_precision
 from softprompt_ext.special_tokens import add_sentinel_prefix
+from softprompt_ext.tasks.metrics import accuracy
 from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
 from softprompt_ext.training.recipe import paper_optimizer
 
@@ -69,25 +72,17 @@ def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 3e-4, lora_lr: flo
     return model, tokenizer, optimizer
 
 
-@torch.no_grad()
-def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64) -> tuple[float, list[str]]:
-    """Exact-match accuracy of greedy generations (special tokens, e.g. a sentinel, removed)."""
-    model.eval()
-    predictions = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=64,
-                        return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=5, do_sample=False)
-        predictions += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    correct = sum(p == r["label"] for p, r in zip(predictions, rows, strict=True))
-    return correct / max(1, len(rows)), predictions
+def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64,
+                      precision: str = "auto") -> tuple[float, list[str]]:
+    """Exact-match accuracy (a fraction) of greedy generations (special tokens, e.g. a sentinel, removed)."""
+    predictions = generate_texts(model, tokenizer, [r["text"] for r in rows], batch_size=batch_size,
+                                 max_input_length=64, precision=precision)
+    return accuracy(predictions, [r["label"] for r in rows]) / 100, predictions
 
 
 @torch.no_grad()
-def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, batch_size: int = 64) -> float:
+def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, batch_size: int = 64,
+                         precision: str = "auto") -> float:
     """Rank classification by the first label token: argmax over the 8 labels' first tokens at the first
     answer position (after the sentinel for sentinel targets). The labels' first tokens are distinct, so this is
     rank classification with the score of the first token only.
@@ -98,7 +93,7 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
     candidate). That is what this metric measured before, so the committed results stay comparable; it stays a
     first-token metric on purpose. Whole-label rank classification (`rank_classify`: every label token and EOS)
     is no longer too slow (the input is no longer re-encoded per candidate), but it is a different metric and
-    would need all runs redone. bf16 autocast as in `generate_accuracy`; the log-probabilities are float32.
+    would need all runs redone. Precision as in `generate_accuracy`; the log-probabilities are float32.
     """
     first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS]
     prefix = add_sentinel_prefix([], tokenizer) if sentinel else []
@@ -108,7 +103,7 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
         chunk = rows[start : start + batch_size]
         enc = tokenizer([r["text"] for r in chunk], padding=True, truncation=True, max_length=64,
                         return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", precision):
             scored = score_label_ids(model, enc["input_ids"], enc["attention_mask"], label_ids)
         picked = scored.token_log_probs[:, :, len(prefix)].argmax(dim=-1)  # [B]
         correct += sum(SUPERSENSE_LABELS[i] == r["label"] for i, r in zip(picked.tolist(), chunk, strict=True))
@@ -116,15 +111,16 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
 
 
 def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: int, prompt_lr: float = 0.3,
-        model_lr: float = 3e-4, lora_lr: float = 1e-3) -> dict:
+        model_lr: float = 3e-4, lora_lr: float = 1e-3, precision: str = "auto") -> dict:
     """Train one spec for `steps` steps; return the dev curve (for time-to-accuracy) and test accuracies.
-    `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning, `lora_lr` AdamW's for LoRA."""
+    `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning, `lora_lr` AdamW's for LoRA;
+    `precision` is "auto" (bf16 where the hardware is fast), "fp32" or "bf16"."""
     model, tokenizer, optimizer = _build(spec, prompt_lr, model_lr, lora_lr)
     train, dev, test = read_supersense("train"), read_supersense("dev")[:dev_size], read_supersense("test")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rng = random.Random(spec.seed)
     order: list[int] = []
-    dev_acc0, _ = generate_accuracy(model, tokenizer, dev)
+    dev_acc0, _ = generate_accuracy(model, tokenizer, dev, precision=precision)
     curve = [{"step": 0, "seconds": 0.0, "dev_accuracy": dev_acc0}]
     best = (dev_acc0, {n: p.detach().clone() for n, p in trainable})
     train_seconds, losses = 0.0, []
@@ -134,7 +130,7 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
         if len(order) < batch_size:
             order += rng.sample(range(len(train)), len(train))
         rows, order = [train[i] for i in order[:batch_size]], order[batch_size:]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", precision):
             loss = model(**supersense_batch(tokenizer, rows, spec.sentinel)).loss
         loss.backward()
         optimizer.step()
@@ -142,7 +138,7 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
         train_seconds += time.time() - started
         losses.append(loss.item())
         if step % eval_every == 0 or step == steps:
-            acc, _ = generate_accuracy(model, tokenizer, dev)
+            acc, _ = generate_accuracy(model, tokenizer, dev, precision=precision)
             curve.append({"step": step, "seconds": round(train_seconds, 1), "dev_accuracy": acc,
                           "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:])})
             if acc > best[0]:
@@ -150,12 +146,12 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
     with torch.no_grad():
         for name, param in trainable:
             param.copy_(best[1][name])
-    test_acc, predictions = generate_accuracy(model, tokenizer, test)
+    test_acc, predictions = generate_accuracy(model, tokenizer, test, precision=precision)
     return {
         **asdict(spec), "key": spec.key, "steps": steps, "batch_size": batch_size,
-        "prompt_lr": prompt_lr, "model_lr": model_lr, "lora_lr": lora_lr,
+        "prompt_lr": prompt_lr, "model_lr": model_lr, "lora_lr": lora_lr, "precision": resolve_precision(precision),
         "trainable_parameters": sum(p.numel() for _, p in trainable), "train_seconds": round(train_seconds, 1),
         "dev_curve": curve, "best_dev_accuracy": best[0],
-        "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel),
+        "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel, precision=precision),
         "valid_label_rate": sum(p in SUPERSENSE_LABELS for p in predictions) / len(predictions),
     }

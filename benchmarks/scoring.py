@@ -36,7 +36,8 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
+    sys.path.insert(0, os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results")
 IGNORE = -100
 
@@ -72,7 +73,8 @@ def build_t5(batch: int):
     from peft import get_peft_model
 
     from softprompt_ext import SoftPromptConfig
-    from softprompt_ext.embedded import SUPERSENSE_LABELS, embedded_model_path, load_embedded, read_supersense
+    from softprompt_ext.embedded import embedded_model_path, load_embedded
+    from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense
 
     base, tokenizer = load_embedded("lm_adapt")
     config = SoftPromptConfig(
@@ -104,7 +106,8 @@ def build_llama(batch: int):
     from transformers import AutoTokenizer
 
     from softprompt_ext import SoftPromptConfig
-    from softprompt_ext.embedded import SUPERSENSE_LABELS, embedded_model_path, read_supersense
+    from softprompt_ext.embedded import embedded_model_path
+    from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense
     from softprompt_ext.tiny_models import build_llama as make
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_path("lm_adapt"))
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(RESULTS, "scoring.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import machine
+    from benchmarks import machine
 
     machine.quiet_libraries()
     started, load_before = time.perf_counter(), machine.load_average()

@@ -15,6 +15,7 @@ constant learning rate of 0.3. The adapter is reloaded with PEFT's own `PeftMode
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import tempfile
 import time
@@ -22,28 +23,15 @@ import time
 import torch
 from peft import PeftModel, get_peft_model
 
-from softprompt_ext import SoftPromptConfig
+from softprompt_ext import SoftPromptConfig, generate_texts
 from softprompt_ext.embedded import embedded_model_path, load_embedded
-from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
+from softprompt_ext.precision import autocast, bf16_is_fast, resolve_precision
+from softprompt_ext.tasks.supersense import SUPERSENSE, SUPERSENSE_LABELS, read_supersense, supersense_batch
 from softprompt_ext.training.recipe import paper_optimizer
 
 
-@torch.no_grad()
-def predict(model, tokenizer, texts: list[str], batch_size: int = 64) -> list[str]:
-    """Greedy generations (the label word, if the prompt has learned the task)."""
-    model.eval()
-    out: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=64,
-                        return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            ids = model.generate(**enc, max_new_tokens=5, do_sample=False)  # [B, <=5]
-        out += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return out
-
-
 def accuracy(predictions: list[str], rows: list[dict]) -> float:
-    return sum(p == r["label"] for p, r in zip(predictions, rows, strict=True)) / len(rows)
+    return SUPERSENSE.compute_metrics(predictions, [{"targets": r["label"]} for r in rows])["accuracy"] / 100
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,10 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dev_size", type=int, default=320, help="dev examples to score (all: 320)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default=None, help="where to save the adapter (default: a temp dir)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast only on a CPU/GPU with bf16 units, else fp32 (softprompt_ext.precision)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # on 2 shared cores one thread was faster than two (see benchmarks/QUALITY.md)
 
+    print(f"precision: {resolve_precision(args.precision)} (bf16 units: {'yes' if bf16_is_fast('cpu') else 'no'})")
     base, tokenizer = load_embedded("lm_adapt")
     config = SoftPromptConfig(
         task_type="SEQ_2_SEQ_LM",
@@ -64,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         prompt_tuning_init="CLASS_LABELS",  # paper section 3.2: start from the label words' embeddings
         class_labels=list(SUPERSENSE_LABELS),
         tokenizer_name_or_path=embedded_model_path("lm_adapt"),
-        sample_vocab_size=1000,  # rows past the labels; the default 5,000 exceeds this 4,096-token vocabulary
+        sample_vocab_size=1000,  # rows past the labels: the 1,000 most common of this 4,096-token vocabulary
         init_seed=args.seed,
     )
     model = get_peft_model(base, config)
     model.print_trainable_parameters()
     train, dev = read_supersense("train"), read_supersense("dev")[: args.dev_size]
     dev_texts = [r["text"] for r in dev]
+    predict = functools.partial(generate_texts, max_input_length=64, precision=args.precision)
     print(f"dev accuracy before tuning: {accuracy(predict(model, tokenizer, dev_texts), dev):.3f} "
           f"(chance {1 / len(SUPERSENSE_LABELS):.3f})")
 
@@ -82,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             order += rng.sample(range(len(train)), len(train))
         rows, order = [train[i] for i in order[:16]], order[16:]
         batch = supersense_batch(tokenizer, rows)  # input_ids [B, S], attention_mask, labels [B, T]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", args.precision):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()

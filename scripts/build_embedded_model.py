@@ -11,7 +11,8 @@ recipe at CPU scale, every step seeded:
 2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the corpus, T5 id layout (0 pad, 1 EOS, 2 unk,
    100 sentinels `<extra_id_i>` last).
 3. pretraining: a T5 1.1-shaped model (GeGLU, relative attention, dropout 0 as in T5 1.1 pretraining) on
-   span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans of 3), bf16 autocast, AdamW with
+   span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans of 3), `--precision` (default
+   auto: bf16 autocast where the CPU/GPU has bf16 units, else fp32; the shipped build ran bf16), AdamW with
    warm-up and cosine decay, a fixed step budget; documents get fresh noise each epoch. Transformers 5.x's T5
    class always ties input and output embeddings, so the model follows T5 1.0's tied convention (unit-scale
    table, decoder output scaled by d_model^-0.5) rather than T5 1.1's untied head; see `build_model`.
@@ -34,6 +35,8 @@ import sys
 import time
 
 import torch
+
+from softprompt_ext.precision import autocast, resolve_precision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_card_text  # noqa: E402
@@ -128,7 +131,7 @@ def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[di
 
 
 def pretrain(model, tokenizer, lines: list[str], args) -> dict:
-    """Span-corruption pretraining with bf16 autocast; returns the record (loss curve, tokens, wall time)."""
+    """Span-corruption pretraining in `args.precision`; returns the record (loss curve, tokens, wall time)."""
     from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
     objective = LMObjective(tokenizer, objective="span_corruption", input_length=args.input_length,
@@ -156,7 +159,7 @@ def pretrain(model, tokenizer, lines: list[str], args) -> dict:
         batch = collate(rows[position : position + args.batch_size])
         position += args.batch_size
         tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", args.precision):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -176,7 +179,7 @@ def pretrain(model, tokenizer, lines: list[str], args) -> dict:
     return {"objective": "span_corruption", "steps": args.pretrain_steps, "batch_size": args.batch_size,
             "input_length": args.input_length, "target_length": args.target_length, "tokens_seen": tokens,
             "epochs_started": epoch + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
-            "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%", "precision": "bf16 autocast",
+            "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%", "precision": precision_label(args.precision),
             "wall_seconds": round(time.time() - start, 1), "loss_curve": curve}
 
 
@@ -192,6 +195,10 @@ def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> Non
     if with_card:
         with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(with_card)
+
+
+def precision_label(precision: str) -> str:
+    return "bf16 autocast" if resolve_precision(precision) == "bf16" else "fp32"
 
 
 def verify(curve: list[dict], steps: int, tolerance: float = 0.02) -> int:
@@ -230,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                         "with the shipped build_record.json; writes nothing to the package")
     # one thread: on 2 shared cores two threads ran ~3x slower per step than one (contention), measured
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast only where the hardware has bf16 units (softprompt_ext.precision); "
+                        "bf16 reproduces the shipped build's record exactly")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -283,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     result = lm_adapt(
         span_dir, adapt_dir, train_files=[corpus], objective="prefix_lm", input_length=args.input_length,
         target_length=args.target_length, max_steps=adapt_steps, per_device_train_batch_size=args.batch_size,
-        bf16=True, use_cpu=True, seed=args.seed, logging_steps=max(1, args.log_every // 2), save_strategy="no",
+        bf16=resolve_precision(args.precision) == "bf16", use_cpu=True, seed=args.seed, logging_steps=max(1, args.log_every // 2), save_strategy="no",
         report_to="none", dataloader_num_workers=0, include_num_input_tokens_seen="all",
     )
     record["lm_adaptation"] = {
         "objective": "prefix_lm", "steps": result.global_step, "batch_size": args.batch_size,
-        "optimizer": "Adafactor (Trainer), constant 1e-3", "precision": "bf16 autocast",
+        "optimizer": "Adafactor (Trainer), constant 1e-3", "precision": precision_label(args.precision),
         "wall_seconds": round(time.time() - started, 1), "training_loss": result.training_loss,
         "loss_curve": [{"step": h["step"], "loss": h["loss"], "tokens": h.get("num_input_tokens_seen")}
                        for h in result.log_history if "loss" in h],

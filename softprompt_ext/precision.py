@@ -83,3 +83,30 @@ def bf16_autocast(device: str | torch.device = "cpu", enabled: bool | None = Non
     precision = "auto" if enabled is None else ("bf16" if enabled else "fp32")
     with autocast(device, precision) as chosen:
         yield chosen == "bf16"
+
+
+def describe(device: str | torch.device = "cpu") -> str:
+    """One line on what this machine offers: CPU model, AVX-512 / bf16 / AMX flags, and the "auto" choice."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:  # not Linux: the flags are unknown, bf16_is_fast still answers
+        pass
+    seen = {name: ("yes" if name in flags else "no") for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
+    return (
+        f"cpu: {model}; " + ", ".join(f"{k} {v}" for k, v in seen.items())
+        + f"; bf16_is_fast({str(torch.device(device))!r}) = {bf16_is_fast(device)}"
+        + f" -> precision 'auto' runs {resolve_precision('auto', device)}"
+    )
+
+
+if __name__ == "__main__":  # python -m softprompt_ext.precision
+    print(describe())

@@ -11,12 +11,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)
 
 
 @pytest.mark.slow
 def test_quality_benchmark_runs_the_reference_panel(tmp_path, monkeypatch):
-    import quality
+    from benchmarks import quality
 
     monkeypatch.setattr(quality, "RESULTS", str(tmp_path))  # table and plots go next to --out, not into the repo
     out = tmp_path / "q.json"
