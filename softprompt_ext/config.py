@@ -52,6 +52,7 @@ class SoftPromptInit(str, enum.Enum):
 
 _VALID_INITS = ", ".join(repr(member.value) for member in SoftPromptInit)
 _NEEDS_TOKENIZER = (SoftPromptInit.CLASS_LABELS, SoftPromptInit.TEXT)
+PAPER_SAMPLE_VOCAB_SIZE = 5000  # paper section 3.2: the 5,000 most common tokens
 MAX_VIRTUAL_TOKENS = 100_000  # the paper goes up to 150; a larger P is a typo, not a prompt
 # inherited PEFT fields that PromptTuningConfig leaves unchecked: name -> (type, example for the message)
 _PEFT_FIELD_TYPES: dict[str, tuple[type, str]] = {
@@ -84,8 +85,10 @@ class SoftPromptConfig(PromptTuningConfig):
             sub-tokens (tokenised without special tokens). Labels beyond P are dropped with a warning. Also
             kept, as a record, with `SAVED_PROMPT`.
         sample_vocab_size: the pool of `SAMPLE_VOCAB` (and of the rows that `CLASS_LABELS`, `TEXT` and
-            `SAVED_PROMPT` leave free): the N most common tokens, special tokens excluded. Default 5000
-            (paper section 3.2). "Most common" is "lowest ids": SentencePiece (T5) orders its vocabulary by
+            `SAVED_PROMPT` leave free): the N most common tokens, special tokens excluded. Default None: the
+            paper's 5,000 (section 3.2), or the whole usable vocabulary with a warning when it has fewer, as the
+            official implementation does. An explicit N larger than the usable vocabulary is an error (it says
+            how many there are). "Most common" is "lowest ids": SentencePiece (T5) orders its vocabulary by
             likelihood and BPE (GPT-2, Llama) by merge order; byte-fallback tokens `<0xNN>` are skipped.
         init_range: `RANDOM_UNIFORM` draws from U(-init_range, init_range). Default 0.5 (paper section 3.2;
             the official code's flax `uniform(0.5)` gives U[0, 0.5), the paper's range is the one used here).
@@ -105,7 +108,9 @@ class SoftPromptConfig(PromptTuningConfig):
         default=SoftPromptInit.SAMPLE_VOCAB, metadata={"help": f"One of {_VALID_INITS}."}
     )
     class_labels: list[str] | None = field(default=None, metadata={"help": "Label strings for CLASS_LABELS."})
-    sample_vocab_size: int = field(default=5000, metadata={"help": "Pool of the most common tokens."})
+    sample_vocab_size: int | None = field(
+        default=None, metadata={"help": "Pool of the most common tokens (None: 5000, capped at the vocabulary)."}
+    )
     init_range: float = field(default=0.5, metadata={"help": "RANDOM_UNIFORM draws U(-r, r)."})
     init_seed: int | None = field(default=None, metadata={"help": "Seed of the initialiser."})
     init_prompt_path: str | None = field(default=None, metadata={"help": "Adapter to start from (SAVED_PROMPT)."})
@@ -193,14 +198,15 @@ class SoftPromptConfig(PromptTuningConfig):
                 f"prompt_tuning_init='SAVED_PROMPT' needs init_prompt_path, got {self.init_prompt_path!r}; "
                 "pass an adapter directory, a Hub adapter id or a .safetensors file."
             )
-        if (
+        if self.sample_vocab_size is not None and (
             isinstance(self.sample_vocab_size, bool)
             or not isinstance(self.sample_vocab_size, int)
             or self.sample_vocab_size < 1
         ):
             raise ValueError(
-                f"sample_vocab_size must be an int >= 1, got {self.sample_vocab_size!r}; "
-                "the paper samples from the 5000 most common tokens."
+                f"sample_vocab_size must be an int >= 1 or None, got {self.sample_vocab_size!r}; "
+                "None (the default) samples from the paper's 5000 most common tokens, or the whole vocabulary "
+                "when it is smaller."
             )
         if (
             isinstance(self.init_range, bool)

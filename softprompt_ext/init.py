@@ -125,6 +125,31 @@ def check_ids(token_ids: Sequence[int], num_rows: int, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- vocab pool
+def usable_tokens(num_rows: int, excluded_ids: set[int] | frozenset[int] = frozenset()) -> int:
+    """How many ids of a `num_rows`-row table are not special: the largest possible sampled-vocab pool."""
+    return num_rows - len({i for i in excluded_ids if 0 <= i < num_rows})
+
+
+def default_pool_size(num_rows: int, excluded_ids: set[int] | frozenset[int] = frozenset()) -> int:
+    """`sample_vocab_size=None`: the paper's 5,000 (section 3.2), or every usable token when there are fewer.
+
+    The official implementation does the same: it warns and samples the whole table when the requested
+    population is larger than the vocabulary.
+    """
+    from .config import PAPER_SAMPLE_VOCAB_SIZE
+
+    available = usable_tokens(num_rows, excluded_ids)
+    if available < PAPER_SAMPLE_VOCAB_SIZE:
+        warnings.warn(
+            f"sample_vocab_size is not set and the paper's {PAPER_SAMPLE_VOCAB_SIZE} most common tokens exceed the "
+            f"{available} usable tokens of this vocabulary ({num_rows} rows, {num_rows - available} special): "
+            f"sampling from all {available}, as the official implementation does. Pass sample_vocab_size=N to "
+            "choose the pool.",
+            stacklevel=5,
+        )
+    return min(PAPER_SAMPLE_VOCAB_SIZE, available)
+
+
 def vocab_pool(num_rows: int, sample_vocab_size: int, excluded_ids: set[int] | frozenset[int] = frozenset()) -> torch.Tensor:
     """Ids of the `sample_vocab_size` most common tokens: the lowest ids not in `excluded_ids`.
 
@@ -138,7 +163,7 @@ def vocab_pool(num_rows: int, sample_vocab_size: int, excluded_ids: set[int] | f
     Returns:
         `[N]` int64.
     """
-    available = num_rows - len({i for i in excluded_ids if 0 <= i < num_rows})
+    available = usable_tokens(num_rows, excluded_ids)
     if sample_vocab_size > available:
         raise ValueError(
             f"sample_vocab_size={sample_vocab_size} is larger than the {available} usable tokens of the "
@@ -171,7 +196,10 @@ def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch
 
     def sampled(rows: int, gen: torch.Generator | None) -> torch.Tensor:
         # built on demand: a prompt filled entirely by labels or text needs no valid sample_vocab_size
-        pool = vocab_pool(table.shape[0], config.sample_vocab_size, excluded)  # [N]
+        size = config.sample_vocab_size
+        if size is None:
+            size = default_pool_size(table.shape[0], excluded)
+        pool = vocab_pool(table.shape[0], size, excluded)  # [N]
         return from_sampled_vocab(table, pool)(rows, gen)
 
     if init == SoftPromptInit.SAMPLE_VOCAB:

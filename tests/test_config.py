@@ -13,7 +13,7 @@ from softprompt_ext.config import RECORD_NAME
 def test_paper_defaults():
     config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM")
     assert config.num_virtual_tokens == 100  # paper section 3
-    assert config.sample_vocab_size == 5000  # paper section 3.2
+    assert config.sample_vocab_size is None  # paper section 3.2: 5000, capped at the vocabulary (test_init.py)
     assert config.init_range == 0.5
     assert config.num_transformer_submodules == 1  # encoder only
     assert config.peft_type == "PROMPT_TUNING"
@@ -30,7 +30,7 @@ def test_paper_defaults():
         ({"init_range": 0}, ValueError, r"init_range must be a finite number > 0, got 0"),
         ({"init_range": -0.5}, ValueError, r"init_range must be a finite number > 0, got -0.5"),
         ({"init_range": float("nan")}, ValueError, r"init_range must be a finite number > 0, got nan"),
-        ({"sample_vocab_size": 0}, ValueError, r"sample_vocab_size must be an int >= 1, got 0"),
+        ({"sample_vocab_size": 0}, ValueError, r"sample_vocab_size must be an int >= 1 or None, got 0"),
         ({"init_seed": "7"}, TypeError, r"init_seed must be an int or None, got '7'"),
         ({"num_transformer_submodules": 2}, ValueError, r"num_transformer_submodules=2: .*encoder input only"),
         (

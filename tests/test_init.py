@@ -115,8 +115,28 @@ def test_sample_vocab_lowest_ids_without_specials(make_model, tokenizer, tokeniz
     assert values == list(range(3, 23))
 
 
-def test_sample_vocab_size_larger_than_vocabulary(make_model, tokenizer, tokenizer_dir):
-    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, tokenizer_name_or_path=tokenizer_dir)
+def test_default_pool_is_the_whole_vocabulary_when_it_has_fewer_than_5000_tokens(make_model, tokenizer, tokenizer_dir):
+    # the official implementation warns and samples the whole table; before, the default raised here
+    excluded = excluded_token_ids(tokenizer)
+    usable = len(tokenizer) - len(excluded)
+    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=usable, tokenizer_name_or_path=tokenizer_dir,
+                              init_seed=0)
+    with pytest.warns(UserWarning, match=rf"the paper's 5000 most common tokens exceed the {usable} usable tokens"):
+        model = get_peft_model(make_model("t5", indexed=True), config)
+    values = sorted(int(v) for v in row_values(prompt_of(model)))
+    # P == usable: every non-special id of the tokenizer exactly once (drawn without replacement)
+    assert values == sorted(set(range(len(tokenizer))) - excluded)
+
+
+def test_default_pool_is_5000_on_a_large_vocabulary():
+    from softprompt_ext.init import default_pool_size
+
+    assert default_pool_size(32_128, set(range(100))) == 5000  # T5: 32,128 rows, the paper's 5,000
+
+
+def test_explicit_sample_vocab_size_larger_than_vocabulary_is_an_error(make_model, tokenizer, tokenizer_dir):
+    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, tokenizer_name_or_path=tokenizer_dir,
+                              sample_vocab_size=5000)
     usable = len(tokenizer) - len(excluded_token_ids(tokenizer))
     with pytest.raises(ValueError, match=rf"sample_vocab_size=5000 is larger than the {usable} usable tokens"):
         get_peft_model(make_model("t5"), config)

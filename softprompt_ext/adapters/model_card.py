@@ -46,7 +46,8 @@ def card_section(config: SoftPromptConfig) -> str:
     if config.class_labels:
         lines.append(f"| class labels | {', '.join(f'`{label}`' for label in config.class_labels)} |")
     if init == "SAMPLE_VOCAB" or config.class_labels or init == "TEXT":
-        lines.append(f"| sample_vocab_size | {config.sample_vocab_size} |")
+        size = config.sample_vocab_size
+        lines.append(f"| sample_vocab_size | {size if size is not None else '5000 (paper), at most the vocabulary'} |")
     if init == "RANDOM_UNIFORM":
         lines.append(f"| init_range | {config.init_range} |")
     if init == "SAVED_PROMPT":
