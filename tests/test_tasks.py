@@ -209,6 +209,19 @@ def test_qa_answers_keep_every_gold_and_punctuation_can_stay():
     assert pad_punctuation("  a,b  (c) ") == "a , b ( c )"
 
 
+@pytest.mark.parametrize("text, padded", [
+    ("Beyoncé's tour", "Beyoncé ' s tour"),  # was "Beyonc é ' s tour" with ASCII \W
+    ("café façade", "café façade"),  # was "caf é fa ç ade"
+    ("Zürich, 1848.", "Zürich , 1848 ."),
+    ("naïve_x—y", "naïve_x — y"),  # underscore kept, dash padded
+    ("e\u0301tude", "e\u0301tude"),  # a combining mark stays on its letter
+    ("東京は¥100", "東京は ¥ 100"),  # CJK letters kept, the currency sign padded
+    ("١٢٣ كتاب؟", "١٢٣ كتاب ؟"),  # Arabic digits and letters kept, its question mark padded
+])
+def test_pad_punctuation_keeps_letters_marks_and_numbers_of_every_script(text, padded):
+    assert pad_punctuation(text) == padded
+
+
 def test_record_trains_on_one_row_per_answer():
     record = get_task("record")
     example = {**CASES[4][1], "answers": ["Bo", "Bo Smith"]}

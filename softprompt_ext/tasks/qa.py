@@ -17,19 +17,27 @@ Design decisions
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .base import Task
 
-_NON_WORD = re.compile(r"(\W)", re.ASCII)
+_KEPT_CATEGORIES = ("L", "M", "N")  # letters, combining marks, numbers -- of every script
 
 
 def pad_punctuation(text: str) -> str:
-    """Spaces around each ASCII non-word character, whitespace collapsed (T5's SQuAD preprocessing)."""
-    return " ".join(_NON_WORD.sub(r" \1 ", text).split())
+    """Spaces around every character that is not a letter, mark, number, `_` or space; whitespace collapsed.
+
+    T5's SQuAD preprocessing (`t5.data.preprocessors._pad_punctuation`): `([^_\\s\\p{N}\\p{L}\\p{M}])` -> ` \\1 `.
+    Unicode classes, not ASCII ones: "Beyoncé's" -> "Beyoncé ' s", "café façade" stays as it is.
+    """
+    padded = "".join(
+        ch if ch == "_" or ch.isspace() or unicodedata.category(ch)[0] in _KEPT_CATEGORIES else f" {ch} "
+        for ch in text
+    )
+    return " ".join(padded.split())
 
 
 def answer_texts(example: Mapping[str, Any]) -> list[str]:
