@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -114,10 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _quiet_transformers():
         try:
             run(args)
+            sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        except BrokenPipeError:
+            # the reader went away (`softprompt inspect ... | head`): stop quietly, as `cat` does
+            _silence_stdout()
+            return 0
         except _USER_ERRORS as exc:
             print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not report the broken pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 # ---------------------------------------------------------------------------------------------- commands

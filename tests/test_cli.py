@@ -104,6 +104,35 @@ def test_inspect_json_through_python_dash_m(runs):
     assert not returned & ({0, 1, 2} | set(range(168, 176)))  # specials and sentinels skipped by default
 
 
+def test_a_closed_pipe_ends_quietly(files):
+    # `softprompt inspect --json | head`: the reader goes away; before, the command ended with
+    # "error: [Errno 32] Broken pipe" and exit code 2
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the child writes a byte (it spends seconds importing torch first)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "softprompt_ext", "inspect", files["adapter"], "--base",
+                               files["base"], "--json"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=files["root"], timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Broken pipe" not in proc.stderr and "error" not in "\n".join(own_stderr_lines(proc.stderr))
+
+
+def test_broken_pipe_in_process_returns_0_without_a_message(files, capsys, monkeypatch):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["inspect", files["adapter"], "--base", files["base"], "--json"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
