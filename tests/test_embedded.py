@@ -191,9 +191,15 @@ def test_supersense_example_smoke_run_saves_a_loadable_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_a_soft_prompt_steers_the_lm_adapted_model():
-    """The frozen LM-adapted model's loss on the label words falls when only a class-label-initialised prompt
-    trains (paper recipe: Adafactor, constant lr 0.3). With the first build (its decoder ignored the encoder)
-    the loss stayed at ~7.7 for 200 steps; this build reaches ~4.3 by step 160 (examples/supersense.py)."""
+    """The frozen LM-adapted model's loss on held-out label words falls when only a class-label-initialised prompt
+    trains (paper recipe: Adafactor, constant lr 0.3, 160 steps of 16), measured against the initial prompt on the
+    same 64 dev rows in eval mode -- a control in the same process, so no threshold depends on the CPU's kernels.
+
+    Margins measured (fp32; training trajectories differ between CPU kinds by float rounding): AMD EPYC, AVX2
+    only, no bf16 units: dev loss 7.315 -> 5.679 (-22%). The old absolute form of this test (training-loss drop
+    > 1.5 nats) saw 1.25 nats on that CPU kind and > 1.5 on an AVX-512 one (issue 14) -- both -17% or more of a
+    ~7.2 start. The first build (its decoder ignored the encoder) did not move (~7.7 throughout). The bound,
+    -8%, is under half the smallest relative drop seen on either kind."""
     import random
 
     from peft import get_peft_model
@@ -209,10 +215,17 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
                                   class_labels=list(SUPERSENSE_LABELS), tokenizer_name_or_path=embedded_model_path(),
                                   sample_vocab_size=1000, init_seed=0)
         model = get_peft_model(model, config)
+        dev = read_supersense("dev")[:64]
+
+        def dev_loss() -> float:
+            model.eval()
+            with torch.no_grad():
+                return sum(model(**supersense_batch(tokenizer, dev[i : i + 16])).loss.item() for i in range(0, 64, 16)) / 4
+
+        before = dev_loss()
         optimizer, _ = paper_optimizer(model)
         train = read_supersense("train")
         rows_order = random.Random(0).sample(range(len(train)), len(train))
-        losses = []
         for step in range(160):
             rows = [train[rows_order[(16 * step + j) % len(train)]] for j in range(16)]
             model.train()
@@ -220,8 +233,19 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+        after = dev_loss()
     finally:
         torch.set_num_threads(previous)
-    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
-    assert first > 6.0 and last < first - 1.5, (first, last)
+    assert before > 6.0, before  # the label words start unlikely (8 classes among 4,096 tokens)
+    assert after < 0.92 * before, (before, after)
+
+
+def test_default_config_works_on_the_embedded_model(lm_adapted):
+    """`SoftPromptConfig(task_type=..., num_virtual_tokens=...)` and nothing else: the paper's 5,000-token pool is
+    larger than this 4,096-row vocabulary, so the initialiser warns and samples all of it (before: ValueError)."""
+    from peft import get_peft_model
+
+    model, _ = load_embedded("lm_adapt")
+    with pytest.warns(UserWarning, match=r"sampling from all \d+, as the official implementation does"):
+        peft_model = get_peft_model(model, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=20))
+    assert peft_model.get_nb_trainable_parameters()[0] == 20 * 256
