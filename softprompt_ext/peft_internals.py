@@ -39,6 +39,7 @@ __all__ = [
     "prompt_tuning_registry_entries",
     "set_prompt_tuning_registry_entries",
     "causal_generate_reinserts_prompt",
+    "encoder_prompt",
     "gather_params_ctx",
     "PromptEncoderBase",
     "input_embeddings",
@@ -87,6 +88,15 @@ def saved_prompt_rows(config: PromptTuningConfig) -> int:
     if submodules is None:  # PEFT's default, applied when the adapter is set up
         submodules = 2 if getattr(config.task_type, "value", config.task_type) == "SEQ_2_SEQ_LM" else 1
     return int(config.num_virtual_tokens) * int(submodules)
+
+
+def encoder_prompt(weight: torch.Tensor, config: PromptTuningConfig) -> torch.Tensor:
+    """The rows `[P, H]` of a saved or loaded prompt `[R, H]` that PEFT puts in front of the input.
+
+    With 2P rows (a plain PEFT seq2seq adapter) PEFT's forward uses the first P, the encoder's; the rest are
+    the decoder's, which its prompt-tuning forward never reads.
+    """
+    return weight[: int(config.num_virtual_tokens)]
 
 
 def split_from_pretrained_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

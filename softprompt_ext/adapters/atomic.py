@@ -42,6 +42,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+CARD_NAME = "README.md"  # the model card a save carries over (model_card.py writes it)
 OLD_SUFFIX = ".old"  # the previous adapter while the new one is moved in
 STAGING_MARK = ".tmp-"  # staging directories are named .<name>.tmp-XXXXXXXX next to the target
 STAGES = ("saved", "moved_old", "swapped", "done")
@@ -109,9 +110,9 @@ def save_adapter_atomically(
     old = directory + OLD_SUFFIX
     staging = tempfile.mkdtemp(prefix=f".{name}{STAGING_MARK}", dir=parent)
     try:
-        card = os.path.join(directory, "README.md")
+        card = os.path.join(directory, CARD_NAME)
         if os.path.isfile(card):  # save_pretrained updates an existing card in place; keep the user's edits
-            shutil.copy2(card, os.path.join(staging, "README.md"))
+            shutil.copy2(card, os.path.join(staging, CARD_NAME))
         peft_model.save_pretrained(staging, **save_kwargs)
         _check_nothing_foreign(directory, staging)
         _fsync_tree(staging)

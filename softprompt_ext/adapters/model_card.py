@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..peft_internals import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .atomic import atomic_write_text
+from .atomic import CARD_NAME, atomic_write_text
 
 if TYPE_CHECKING:
     from ..config import SoftPromptConfig
 
-CARD_NAME = "README.md"
 TAGS = ("prompt-tuning", "softprompt-ext", "peft")
 _BEGIN = "<!-- softprompt-ext:begin -->"
 _END = "<!-- softprompt-ext:end -->"

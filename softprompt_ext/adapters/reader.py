@@ -30,10 +30,10 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from ..peft_internals import CONFIG_NAME, PROMPT_KEY, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from .atomic import OLD_SUFFIX  # what an interrupted save_adapter_atomically leaves next to the adapter
 
 MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
-OLD_SUFFIX = ".old"  # what an interrupted `save_adapter_atomically` leaves next to the adapter
 
 
 class AdapterError(ValueError):

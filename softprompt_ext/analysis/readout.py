@@ -41,6 +41,7 @@ from ..config import RECORD_NAME
 from ..peft_internals import (
     CONFIG_NAME,
     SAFETENSORS_WEIGHTS_NAME,
+    encoder_prompt,
     has_prompt_encoder,
     is_prompt_tuning,
     prompt_weight,
@@ -138,7 +139,7 @@ def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
     if os.path.isfile(source):
         return read_prompt(source)  # [P, H]: a bare .safetensors file, checked by the one reader
     report = validate_adapter(source)  # config, record and weights through the one reader
-    return report.prompt[: report.config.num_virtual_tokens]  # [P, H]: plain PEFT seq2seq saves 2P rows
+    return encoder_prompt(report.prompt, report.config)  # [P, H]: plain PEFT seq2seq saves 2P rows
 
 
 def _check_exists(source: str) -> None:
@@ -161,7 +162,7 @@ def _model_prompt(model: Any, adapter_name: str | None) -> tuple[torch.Tensor, A
             "reads prompt-tuning (PROMPT_TUNING) adapters only."
         )
     weight = prompt_weight(model, name)  # [rows, H]
-    return weight[: config.num_virtual_tokens].detach().float().cpu(), config  # [P, H]
+    return encoder_prompt(weight, config).detach().float().cpu(), config  # [P, H]
 
 
 # ---------------------------------------------------------------------------------------------- readouts
@@ -217,7 +218,7 @@ def adapter_readout(
     """
     _check_exists(adapter)
     report = validate_adapter(adapter)  # config, record and weights through the one reader
-    prompt = report.prompt[: report.config.num_virtual_tokens]  # [P, H]
+    prompt = encoder_prompt(report.prompt, report.config)  # [P, H]
     config = report.plain
     base = base_model if base_model is not None else config.get("base_model_name_or_path")
     if base is None:
@@ -246,7 +247,7 @@ def adapter_info(adapter: str) -> dict[str, Any]:
     _check_exists(adapter)
     report = validate_adapter(adapter)  # config, record and weights through the one reader
     config, record, saved = report.plain, report.record, report.prompt  # saved: [rows, H]
-    prompt = saved[: report.config.num_virtual_tokens]  # [P, H]
+    prompt = encoder_prompt(saved, report.config)  # [P, H]
     if os.path.isdir(adapter):
         files = {
             os.path.relpath(os.path.join(root, f), adapter): os.path.getsize(os.path.join(root, f))

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ..peft_internals import SAFETENSORS_WEIGHTS_NAME
 from .readout import load_prompt
 
 PromptSource = Any  # a [P, H] tensor, an adapter directory, a Hub adapter id, a .safetensors file or a PeftModel
@@ -131,11 +132,11 @@ def library_entries(library: str | os.PathLike | Sequence[str | os.PathLike]) ->
     entries: list[str] = []
     for item in items:
         item = os.fspath(item)
-        if os.path.isdir(item) and not os.path.isfile(os.path.join(item, "adapter_model.safetensors")):
+        if os.path.isdir(item) and not os.path.isfile(os.path.join(item, SAFETENSORS_WEIGHTS_NAME)):
             found = sorted(
                 os.path.join(item, name)
                 for name in os.listdir(item)
-                if os.path.isfile(os.path.join(item, name, "adapter_model.safetensors"))
+                if os.path.isfile(os.path.join(item, name, SAFETENSORS_WEIGHTS_NAME))
             )
             if not found:
                 raise ValueError(

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
 
-from ..peft_internals import input_embeddings, is_prompt_tuning, prompt_weight
+from ..peft_internals import encoder_prompt, input_embeddings, is_prompt_tuning, prompt_weight
 
 IGNORE_INDEX = -100  # label value that takes no part in the loss (PEFT and transformers use the same)
 
@@ -137,7 +137,7 @@ def loaded_prompts(model: PeftModel, adapter_names: list[str] | tuple[str, ...])
                 "model: load a prompt trained for this base model."
             )
         # PEFT's own seq2seq default allocates 2P rows; only the first P (the encoder's) are used, as PEFT does.
-        prompts[name] = weight[: config.num_virtual_tokens]  # [P, H]
+        prompts[name] = encoder_prompt(weight, config)  # [P, H]
     return prompts
 
 
