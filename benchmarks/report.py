@@ -253,6 +253,33 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def scoring_section(markdown_dir: str) -> list[str]:
+    """The label-scorer rows (`python benchmarks/scoring.py`, its own run) when `results/scoring.json` exists."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "scoring.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    machine = saved["machine"]
+    lines = [
+        "## Label scoring: one scorer that encodes each input once",
+        "",
+        f"`python benchmarks/scoring.py` on {machine['date_utc']} ({machine['cpu']}, flags "
+        f"{', '.join(machine['cpu_flags']) or 'none'}, {machine['torch_threads']} torch thread, {saved['dtype']}; "
+        f"{saved['repeats']} interleaved repeats; [`{os.path.relpath(path, markdown_dir)}`]"
+        f"({os.path.relpath(path, markdown_dir)})). Old: {saved['old']}. New: {saved['new']}.",
+        "",
+        "| case | B x C | old (s) | new (s) | old / new | max abs score difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in saved["results"]:
+        lines.append(
+            f"| {r['case']} | {r['batch']} x {r['candidates']} | {r['old_median_s']:.3f} | {r['new_median_s']:.3f} "
+            f"| {_x(r['median_ratio'])} (CPU {_x(r['median_ratio_cpu'])}) | {r['max_abs_score_diff']:.1e} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir: str) -> str:
     from .report_text import fast_path_section, memory_notes, method_section, profile_section
 
@@ -279,6 +306,7 @@ def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir:
         "([`QUALITY.md`](QUALITY.md), `python benchmarks/quality.py`); mixed-task batches and prompt ensembling "
         "([`results/multi_prompt.md`](results/multi_prompt.md), `python benchmarks/multi_prompt.py`).",
         "",
+        *scoring_section(markdown_dir),
         "## Headline",
         "",
         "| ratio | " + " | ".join(shapes) + " | target | verdict |",
