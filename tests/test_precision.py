@@ -123,7 +123,7 @@ def test_an_unknown_precision_is_refused_naming_the_value(bad):
 
 
 # ------------------------------------------------------------------------------------- autocast
-@pytest.mark.parametrize(("chosen", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize(("chosen", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("device", ["cpu", torch.device("cpu")], ids=["str", "torch.device"])
 def test_autocast_yields_the_chosen_precision_and_runs_matmuls_in_it(chosen, dtype, device):
     with autocast(device, chosen) as got:
@@ -134,7 +134,9 @@ def test_autocast_yields_the_chosen_precision_and_runs_matmuls_in_it(chosen, dty
     assert torch.is_autocast_enabled("cpu") is False
 
 
-@pytest.mark.parametrize(("fast", "chosen", "dtype"), [(True, "bf16", torch.bfloat16), (False, "fp32", torch.float32)])
+@pytest.mark.parametrize(
+    ("fast", "chosen", "dtype"), [(True, "bf16", torch.bfloat16), (False, "fp32", torch.float32)], ids=["fast", "slow"]
+)
 def test_autocast_auto_follows_bf16_is_fast(monkeypatch, fast, chosen, dtype):
     _fast(monkeypatch, fast)
     with autocast("cpu") as got:  # precision defaults to "auto"
