@@ -13,9 +13,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from peft import PeftModel, get_peft_model  # noqa: E402
 
 import softprompt_ext  # noqa: E402,F401  (registers with PEFT)
-from softprompt_ext import tiny_models  # noqa: E402
+from softprompt_ext import SoftPromptConfig, tiny_models  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: splitting their matmuls over threads only costs (measured 3x)
 
@@ -48,5 +49,39 @@ def make_model(tokenizer):
         if indexed:
             tiny_models.fill_rows_with_index(model)
         return model
+
+    return make
+
+
+def _random_prompt_config(kind: str, length: int, seed: int) -> SoftPromptConfig:
+    return SoftPromptConfig(
+        task_type=TASK_TYPES[kind],
+        num_virtual_tokens=length,
+        prompt_tuning_init="RANDOM_UNIFORM",
+        init_range=1.0,
+        init_seed=seed,
+    )
+
+
+@pytest.fixture
+def build(make_model, tmp_path):
+    """`build(kind)`: a fresh base model with the prompts p3 (P=3), p7 (P=7), p5 (P=5) loaded through PEFT's
+    `PeftModel.from_pretrained` + `load_adapter`, saved under `tmp_path / name`. Weights are scaled so that
+    greedy outputs vary. For the multi-prompt tests (test_mixed_batches.py, test_ensembles.py)."""
+
+    def make(kind: str) -> PeftModel:
+        base = make_model(kind)
+        with torch.no_grad():
+            for p in base.parameters():
+                if p.dim() > 1:
+                    p.mul_(3.0)  # tiny random models otherwise repeat one token
+        trained = get_peft_model(base, _random_prompt_config(kind, 3, 1), adapter_name="p3")
+        trained.add_adapter("p7", _random_prompt_config(kind, 7, 2))
+        trained.add_adapter("p5", _random_prompt_config(kind, 5, 3))
+        trained.save_pretrained(str(tmp_path), selected_adapters=["p3", "p7", "p5"])
+        model = PeftModel.from_pretrained(trained.get_base_model(), str(tmp_path / "p3"), adapter_name="p3")
+        model.load_adapter(str(tmp_path / "p7"), adapter_name="p7")
+        model.load_adapter(str(tmp_path / "p5"), adapter_name="p5")
+        return model.eval()
 
     return make

@@ -1,4 +1,4 @@
-"""Exact tests of the prefix-LM split, span corruption and the sentinel-prefix option (paper section 3.3)."""
+"""Exact tests of the prefix-LM split, span corruption and the seq2seq collator (paper section 3.3)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from softprompt_ext.special_tokens import add_sentinel_prefix, ids_to_drop, sentinel_ids
+from softprompt_ext.special_tokens import add_sentinel_prefix, sentinel_ids
 from softprompt_ext.training.lm_objectives import (
     LMObjective,
     Seq2SeqCollator,
@@ -22,28 +22,9 @@ EOS = 1
 CHUNK = [10, 11, 12, 13, 14]
 
 
-class _VocabOnly:
-    """A tokenizer stand-in with a T5-like vocabulary: sentinels at the top of the id range, in reverse."""
-
-    def get_vocab(self) -> dict[str, int]:
-        return {"<extra_id_0>": 99, "<extra_id_1>": 98, "<extra_id_10>": 89, "<extra_id_2>": 97, "a": 5, "<extra_id_x>": 3}
-
-
 def _runs(mask: list[bool]) -> int:
     """Number of runs of True in a mask."""
     return sum(1 for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1]))
-
-
-# ---------------------------------------------------------------------------------------------- tokenizer facts
-def test_sentinel_ids_are_ordered_by_number_not_by_id():
-    assert sentinel_ids(_VocabOnly()) == [99, 98, 97, 89]
-
-
-def test_sentinel_and_special_ids_of_the_tiny_tokenizer(tokenizer):
-    expected = [tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(8)]
-    assert sentinel_ids(tokenizer) == expected
-    assert ids_to_drop(tokenizer) == frozenset({tokenizer.pad_token_id, tokenizer.eos_token_id, *expected})
-    assert tokenizer.unk_token_id not in ids_to_drop(tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------- prefix LM split
@@ -210,16 +191,6 @@ def test_span_corruption_needs_a_tokenizer_with_sentinels():
         LMObjective(plain, objective="span_corruption")
     with pytest.raises(ValueError, match="has no <extra_id_N> sentinel tokens"):
         add_sentinel_prefix([5, 1], plain)
-
-
-# ---------------------------------------------------------------------------------------------- sentinel option
-def test_add_sentinel_prefix_is_exact_and_idempotent(tokenizer):
-    first = tokenizer.convert_tokens_to_ids("<extra_id_0>")
-    target = tokenizer("True")["input_ids"]  # label + EOS
-    with_sentinel = add_sentinel_prefix(target, tokenizer)
-    assert with_sentinel == [first, *target]
-    assert add_sentinel_prefix(with_sentinel, tokenizer) == with_sentinel
-    assert tokenizer.decode(with_sentinel, skip_special_tokens=True) == tokenizer.decode(target, skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------------------------------------- collator

@@ -13,7 +13,6 @@ from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForSeq2SeqLM
 
 from softprompt_ext import SoftPromptConfig, tiny_models
-from softprompt_ext.analysis.base_model import _table_from_checkpoint, embedding_table
 from softprompt_ext.analysis.readout import (
     Neighbour,
     adapter_info,
@@ -95,15 +94,6 @@ def test_bad_arguments_are_refused(kwargs, message):
 def test_a_prompt_of_another_width_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\) \(P, d_model\).*\(6, 4\) \(V, d_model\)"):
         nearest_tokens(torch.zeros(2, 3), TABLE)
-
-
-def test_special_token_ids_split_specials_from_sentinels(tokenizer):
-    sentinels = set(range(168, 176))  # <extra_id_0..7>
-    padding_rows = {176, 177, 178, 179}  # table rows past the tokenizer name no token
-    assert readout_skip_ids(tokenizer, 180) == {0, 1, 2} | sentinels | padding_rows
-    assert readout_skip_ids(tokenizer, 180, sentinels=False) == {0, 1, 2} | padding_rows
-    assert readout_skip_ids(tokenizer, 180, special=False) == sentinels
-    assert readout_skip_ids(tokenizer, 180, special=False, sentinels=False) == set()
 
 
 def test_format_and_json_forms():
@@ -213,21 +203,6 @@ def test_adapter_without_base_model_asks_for_one(saved, tmp_path):
     assert adapter_readout(str(tmp_path), saved["base"], top_k=1)[0][0].token == "▁cat"
     with pytest.raises(ValueError, match=r"no tokenizer could be loaded from '.*nope' \(.*\); pass tokenizer="):
         adapter_readout(str(tmp_path), saved["base"], tokenizer=str(tmp_path / "nope"))
-
-
-def test_embedding_table_reads_only_the_embedding_tensor(saved, tokenizer, tmp_path):
-    assert torch.equal(_table_from_checkpoint(saved["base"], "SEQ_2_SEQ_LM"), saved["table"])
-    llama = tiny_models.build_llama(len(tokenizer))
-    llama.save_pretrained(tmp_path / "llama", max_shard_size="20KB")  # sharded, key 'model.embed_tokens.weight'
-    assert (tmp_path / "llama" / "model.safetensors.index.json").exists()
-    expected = llama.get_input_embeddings().weight
-    assert torch.equal(_table_from_checkpoint(str(tmp_path / "llama"), "CAUSAL_LM"), expected)
-    assert torch.equal(embedding_table(str(tmp_path / "llama")), expected)  # bare LlamaModel: prefix differs
-
-
-def test_embedding_table_names_a_model_that_cannot_be_read(tmp_path):
-    with pytest.raises(ValueError, match=r"base model '.*' has no readable config.json"):
-        embedding_table(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------- load_prompt / info
