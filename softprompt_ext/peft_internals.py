@@ -175,8 +175,27 @@ def warn_if_causal_generate_is_broken() -> None:
         "softprompt_ext.generate(model, input_ids=..., attention_mask=..., max_new_tokens=...) instead; "
         "forward passes and training are unaffected.",
         UserWarning,
-        stacklevel=5,
+        stacklevel=_caller_stacklevel(),
     )
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` of the first frame outside softprompt_ext, PEFT, transformers and torch: the user's line
+    (`get_peft_model(...)`, `PeftModel.from_pretrained(...)`, ...), however deep inside PEFT the call came."""
+    import os
+    import sys
+
+    import peft
+    import transformers
+
+    libraries = tuple(
+        os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+        for module in (sys.modules[__name__.split(".")[0]], peft, transformers, torch)
+    )
+    frame, level = sys._getframe(1), 1  # stacklevel 1: the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(libraries):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @functools.cache
