@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float32",
         "repeats": args.repeats,
         "statistic": "median over interleaved repeats of old/new time; max |old - new| over the [B, C] scores",
-        "old": "every input repeated C times through multi_prompt.mixed_forward (B*C full rows)",
+        "old": "every input repeated C times through inference.mixed_batches.mixed_forward (B*C full rows)",
         "new": "softprompt_ext.inference.scoring.score_label_ids (each input encoded once)",
         "results": results,
         "total_wall_s": round(time.perf_counter() - started, 1),

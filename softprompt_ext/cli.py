@@ -8,7 +8,7 @@
 
 Installed as the console script `softprompt` (entry point `softprompt_ext.cli:main`) and runnable as
 `python -m softprompt_ext`. Every subcommand is a thin shell over a library function
-(`inspection.adapter_readout`, `similarity.most_similar`, `inspection.adapter_info`, `plots.*`), so what
+(`analysis.readout.adapter_readout`, `analysis.similarity.most_similar`, `analysis.readout.adapter_info`, `analysis.plots.*`), so what
 the command line prints is what the library returns.
 
 Exit codes: 0 success; 2 bad arguments or an unusable adapter / model, with a single line on stderr

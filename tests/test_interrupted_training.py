@@ -5,7 +5,7 @@
    exactly the prompt of an uninterrupted run.
 2. A kill while Trainer writes `checkpoint-N` leaves it without a whole `trainer_state.json` (written last).
    Trainer's `resume_from_checkpoint=True` picks that checkpoint and fails (pinned here);
-   `safe_save.last_complete_checkpoint` picks the previous one, and the run still ends where it should.
+   `adapters.atomic.last_complete_checkpoint` picks the previous one, and the run still ends where it should.
 3. The LM-adaptation CLI (`python -m softprompt_ext.training.lm_adapt`) killed mid-run and resumed from the last
    complete checkpoint ends with the weights of an uninterrupted run.
 """

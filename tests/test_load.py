@@ -2,7 +2,7 @@
 
 * 64 SoftPromptConfig adapters (P from 1 to 8) are saved, then loaded into one model with PEFT's
   `load_adapter` through `load_adapter_safely`.
-* Batches of 128 examples, each with its own adapter, go through `multi_prompt.mixed_forward`; a sample of
+* Batches of 128 examples, each with its own adapter, go through `inference.mixed_batches.mixed_forward`; a sample of
   examples is compared with running that example alone after `set_adapter`, and the resident memory
   (psutil RSS; psutil comes with accelerate) must not grow with the number of batches.
 * Loading and deleting an adapter 200 times returns the model to its starting state: same adapters, same

@@ -21,7 +21,7 @@ Design decisions
   (a span-corruption-only T5 pulls prompts towards sentinels, paper section 3.3, so keeping them can be the
   point). Table rows past the tokenizer (T5 pads 32,100 tokens to 32,128 rows) name no token and are
   skipped with the special tokens.
-* The prompt is read from `adapter_model.safetensors` only (`_hub.read_prompt`, never pickle). Plain PEFT
+* The prompt is read from `adapter_model.safetensors` only (`adapters.reader.read_prompt`, never pickle). Plain PEFT
   seq2seq adapters save 2P rows (encoder and decoder halves); only the first P reach the encoder, so only
   they are read.
 """

@@ -7,7 +7,7 @@ Everything that decides the result is fixed: the model (`build_t5(seed=0)`), the
 `init_seed=0`), the 32 examples (drawn from a seeded generator), the Trainer seed (data order) and one
 torch thread (summation order). So an uninterrupted run and a killed-then-resumed run must end with the
 same prompt. `--step_delay` slows each step (a callback of this script) so the test can kill the process
-mid-run; `--resume` continues from `safe_save.last_complete_checkpoint(OUT)` (or Trainer's own choice with
+mid-run; `--resume` continues from `adapters.atomic.last_complete_checkpoint(OUT)` (or Trainer's own choice with
 `--resume_with_true`). The final prompt `[P, H]` is written to `OUT/final_prompt.safetensors`.
 """
 
