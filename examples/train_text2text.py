@@ -1,10 +1,17 @@
 #!/usr/bin/env python
 """Prompt tuning of a text-to-text model with the Transformers `Seq2SeqTrainer` (Lester et al., 2021).
 
-With no arguments it trains a soft prompt for the bundled toy sentiment task (examples/data/tiny_text2text) on
-the default base model of `softprompt_ext.embedded`, offline, in well under a minute:
+With no arguments it trains a soft prompt for the bundled toy sentiment task (examples/data/tiny_text2text, 32
+training and 8 dev rows) on the default base model (`softprompt_ext.embedded.default_model_path()`), offline:
 
-    python examples/train_text2text.py
+    python examples/train_text2text.py                                        # 60 steps, P=8: ~50 s
+    python examples/train_text2text.py --max_steps 240 --num_virtual_tokens 20  # ~2-5 min
+
+What the short run shows is the mechanics, not learning: the Trainer trains and evaluates the prompt, the
+eval loss falls (7.57 -> 6.89), the adapter is saved; 60 steps are too few for the outputs to become label
+words, so eval accuracy stays 0.0. The longer run reaches eval loss 0.54 and accuracy 0.625 on the 8 dev rows
+(chance 0.5). Measured on a 2-core AMD EPYC without bf16 units (fp32), other jobs running: 53 s and 319 s.
+For learning you can see, run `python examples/supersense.py` (README's main job).
 
 The paper's setting, on a Hub model and dataset (an LM-adapted T5, P = 100, class-label init, the paper's
 Adafactor recipe, which is the default here):

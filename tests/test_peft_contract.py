@@ -104,8 +104,8 @@ def test_save_writes_card_then_config(make_model, tmp_path):
     strict=True,
     reason="PEFT 0.21 + transformers 5: PeftModelForCausalLM.generate looks for the cache under "
     "`past_key_values` (transformers 5 passes `cache`), so it re-inserts the prompt at every decoding step "
-    "and tokens after the first differ from greedy decoding of the model. softprompt_ext.mixed_generate "
-    "(one adapter name repeated) is the correct single-prompt generate. Strict: an upstream fix turns this "
+    "and tokens after the first differ from greedy decoding of the model. softprompt_ext.generate "
+    "(mixed_generate with the active adapter) is the correct path. Strict: an upstream fix turns this "
     "into a failure to notice.",
 )
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
