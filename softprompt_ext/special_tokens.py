@@ -9,7 +9,8 @@ Three uses need three slightly different sets, all built from the same facts abo
 * `ids_to_drop` -- ids that must never come from *text* in an LM objective: specials and sentinels, but not
   UNK (unknown text is text).
 
-`sentinel_ids` lists `<extra_id_0>, <extra_id_1>, ...` in order (T5, mT5, ByT5); `add_sentinel_prefix` puts
+`IGNORE_INDEX` (-100) is the one label id that takes no part in a loss. `sentinel_ids` lists
+`<extra_id_0>, <extra_id_1>, ...` in order (T5, mT5, ByT5); `add_sentinel_prefix` puts
 the first one in front of a target (the paper's "span corruption + sentinel", section 3.3).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+IGNORE_INDEX = -100  # the label id transformers' and PEFT's losses skip (padding, input positions)
 SENTINEL_PATTERN = re.compile(r"^<extra_id_(\d+)>$")  # T5's span-corruption sentinels
 BYTE_FALLBACK_PATTERN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # Llama/SentencePiece byte-fallback pieces
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from softprompt_ext.embedded import default_model_path, embedded_model_path
+from softprompt_ext.special_tokens import IGNORE_INDEX
 from softprompt_ext.tasks.registry import get_task, list_tasks
 from softprompt_ext.tasks.supersense import (
-    IGNORE_INDEX,
     SUPERSENSE,
     SUPERSENSE_LABELS,
     read_supersense,

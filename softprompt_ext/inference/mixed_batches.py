@@ -37,8 +37,7 @@ import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
 
 from ..peft_internals import encoder_prompt, input_embeddings, is_prompt_tuning, prompt_weight
-
-IGNORE_INDEX = -100  # label value that takes no part in the loss (PEFT and transformers use the same)
+from ..special_tokens import IGNORE_INDEX
 
 
 @dataclass

@@ -21,12 +21,11 @@ from typing import Any
 import torch
 
 from ..embedded import data_dir
-from ..special_tokens import add_sentinel_prefix
+from ..special_tokens import IGNORE_INDEX, add_sentinel_prefix
 from .base import ClassificationTask
 
 SUPERSENSE_LABELS = ("animal", "artifact", "body", "food", "location", "person", "plant", "substance")
 SUPERSENSE_SPLITS = ("train", "dev", "test")
-IGNORE_INDEX = -100  # label padding that transformers' losses skip
 
 
 def read_supersense(split: str) -> list[dict[str, str]]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # the label value transformers' losses skip
+from ..special_tokens import IGNORE_INDEX
 
 
 class TanhGELU(torch.nn.Module):
