@@ -85,3 +85,18 @@ def build(make_model, tmp_path):
         return model.eval()
 
     return make
+
+
+# ---------------------------------------------------------------------------------------------- shared inputs
+# of the multi-prompt tests (test_mixed_batches, test_ensembles, test_scoring): different lengths, so padding matters
+TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]
+
+
+def padded_batch(tokenizer, side: str, texts: list[str] = TEXTS):
+    """`(input_ids [B, T], attention_mask [B, T])` of `texts`, padded on `side` ("left" or "right")."""
+    previous, tokenizer.padding_side = tokenizer.padding_side, side
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous
+    return enc.input_ids, enc.attention_mask

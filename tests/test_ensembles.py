@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TEXTS, padded_batch
 
 from softprompt_ext.inference.ensembles import (
     answer_key,
@@ -20,19 +21,10 @@ from softprompt_ext.inference.ensembles import (
 )
 from softprompt_ext.inference.mixed_batches import mixed_generate
 
-TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]
 NAMES = ["p3", "p7", "p7", "p3"]
 EOS, PAD = 1, 0
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
-
-def _batch(tokenizer, side: str):
-    tokenizer.padding_side = side
-    try:
-        enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = "right"
-    return enc.input_ids, enc.attention_mask
 
 
 def _alone_ids(ids: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
@@ -114,7 +106,7 @@ def test_ensemble_generate_votes_over_one_batch(build, tokenizer, kind, tmp_path
     model = build(kind)
     # the same prompt twice: two votes that always agree
     model.load_adapter(str(tmp_path / "p3"), adapter_name="p3_again")
-    ids, mask = _batch(tokenizer, "left" if kind != "t5" else "right")
+    ids, mask = padded_batch(tokenizer, "left" if kind != "t5" else "right")
     names = ["p7", "p3", "p5", "p3_again"]
     out = ensemble_generate(model, ids, mask, names, tokenizer=tokenizer, max_new_tokens=4, do_sample=False)
     assert out.candidates.shape[:2] == (4, len(TEXTS))
@@ -136,7 +128,7 @@ def test_ensemble_generate_votes_over_one_batch(build, tokenizer, kind, tmp_path
 
 def test_ensemble_bad_adapter_lists(build, tokenizer):
     model = build("t5")
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
         ValueError, match=r"adapter_names repeats \['p3'\]; an ensemble gives every prompt one vote"
     ):
@@ -150,7 +142,7 @@ def test_ensemble_bad_adapter_lists(build, tokenizer):
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_score_labels_equals_alone_log_likelihood(build, tokenizer, kind):
     model = build(kind)
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     label_ids = [[5, EOS], [7, 8, 9, EOS], [11]]
     with torch.no_grad():
         scores = score_labels(model, ids, mask, NAMES, label_ids)  # [B, C]

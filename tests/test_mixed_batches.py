@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TEXTS, padded_batch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
 from softprompt_ext.inference.mixed_batches import mixed_forward, mixed_generate
 
-TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]
 NAMES = ["p3", "p7", "p7", "p3"]
 EOS, PAD = 1, 0
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -29,14 +29,6 @@ def _feature_config() -> SoftPromptConfig:
         task_type="FEATURE_EXTRACTION", num_virtual_tokens=2, prompt_tuning_init="RANDOM_UNIFORM"
     )
 
-
-def _batch(tokenizer, side: str):
-    tokenizer.padding_side = side
-    try:
-        enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = "right"
-    return enc.input_ids, enc.attention_mask
 
 
 def _alone_ids(ids: torch.Tensor, mask: torch.Tensor, i: int) -> torch.Tensor:
@@ -61,7 +53,7 @@ def _until_eos(tokens: list[int]) -> list[int]:
 @pytest.mark.parametrize("kind", ["t5", "llama", "gpt2"])
 def test_forward_equals_each_example_alone(build, tokenizer, kind, side):
     model = build(kind)
-    ids, mask = _batch(tokenizer, side)
+    ids, mask = padded_batch(tokenizer, side)
     if kind == "t5":
         labels = tokenizer(
             ["true", "false and more", "x", "a b c"], return_tensors="pt", padding=True
@@ -102,7 +94,7 @@ def test_plain_peft_prompt_with_decoder_rows_uses_encoder_rows(make_model, token
     model.add_adapter("short", PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2))
     model.eval()
     assert model.prompt_encoder["default"].embedding.weight.shape[0] == 8
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     names = ["default", "short", "default", "short"]
     labels = ids[:, :3]
     with torch.no_grad():
@@ -116,7 +108,7 @@ def test_plain_peft_prompt_with_decoder_rows_uses_encoder_rows(make_model, token
 
 def test_mixed_batch_trains_every_prompt(build, tokenizer):
     model = build("llama")
-    ids, mask = _batch(tokenizer, "left")
+    ids, mask = padded_batch(tokenizer, "left")
     for param in model.prompt_encoder.parameters():
         param.requires_grad_(True)
     mixed_forward(model, ids, mask, NAMES, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
@@ -131,7 +123,7 @@ def test_mixed_batch_trains_every_prompt(build, tokenizer):
 )
 def test_greedy_generate_equals_each_example_alone(build, tokenizer, kind, side):
     model = build(kind)
-    ids, mask = _batch(tokenizer, side)
+    ids, mask = padded_batch(tokenizer, side)
     steps = 6
     out = mixed_generate(model, ids, mask, NAMES, max_new_tokens=steps, do_sample=False)
     assert out.shape[0] == len(TEXTS)
@@ -152,14 +144,14 @@ def test_greedy_generate_equals_each_example_alone(build, tokenizer, kind, side)
 
 # ---------------------------------------------------------------------------------------------- bad input
 def test_model_must_be_a_peft_model(make_model, tokenizer):
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(TypeError, match=r"model must be a peft\.PeftModel .* got T5ForConditionalGeneration"):
         mixed_forward(make_model("t5"), ids, mask, NAMES, labels=ids)
 
 
 def test_model_of_another_task_type(make_model, tokenizer):
     model = get_peft_model(make_model("t5"), _feature_config())
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
         TypeError, match=r"model is a PeftModelForFeatureExtraction; .*'SEQ_2_SEQ_LM' or 'CAUSAL_LM'"
     ):
@@ -167,7 +159,7 @@ def test_model_of_another_task_type(make_model, tokenizer):
 
 
 def test_unknown_adapter_lists_the_loaded_ones(build, tokenizer):
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
         ValueError,
         match=r"adapter_names\[1\]='sst2' is not loaded in this model; loaded adapters: \['p3', 'p5', 'p7'\]\. "
@@ -178,7 +170,7 @@ def test_unknown_adapter_lists_the_loaded_ones(build, tokenizer):
 
 def test_adapter_that_is_not_a_prompt(make_model, tokenizer):
     model = get_peft_model(make_model("t5"), LoraConfig(task_type="SEQ_2_SEQ_LM", target_modules=["q", "v"]))
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
         ValueError, match=r"adapter_names\[0\]='default' is a LORA adapter, not a prompt-tuning"
     ):
@@ -186,13 +178,13 @@ def test_adapter_that_is_not_a_prompt(make_model, tokenizer):
 
 
 def test_adapter_count_must_equal_batch_size(build, tokenizer):
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(ValueError, match=r"len\(adapter_names\)=3 but the batch holds 4 examples; pass one"):
         mixed_generate(build("t5"), ids, mask, ["p3", "p7", "p3"], max_new_tokens=2)
 
 
 def test_adapter_names_must_be_a_list(build, tokenizer):
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
         TypeError, match=r"adapter_names must be a list of adapter names, one per example, got 'p3'"
     ):
@@ -202,7 +194,7 @@ def test_adapter_names_must_be_a_list(build, tokenizer):
 def test_prompts_of_different_d_model(build, tokenizer):
     model = build("llama")
     model.prompt_encoder["p7"].embedding = torch.nn.Embedding(7, 8)  # a prompt made for a narrower model
-    ids, mask = _batch(tokenizer, "left")
+    ids, mask = padded_batch(tokenizer, "left")
     with pytest.raises(
         ValueError,
         match=r"adapter 'p7' has a prompt of shape \(7, 8\) \(P, d_model\) but this model's d_model is 16 "
@@ -213,7 +205,7 @@ def test_prompts_of_different_d_model(build, tokenizer):
 
 def test_other_bad_calls(build, tokenizer):
     t5, llama = build("t5"), build("llama")
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     t = ids.shape[1]
     with pytest.raises(
         ValueError, match=rf"attention_mask has shape \(4, 3\) but input_ids has shape \(4, {t}\)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import padded_batch
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
@@ -17,7 +18,6 @@ from softprompt_ext.inference.scoring import LabelScores, score_label_ids
 
 TASK = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM"}
 KINDS = ["t5", "llama", "gpt2"]
-TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]
 NAMES = ["p3", "p7", "p5", "p3"]  # mixed adapters of different prompt lengths
 EOS = 1
 # per-example candidates: 3, 1, 4 and 2 labels of 1 to 4 tokens (EOS included as a token for T5-style targets)
@@ -59,14 +59,6 @@ def build(make_model):
     return make
 
 
-def _batch(tokenizer, side: str):
-    tokenizer.padding_side = side
-    try:
-        enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = "right"
-    return enc.input_ids, enc.attention_mask
-
 
 def _alone(model, ids: list[int], label: list[int], causal: bool, keep_eos: bool = False) -> torch.Tensor:
     """log p(label | ids) of one unpadded pair from the model's own loss (PEFT's forward for a PeftModel)."""
@@ -98,7 +90,7 @@ def _reference(model, ids, mask, per_example, names, causal: bool, keep_eos: boo
 @pytest.mark.parametrize("kind", KINDS)
 def test_mixed_adapters_per_example_labels_equal_alone(build, tokenizer, kind, side):
     model = build(kind)
-    ids, mask = _batch(tokenizer, side)
+    ids, mask = padded_batch(tokenizer, side)
     out = score_label_ids(model, ids, mask, PER_EXAMPLE, NAMES)
     assert isinstance(out, LabelScores) and out.scores.dtype == torch.float32
     expected = _reference(model, ids, mask, PER_EXAMPLE, NAMES, causal=kind != "t5")
@@ -116,7 +108,7 @@ def test_mixed_adapters_per_example_labels_equal_alone(build, tokenizer, kind, s
 def test_active_adapter_for_every_row(build, tokenizer, kind):
     model = build(kind)
     model.set_adapter("p7")
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     out = score_label_ids(model, ids, mask, SHARED)  # adapter_names=None: the active adapter
     expected = _reference(model, ids, mask, [SHARED] * 4, ["p7"] * 4, causal=kind != "t5")
     torch.testing.assert_close(out.scores, expected, **TOL)
@@ -127,7 +119,7 @@ def test_active_adapter_for_every_row(build, tokenizer, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_plain_model_without_prompt(make_model, tokenizer, kind, side):
     model = make_model(kind)
-    ids, mask = _batch(tokenizer, side)
+    ids, mask = padded_batch(tokenizer, side)
     out = score_label_ids(model, ids, mask, PER_EXAMPLE)
     expected = _reference(model, ids, mask, PER_EXAMPLE, None, causal=kind != "t5")
     torch.testing.assert_close(out.scores, expected, **TOL)
@@ -143,7 +135,7 @@ def test_lora_adapter_is_scored_through_the_base_model(make_model, tokenizer):
                 p.normal_(
                     0, 1.0, generator=torch.Generator().manual_seed(0)
                 )  # LoRA B starts at 0: make it count
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     out = score_label_ids(model, ids, mask, SHARED)
     torch.testing.assert_close(
         out.scores, _reference(model, ids, mask, [SHARED] * 4, None, causal=True), **TOL
@@ -154,7 +146,7 @@ def test_lora_adapter_is_scored_through_the_base_model(make_model, tokenizer):
 def test_single_token_labels(build, tokenizer, kind):
     """Decoder-only labels of one token are scored from the context pass alone."""
     model = build(kind)
-    ids, mask = _batch(tokenizer, "left")
+    ids, mask = padded_batch(tokenizer, "left")
     labels = [[5], [11], [EOS]]
     out = score_label_ids(model, ids, mask, labels, NAMES)
     torch.testing.assert_close(
@@ -166,7 +158,7 @@ def test_single_token_labels(build, tokenizer, kind):
 def test_each_input_is_encoded_once(build, tokenizer, kind):
     """The input pass sees B rows; only the label pass sees one row per (input, label)."""
     model = build(kind)
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     base = model.get_base_model()
     first_block = base.get_encoder().block[0] if kind == "t5" else base.model.layers[0]
     seen = []
@@ -184,7 +176,7 @@ def test_score_labels_drops_the_eos_a_causal_tokenizer_appends(build, tokenizer)
     """Regression: `score_labels` / `ensemble_classify` scored causal labels after the input's EOS (0.2-0.47
     nats off); the label continues the input, as `rank_classify` always had it."""
     model = build("llama")
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     assert all(ids[b][mask[b].bool()][-1] == EOS for b in range(4))  # the tokenizer appends EOS
     with_eos = _reference(model, ids, mask, [SHARED] * 4, NAMES, causal=True, keep_eos=True)
     expected = _reference(model, ids, mask, [SHARED] * 4, NAMES, causal=True)
@@ -198,7 +190,7 @@ def test_score_labels_drops_the_eos_a_causal_tokenizer_appends(build, tokenizer)
 
 def test_eos_handling_can_be_configured(build, tokenizer):
     model = build("gpt2")
-    ids, mask = _batch(tokenizer, "left")
+    ids, mask = padded_batch(tokenizer, "left")
     kept = _reference(model, ids, mask, [SHARED] * 4, NAMES, causal=True, keep_eos=True)
     off = score_label_ids(model, ids, mask, SHARED, NAMES, strip_context_eos=False)
     torch.testing.assert_close(off.scores, kept, **TOL)
@@ -211,16 +203,16 @@ def test_eos_handling_can_be_configured(build, tokenizer):
 # ---------------------------------------------------------------------------------------------- mode, errors
 def test_model_mode_is_restored(build, tokenizer):
     model = build("t5").train()
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     score_label_ids(model, ids, mask, SHARED, NAMES)
     assert model.training
 
 
 def test_bad_inputs(build, make_model, tokenizer):
     model = build("llama")
-    ids, mask = _batch(tokenizer, "right")
+    ids, mask = padded_batch(tokenizer, "right")
     with pytest.raises(
-        ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids with B >= 1, got \(27,\)"
+        ValueError, match=r"input_ids must be a \[B, T\] tensor of token ids, got \(27,\)"
     ):
         score_label_ids(model, ids[0], None, SHARED, NAMES[:1])
     with pytest.raises(ValueError, match=r"attention_mask has shape \(4, 3\) but input_ids has shape"):

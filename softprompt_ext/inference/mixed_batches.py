@@ -140,7 +140,9 @@ def loaded_prompts(model: PeftModel, adapter_names: list[str] | tuple[str, ...])
     return prompts
 
 
-def _check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_names) -> torch.Tensor:
+def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_names) -> torch.Tensor:
+    """The attention mask `[B, T]` (ones when None) after checking ids, mask and names: one check for every
+    inference entry point (mixed batches, ensembles, the label scorer)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise ValueError(
@@ -174,7 +176,7 @@ def place_prompts(
     `[B, L]` (right padding for seq2seq, left padding for decoder-only; see the module docstring).
     """
     encoder_decoder = _is_encoder_decoder(model)
-    attention_mask = _check_batch(input_ids, attention_mask, adapter_names)
+    attention_mask = check_batch(input_ids, attention_mask, adapter_names)
     prompts = loaded_prompts(model, adapter_names)
     real = attention_mask.bool()  # [B, T]
     inputs_embeds = input_embeddings(model)(input_ids)  # [B, T, H]

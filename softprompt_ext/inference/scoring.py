@@ -41,7 +41,7 @@ from peft import PeftModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..peft_internals import is_prompt_tuning
-from .mixed_batches import place_prompts
+from .mixed_batches import check_batch, place_prompts
 
 
 @dataclass
@@ -97,7 +97,7 @@ def score_label_ids(
         `LabelScores`: `scores [B, C]`, `num_tokens [B, C]`, `token_log_probs [B, C, W]`, on the model's
         device, each example's scores equal (to float round-off) to scoring its (input, label) pairs alone.
     """
-    attention_mask = _check_inputs(input_ids, attention_mask)
+    attention_mask = check_batch(input_ids, attention_mask, None)  # [B, T]
     base, names = _base_and_prompts(model, adapter_names, input_ids.shape[0])
     device = _device(base)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -272,24 +272,6 @@ def _base_and_prompts(model, adapter_names, batch: int):
             "prompt-tuning prompts only (peft_type PROMPT_TUNING). Use SoftPromptConfig or PromptTuningConfig."
         )
     return model.get_base_model(), None  # e.g. LoRA: its layers are inside the base model
-
-
-def _check_inputs(input_ids, attention_mask) -> torch.Tensor:
-    """The attention mask `[B, T]` (ones when None), after checking both shapes."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] == 0:
-        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise ValueError(
-            f"input_ids must be a [B, T] tensor of token ids with B >= 1, got {shape}; add a batch dimension."
-        )
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
-        raise ValueError(
-            f"attention_mask has shape {shape} but input_ids has shape {tuple(input_ids.shape)}; pass the mask "
-            "the tokenizer returned with the ids."
-        )
-    return attention_mask
 
 
 def _check_not_empty(mask: torch.Tensor) -> torch.Tensor:
