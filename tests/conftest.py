@@ -53,7 +53,8 @@ def make_model(tokenizer):
     return make
 
 
-def _random_prompt_config(kind: str, length: int, seed: int) -> SoftPromptConfig:
+def random_prompt_config(kind: str, length: int, seed: int) -> SoftPromptConfig:
+    """A RANDOM_UNIFORM(1.0) prompt of `length` rows for a model `kind` ("t5", "llama", "gpt2")."""
     return SoftPromptConfig(
         task_type=TASK_TYPES[kind],
         num_virtual_tokens=length,
@@ -75,9 +76,9 @@ def build(make_model, tmp_path):
             for p in base.parameters():
                 if p.dim() > 1:
                     p.mul_(3.0)  # tiny random models otherwise repeat one token
-        trained = get_peft_model(base, _random_prompt_config(kind, 3, 1), adapter_name="p3")
-        trained.add_adapter("p7", _random_prompt_config(kind, 7, 2))
-        trained.add_adapter("p5", _random_prompt_config(kind, 5, 3))
+        trained = get_peft_model(base, random_prompt_config(kind, 3, 1), adapter_name="p3")
+        trained.add_adapter("p7", random_prompt_config(kind, 7, 2))
+        trained.add_adapter("p5", random_prompt_config(kind, 5, 3))
         trained.save_pretrained(str(tmp_path), selected_adapters=["p3", "p7", "p5"])
         model = PeftModel.from_pretrained(trained.get_base_model(), str(tmp_path / "p3"), adapter_name="p3")
         model.load_adapter(str(tmp_path / "p7"), adapter_name="p7")
@@ -85,6 +86,18 @@ def build(make_model, tmp_path):
         return model.eval()
 
     return make
+
+
+def prompt_model(make_model, kind: str, num_virtual_tokens: int = 3):
+    """A tiny `kind` model with one SAMPLE_VOCAB soft prompt (the fast-path and precision tests)."""
+    task = TASK_TYPES[kind]
+    config = SoftPromptConfig(task_type=task, num_virtual_tokens=num_virtual_tokens, sample_vocab_size=50, init_seed=0)
+    return get_peft_model(make_model(kind), config)
+
+
+def prompt_grad(model, loss: torch.Tensor) -> torch.Tensor:
+    """d loss / d prompt `[P, H]` of the default adapter."""
+    return torch.autograd.grad(loss, model.prompt_encoder.default.embedding.weight)[0]  # [P, H]
 
 
 # ---------------------------------------------------------------------------------------------- shared inputs

@@ -6,9 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from peft import get_peft_model
+from conftest import prompt_grad, prompt_model
 
-from softprompt_ext import SoftPromptConfig
 from softprompt_ext.training.fast_path import (
     TanhGELU,
     causal_lm_target_loss,
@@ -18,17 +17,6 @@ from softprompt_ext.training.fast_path import (
 
 IGNORE = -100
 
-
-def _prompt_model(make_model, kind: str, num_virtual_tokens: int = 3):
-    task = "SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM"
-    config = SoftPromptConfig(
-        task_type=task, num_virtual_tokens=num_virtual_tokens, sample_vocab_size=50, init_seed=0
-    )
-    return get_peft_model(make_model(kind), config)
-
-
-def _prompt_grad(model, loss: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.grad(loss, model.prompt_encoder.default.embedding.weight)[0]  # [P, H]
 
 
 # ------------------------------------------------------------------------------------- target_positions
@@ -69,19 +57,19 @@ def _llama_batch(tokenizer_len: int):
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["plain-llama", "prompt-tuned-llama"])
 def test_target_loss_equals_the_models_own_loss_and_gradient(make_model, tokenizer, wrapped):
-    model = _prompt_model(make_model, "llama") if wrapped else make_model("llama")
+    model = prompt_model(make_model, "llama") if wrapped else make_model("llama")
     ids, labels, mask = _llama_batch(len(tokenizer))
     reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     fast = causal_lm_target_loss(model, ids, labels, attention_mask=mask)
     torch.testing.assert_close(fast, reference, rtol=1e-6, atol=1e-6)
     if wrapped:
         torch.testing.assert_close(
-            _prompt_grad(model, fast), _prompt_grad(model, reference), rtol=1e-5, atol=1e-7
+            prompt_grad(model, fast), prompt_grad(model, reference), rtol=1e-5, atol=1e-7
         )
 
 
 def test_target_loss_asks_the_model_for_the_target_positions_only(make_model, tokenizer):
-    model = _prompt_model(make_model, "llama", num_virtual_tokens=4)
+    model = prompt_model(make_model, "llama", num_virtual_tokens=4)
     ids, labels, mask = _llama_batch(len(tokenizer))
     seen = {}
 
@@ -122,18 +110,18 @@ def test_tanh_gelu_matches_transformers_new_gelu():
 
 
 def test_fuse_gelu_swaps_every_gated_gelu_of_t5_and_keeps_loss_and_gradient(make_model, tokenizer):
-    model = _prompt_model(make_model, "t5").eval()
+    model = prompt_model(make_model, "t5").eval()
     gen = torch.Generator().manual_seed(3)
     ids = torch.randint(3, len(tokenizer), (2, 9), generator=gen)
     labels = torch.randint(3, len(tokenizer), (2, 3), generator=gen)
     before = model(input_ids=ids, labels=labels).loss
-    grad_before = _prompt_grad(model, before)
+    grad_before = prompt_grad(model, before)
 
     assert fuse_gelu(model) == 4  # one per feed-forward block: 2 encoder + 2 decoder layers
     assert fuse_gelu(model) == 0  # idempotent
     after = model(input_ids=ids, labels=labels).loss
     torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(_prompt_grad(model, after), grad_before, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(prompt_grad(model, after), grad_before, rtol=1e-5, atol=1e-7)
     assert isinstance(model.base_model.encoder.block[0].layer[1].DenseReluDense.act, TanhGELU)
 
 

@@ -10,22 +10,10 @@ import re
 
 import pytest
 import torch
-from peft import get_peft_model
+from conftest import prompt_grad, prompt_model
 
-from softprompt_ext import SoftPromptConfig, precision
+from softprompt_ext import precision
 from softprompt_ext.precision import autocast, bf16_autocast, bf16_is_fast, resolve_precision
-
-
-def _prompt_model(make_model, kind: str, num_virtual_tokens: int = 3):
-    task = "SEQ_2_SEQ_LM" if kind == "t5" else "CAUSAL_LM"
-    config = SoftPromptConfig(
-        task_type=task, num_virtual_tokens=num_virtual_tokens, sample_vocab_size=50, init_seed=0
-    )
-    return get_peft_model(make_model(kind), config)
-
-
-def _prompt_grad(model, loss: torch.Tensor) -> torch.Tensor:
-    return torch.autograd.grad(loss, model.prompt_encoder.default.embedding.weight)[0]  # [P, H]
 
 
 def _fast(monkeypatch, answer: bool) -> list[torch.device]:
@@ -71,15 +59,15 @@ def test_bf16_autocast_rejects_a_non_boolean_switch():
 
 @pytest.mark.parametrize("kind", ["t5", "llama"])
 def test_bf16_autocast_keeps_loss_and_prompt_gradient_close_to_fp32(make_model, tokenizer, kind):
-    model = _prompt_model(make_model, kind).eval()  # no dropout: both passes see the same network
+    model = prompt_model(make_model, kind).eval()  # no dropout: both passes see the same network
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(3, len(tokenizer), (4, 12), generator=gen)
     labels = torch.randint(3, len(tokenizer), (4, 3), generator=gen) if kind == "t5" else ids
     loss32 = model(input_ids=ids, labels=labels).loss
-    grad32 = _prompt_grad(model, loss32)
+    grad32 = prompt_grad(model, loss32)
     with bf16_autocast("cpu", enabled=True):
         loss16 = model(input_ids=ids, labels=labels).loss
-    grad16 = _prompt_grad(model, loss16)
+    grad16 = prompt_grad(model, loss16)
     assert grad16.dtype == torch.float32  # the prompt and its gradient stay float32
     torch.testing.assert_close(loss16.float(), loss32, rtol=2e-2, atol=0.0)
     cosine = torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import padded_batch
+from conftest import padded_batch, random_prompt_config
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
-from softprompt_ext import SoftPromptConfig
 from softprompt_ext.inference.ensembles import ensemble_classify, score_labels
 from softprompt_ext.inference.scoring import LabelScores, score_label_ids
 
@@ -31,15 +30,6 @@ SHARED = [[5, EOS], [7, 8, 9, EOS], [11]]
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
-def _config(kind: str, length: int, seed: int) -> SoftPromptConfig:
-    return SoftPromptConfig(
-        task_type=TASK[kind],
-        num_virtual_tokens=length,
-        prompt_tuning_init="RANDOM_UNIFORM",
-        init_range=1.0,
-        init_seed=seed,
-    )
-
 
 @pytest.fixture
 def build(make_model):
@@ -51,9 +41,9 @@ def build(make_model):
             for p in base.parameters():
                 if p.dim() > 1:
                     p.mul_(3.0)
-        model = get_peft_model(base, _config(kind, 3, 1), adapter_name="p3")
-        model.add_adapter("p7", _config(kind, 7, 2))
-        model.add_adapter("p5", _config(kind, 5, 3))
+        model = get_peft_model(base, random_prompt_config(kind, 3, 1), adapter_name="p3")
+        model.add_adapter("p7", random_prompt_config(kind, 7, 2))
+        model.add_adapter("p5", random_prompt_config(kind, 5, 3))
         return model.eval()
 
     return make
