@@ -22,6 +22,7 @@ from typing import Any
 from peft import PromptTuningConfig
 
 from .adapters.validation import build_config, validate_adapter
+from .config import SoftPromptConfig
 from .encoder import SoftPromptEmbedding
 from .peft_internals import (
     PromptEmbedding,
@@ -39,6 +40,13 @@ class PromptTuningConfigLoader(PromptTuningConfig):
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PromptTuningConfig:  # type: ignore[misc]
+        # `peft.get_peft_config(config.to_dict())` builds through this slot: a dict that carries softprompt-ext
+        # fields (class_labels, sample_vocab_size, ...) is a SoftPromptConfig's and comes back as one
+        if set(kwargs) & set(SoftPromptConfig.record_field_names()):
+            try:
+                return SoftPromptConfig(*args, **kwargs)
+            except (TypeError, ValueError):
+                pass  # not a valid SoftPromptConfig: PEFT's own class decides (its TypeError drives PEFT's key filter)
         return PromptTuningConfig(*args, **kwargs)
 
     @classmethod

@@ -32,6 +32,22 @@ from softprompt_ext.tiny_models import build_t5
 
 VOCAB, P, H = 64, 4, 16
 
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    # atomic_write makes its temporary file with mkstemp (0600); before, adapter_config.json, README.md and
+    # softprompt_config.json stayed 0600 while PEFT's own JSON and card are 0666 minus the umask (0644). The
+    # weights file is PEFT's (safetensors writes it 0600 in plain PEFT too) and is not ours to change.
+    old = os.umask(0o022)
+    try:
+        config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+        get_peft_model(build_t5(VOCAB, d_model=H), config).save_pretrained(str(tmp_path / "a"))
+    finally:
+        os.umask(old)
+    modes = {name: os.stat(tmp_path / "a" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "a")}
+    assert {"adapter_config.json", "softprompt_config.json", "README.md", "adapter_model.safetensors"} <= set(modes)
+    ours = {name: mode for name, mode in modes.items() if name != "adapter_model.safetensors"}
+    assert set(ours.values()) == {0o644}, modes
+
+
 # One process imports torch/PEFT once, then forks a worker per save: each worker is a real process that the
 # test SIGKILLs, without paying the import for every kill. SIGCHLD is ignored so killed workers are reaped.
 ZYGOTE = textwrap.dedent(

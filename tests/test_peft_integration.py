@@ -166,3 +166,16 @@ def test_loaded_adapter_is_frozen(make_model, tmp_path, tokenizer_dir):
     get_peft_model(make_model("t5"), make_config("RANDOM_UNIFORM", "t5", tokenizer_dir)).save_pretrained(str(tmp_path))
     loaded = PeftModel.from_pretrained(make_model("t5"), str(tmp_path))
     assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_get_peft_config_round_trips_a_soft_prompt_config():
+    # PEFT's own `get_peft_config(config.to_dict())`: before, TypeError on the unknown key 'class_labels'
+    import peft
+
+    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=5, prompt_tuning_init="CLASS_LABELS",
+                              class_labels=["yes", "no"], tokenizer_name_or_path="some/tokenizer", init_seed=3)
+    again = peft.get_peft_config(config.to_dict())
+    assert isinstance(again, SoftPromptConfig)
+    assert again.to_dict() == config.to_dict()
+    plain = peft.get_peft_config(peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).to_dict())
+    assert type(plain) is peft.PromptTuningConfig  # a plain PEFT dict stays plain
