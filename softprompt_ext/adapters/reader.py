@@ -13,6 +13,12 @@ stored by the thousand), so one door with all the checks protects every path:
   a module the config declares in `modules_to_save` (PEFT loads every tensor of the file into the model with
   `strict=False`: an undeclared `lm_head.weight` would overwrite the frozen base model). Values must be finite
   *after* the cast to float32, the dtype the prompt is used in (a float64 1e300 is inf in float32).
+* With the base model known (`module_tensors`, from `peft_internals.modules_to_save_tensors`), each
+  `modules_to_save` tensor is checked against the base module's tensor it stands for (`check_module_tensor`):
+  present (PEFT would stop with a bare `KeyError`), the same shape, a floating dtype for a floating tensor (PEFT
+  casts it, as it casts the prompt) or else the same dtype, finite after the cast; a tensor under a declared
+  name that the base model does not have is refused. PEFT's own loader runs the same check through the prompt
+  encoder's `check_saved_modules` hook, just before it loads the tensors into the model.
 * Locations (`find_adapter_file`): a local directory, or a Hub repo id through `huggingface_hub`; a missing
   directory, an invalid repo id and an unreachable Hub are each one clear `AdapterError`.
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +40,10 @@ from .atomic import OLD_SUFFIX  # what an interrupted save_adapter_atomically le
 
 MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
+_TORCH_DTYPES = {  # safetensors dtype names -> torch dtypes, for modules_to_save tensors
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
 class AdapterError(ValueError):
@@ -145,6 +155,7 @@ def read_prompt(
     token_dim: int | None = None,
     d_model: int | None = None,
     modules_to_save: Iterable[str] | None = None,
+    module_tensors: Mapping[str, torch.Tensor] | None = None,
     subfolder: str | None = None,
     **hub_kwargs: Any,
 ) -> torch.Tensor:
@@ -156,6 +167,9 @@ def read_prompt(
         token_dim: the width `adapter_config.json` records, checked when given.
         d_model: the base model's width, checked when given -- all three from the header, before the data.
         modules_to_save: module names the config declares; their tensors may sit beside the prompt.
+        module_tensors: with a base model: saved key -> the base module's tensor, for every tensor PEFT will
+            read for `modules_to_save` (`peft_internals.modules_to_save_tensors`); each must be in the file and
+            fit (`check_module_tensor`), and no other tensor may be.
     Raises:
         AdapterError: naming the file, for every way the file is not a usable prompt.
     """
@@ -186,10 +200,15 @@ def read_prompt(
                     f"the config declares in modules_to_save ({declared}); PEFT would load them into the frozen base "
                     "model. A prompt adapter holds its prompt only; refusing the file."
                 )
+            if module_tensors is not None:
+                _check_module_headers(weights_file, handle, keys, declared, module_tensors)
             header = handle.get_slice(PROMPT_KEY)
             shape, dtype = tuple(header.get_shape()), header.get_dtype()
             _check_header(weights_file, shape, dtype, expected_rows, token_dim, d_model)
             prompt = handle.get_tensor(PROMPT_KEY).float()  # [R, H]: the dtype it is used in
+            for key in keys if module_tensors is not None else ():
+                if key != PROMPT_KEY:
+                    check_module_values(weights_file, key, handle.get_tensor(key), module_tensors[key])
     except SafetensorError as exc:
         raise AdapterError(f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged.") from None
     except OSError as exc:
@@ -201,6 +220,61 @@ def read_prompt(
             "the adapter is damaged."
         )
     return prompt
+
+
+def check_module_tensor(where: str, key: str, shape: Iterable[int], dtype: Any, target: torch.Tensor) -> None:
+    """A saved `modules_to_save` tensor against the base module's tensor it replaces (shape and dtype).
+
+    `dtype` is a torch dtype or a safetensors dtype name. A floating tensor may be saved in any floating dtype
+    (PEFT casts it, as it casts the prompt: an adapter trained in float32 serves a bfloat16 model); any other
+    tensor (an integer buffer) must have exactly the base tensor's dtype.
+    """
+    shape = tuple(int(n) for n in shape)
+    if shape != tuple(target.shape):
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} has shape {list(shape)} but the base model's is "
+            f"{list(target.shape)}: the adapter was saved from a different model; load it onto that one."
+        )
+    torch_dtype = _TORCH_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    fits = torch_dtype is not None and (
+        torch_dtype.is_floating_point if target.is_floating_point() else torch_dtype == target.dtype
+    )
+    if not fits:
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} has dtype {dtype} but the base model's is {target.dtype}; "
+            "PEFT would cast it silently. The adapter is damaged or not made for this model."
+        )
+
+
+def check_module_values(where: str, key: str, saved: torch.Tensor, target: torch.Tensor) -> None:
+    """A floating `modules_to_save` tensor must be finite in the dtype of the module it is loaded into."""
+    if target.is_floating_point() and not bool(torch.isfinite(saved.to(target.dtype)).all()):
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} holds NaN or inf values in {target.dtype}; the adapter is damaged."
+        )
+
+
+def _check_module_headers(
+    weights_file: str, handle: Any, keys: list[str], declared: list[str], module_tensors: Mapping[str, torch.Tensor]
+) -> None:
+    missing = sorted(set(module_tensors) - set(keys))
+    if missing:
+        raise AdapterError(
+            f"{weights_file}: {CONFIG_NAME} declares modules_to_save {declared} and the base model has such a module, "
+            f"but the file holds no tensor {missing[:5]} for it (PEFT would stop with a bare KeyError). The adapter "
+            "was saved from a model without that module; load it onto that model, or drop the name from "
+            "modules_to_save."
+        )
+    for key in keys:
+        if key == PROMPT_KEY:
+            continue
+        if key not in module_tensors:
+            raise AdapterError(
+                f"{weights_file}: modules_to_save tensor {key!r} names no tensor of the base model (declared: "
+                f"{declared}); the adapter was saved from a different model. Refusing the file."
+            )
+        header = handle.get_slice(key)
+        check_module_tensor(weights_file, key, header.get_shape(), header.get_dtype(), module_tensors[key])
 
 
 def _check_header(

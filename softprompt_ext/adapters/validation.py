@@ -20,7 +20,9 @@ What `validate_adapter` checks, in order, each failure one `AdapterError` (a `Va
    booleans silently), has the rows the config implies (P; P x num_transformer_submodules for a plain PEFT
    adapter) and `token_dim` columns, and is finite. Shape and dtype are read from the header before the
    data, so a tensor that does not fit the config is refused without reading its data.
-4. With `base_model`: the prompt width equals the model's d_model (`get_input_embeddings()` width).
+4. With `base_model`: the prompt width equals the model's d_model (`get_input_embeddings()` width), and every
+   `modules_to_save` tensor fits the base module it stands for: present, same shape, a compatible dtype, finite;
+   a declared module the file has no tensors for is one clear error, not PEFT's bare `KeyError`.
 
 `load_adapter_safely` validates first and then loads with PEFT's own `PeftModel.from_pretrained` (or
 `load_adapter` for a `PeftModel`), compares the loaded prompt with the validated one (so a file swapped
@@ -45,7 +47,7 @@ from huggingface_hub import hf_hub_download
 from peft import PeftModel, PromptTuningConfig
 
 from ..config import RECORD_NAME, SoftPromptConfig
-from ..peft_internals import CONFIG_NAME, prompt_weight, saved_prompt_rows
+from ..peft_internals import CONFIG_NAME, modules_to_save_tensors, prompt_weight, saved_prompt_rows
 from .reader import (
     AdapterError,
     find_weights,
@@ -108,8 +110,9 @@ def validate_adapter(
 
     Args:
         path_or_repo: adapter directory or Hub repo id.
-        base_model: optional model (a `PreTrainedModel` or a `PeftModel`) the prompt must fit: its d_model
-            (input-embedding width) must equal the prompt's width.
+        base_model: optional model (a `PreTrainedModel` or a `PeftModel`) the adapter must fit: its d_model
+            (input-embedding width) must equal the prompt's width, and its modules named in `modules_to_save`
+            must match the saved tensors in shape and dtype.
         subfolder: subfolder of the adapter inside `path_or_repo`.
         **hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, `cache_dir`, ...).
 
@@ -144,6 +147,7 @@ def validate_adapter(
         token_dim=config.token_dim,
         d_model=_model_dim(base_model) if base_model is not None else None,
         modules_to_save=config.modules_to_save,
+        module_tensors=modules_to_save_tensors(base_model, config.modules_to_save) if base_model is not None else None,
     )  # [R, H]
     return AdapterReport(
         location=where, config=config, weights_file=weights_file, prompt=prompt, plain=plain, record=record

@@ -1,0 +1,181 @@
+"""Security issue 16, round 2: each finding's regression test, one section per finding.
+
+Each test failed before its fix; the section names the finding and what it used to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+
+import pytest
+import torch
+from peft import PeftModel, PromptTuningConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from softprompt_ext import SoftPromptConfig
+from softprompt_ext.adapters.validation import AdapterError, load_adapter_safely, validate_adapter
+
+P, H, LABELS = 4, 16, 3
+CFG, W = "adapter_config.json", "adapter_model.safetensors"
+
+
+def seq_cls_model(num_labels: int = LABELS):
+    """A GPT-2 sequence classifier: PEFT adds its `score` head to modules_to_save for SEQ_CLS."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_embd=H, n_layer=1, n_head=2, n_positions=64, num_labels=num_labels,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return GPT2ForSequenceClassification(config).eval()
+
+
+def save_seq_cls(directory, plain: bool = False) -> str:
+    kwargs = dict(task_type="SEQ_CLS", num_virtual_tokens=P)
+    config = PromptTuningConfig(**kwargs) if plain else SoftPromptConfig(prompt_tuning_init="RANDOM_UNIFORM", **kwargs)
+    get_peft_model(seq_cls_model(), config).save_pretrained(str(directory))
+    return str(directory)
+
+
+def edit_tensors(directory, **changes):
+    """Replace (tensor) or delete (None) tensors of the adapter's safetensors file."""
+    path = os.path.join(directory, W)
+    tensors = load_file(path)
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            del tensors[key]
+        else:
+            tensors[key] = value
+    save_file(tensors, path)
+
+
+def edit_config(directory, **changes):
+    path = os.path.join(directory, CFG)
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config.update(changes)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+
+
+# ------------------------------------------------------------------ finding 1: modules_to_save tensors
+SCORE = "base_model.score.weight"
+MODULE_CASES = [  # (id, replacement of the score head's weight, message)
+    ("wrong-shape", torch.zeros(LABELS + 1, H), r"'base_model\.score\.weight' has shape \[4, 16\] but the base model's is \[3, 16\]"),
+    ("int-dtype", torch.ones(LABELS, H, dtype=torch.int64), r"'base_model\.score\.weight' has dtype (I64|torch\.int64) but"),
+    ("bool-dtype", torch.ones(LABELS, H, dtype=torch.bool), r"'base_model\.score\.weight' has dtype (BOOL|torch\.bool) but"),
+    ("nan", torch.full((LABELS, H), float("nan")), r"'base_model\.score\.weight' holds NaN or inf"),
+    ("f64-overflow", torch.full((LABELS, H), 1e300, dtype=torch.float64), r"'base_model\.score\.weight' holds NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("case", MODULE_CASES, ids=[c[0] for c in MODULE_CASES])
+def test_modules_to_save_tensor_checked_against_the_base_module(tmp_path, case):
+    """Before: a wrong-shape head was torch's RuntimeError, an int/bool/NaN/1e300 head loaded silently (cast)."""
+    _, tensor, pattern = case
+    directory = save_seq_cls(tmp_path / "a")
+    edit_tensors(directory, **{SCORE.replace(".", "__"): tensor})
+    weights = os.path.join(directory, W)
+    with pytest.raises(AdapterError, match=pattern) as info:
+        validate_adapter(directory, seq_cls_model())
+    assert weights in str(info.value)
+    with pytest.raises(AdapterError, match=pattern):
+        load_adapter_safely(seq_cls_model(), directory)
+    base = seq_cls_model()
+    before = base.score.weight.detach().clone()
+    with pytest.raises(AdapterError, match=pattern):  # PEFT's own loader: the hook before load_state_dict
+        PeftModel.from_pretrained(base, directory)
+    torch.testing.assert_close(base.score.weight, before, rtol=0, atol=0)
+    validate_adapter(directory)  # without a base model only the pairing is unknown: no error
+
+
+def test_tensor_under_a_declared_name_the_base_model_lacks(tmp_path):
+    directory = save_seq_cls(tmp_path / "a")  # declares ['classifier', 'score']; GPT-2 has no classifier
+    edit_tensors(directory, base_model__classifier__weight=torch.zeros(LABELS, H))
+    with pytest.raises(AdapterError, match=r"'base_model\.classifier\.weight' names no tensor of the base model"):
+        validate_adapter(directory, seq_cls_model())
+    with pytest.raises(AdapterError, match=r"\['base_model\.classifier\.weight'\] besides 'prompt_embeddings'"):
+        PeftModel.from_pretrained(seq_cls_model(), directory)
+
+
+def test_undeclared_base_tensor_refused_when_peft_is_given_the_config(tmp_path, make_model):
+    """`PeftModel.from_pretrained(..., config=...)` never calls the config loader (so never validate_adapter):
+    before, an `lm_head.weight` in the file overwrote the frozen base model."""
+    config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+    directory = str(tmp_path / "a")
+    get_peft_model(make_model("gpt2"), config).save_pretrained(directory)
+    edit_tensors(directory, base_model__lm_head__weight=torch.zeros_like(make_model("gpt2").lm_head.weight))
+    base = make_model("gpt2")
+    before = base.lm_head.weight.detach().clone()
+    loaded_config = SoftPromptConfig.from_pretrained(directory)
+    with pytest.raises(AdapterError, match=r"\['base_model\.lm_head\.weight'\] besides 'prompt_embeddings'.*frozen base"):
+        PeftModel.from_pretrained(base, directory, config=loaded_config)
+    torch.testing.assert_close(base.lm_head.weight, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_declared_module_missing_from_the_file_is_one_clear_error(tmp_path, make_model, kind):
+    """Finding 9: `modules_to_save=['lm_head']` with a prompt-only file passed `check`, then a bare KeyError."""
+    task = "CAUSAL_LM" if kind == "gpt2" else "SEQ_2_SEQ_LM"
+    config = SoftPromptConfig(task_type=task, num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+    directory = str(tmp_path / "a")
+    get_peft_model(make_model(kind), config).save_pretrained(directory)
+    edit_config(directory, modules_to_save=["lm_head"])
+    pattern = r"adapter_model\.safetensors: adapter_config\.json declares modules_to_save \['lm_head'\].*no tensor \['base_model\.lm_head\.weight'\]"
+    with pytest.raises(AdapterError, match=pattern):
+        validate_adapter(directory, make_model(kind))
+    with pytest.raises(AdapterError, match=pattern):
+        load_adapter_safely(make_model(kind), directory)
+    validate_adapter(directory)  # without the model it cannot be known (SEQ_CLS declares heads a model may lack)
+
+
+def test_pin_peft_from_pretrained_keyerror_for_a_missing_declared_module(tmp_path, make_model):
+    """PEFT's config loader slot gets no model, and PEFT raises the KeyError before any hook that sees the model
+    (`set_peft_model_state_dict` maps wrapper keys first): PeftModel.from_pretrained keeps PEFT's KeyError, which
+    is why load_adapter_safely exists. Turns red if PEFT starts reporting it itself."""
+    config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+    directory = str(tmp_path / "a")
+    get_peft_model(make_model("gpt2"), config).save_pretrained(directory)
+    edit_config(directory, modules_to_save=["lm_head"])
+    with pytest.raises(KeyError, match="base_model.lm_head.weight"):
+        PeftModel.from_pretrained(make_model("gpt2"), directory)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["softprompt", "plain-peft"])
+def test_seq_cls_adapter_with_its_head_loads_without_warning(tmp_path, plain):
+    """Issue 17: every SEQ_CLS load warned "ignoring tensors ['base_model.score.weight']" (they were loaded)."""
+    directory = save_seq_cls(tmp_path / "a", plain=plain)
+    saved = load_file(os.path.join(directory, W))[SCORE]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validate_adapter(directory)
+        validate_adapter(directory, seq_cls_model())
+        models = [PeftModel.from_pretrained(seq_cls_model(), directory), load_adapter_safely(seq_cls_model(), directory)]
+    ours = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert ours == []
+    for model in models:
+        head = model.base_model.score.modules_to_save["default"].weight
+        torch.testing.assert_close(head, saved, rtol=0, atol=0)
+
+
+def test_modules_to_save_check_accepts_a_float32_head_on_a_bfloat16_model(tmp_path):
+    directory = save_seq_cls(tmp_path / "a")
+    base = seq_cls_model().to(torch.bfloat16)
+    validate_adapter(directory, base)
+    load_adapter_safely(base, directory)
+
+
+def test_modules_to_save_names_follow_the_peft_rule(make_model):
+    """Pins `_set_trainable`'s rule (`key.endswith(name)`) and the saved key form `base_model.<module>.<tensor>`."""
+    from softprompt_ext.peft_internals import modules_to_save_tensors
+
+    model = seq_cls_model()
+    assert sorted(modules_to_save_tensors(model, ["classifier", "score"])) == [SCORE]
+    peft_model = get_peft_model(seq_cls_model(), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=P))
+    assert sorted(modules_to_save_tensors(peft_model, ["score"])) == [SCORE]  # the wrapper's original module
+    assert modules_to_save_tensors(model, None) == {}
+    assert re.fullmatch(r"base_model\.score\.modules_to_save\.default\.weight", next(
+        k for k, _ in peft_model.named_parameters() if "modules_to_save" in k))
