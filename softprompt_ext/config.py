@@ -28,7 +28,7 @@ from typing import Any
 
 from peft import PromptTuningConfig
 
-from .adapters.atomic import atomic_write_text
+from .adapters.atomic import atomic_write_text, refresh_digest
 from .peft_internals import CONFIG_NAME, split_from_pretrained_kwargs
 from .version import __version__
 
@@ -294,6 +294,9 @@ class SoftPromptConfig(PromptTuningConfig):
         from .adapters.model_card import update_model_card  # local import: model_card imports this module
 
         update_model_card(save_directory, self)
+        # last: over an adapter saved by save_adapter_atomically, a save killed before this line leaves the old
+        # digest, so the reader refuses the mix of old and new files; a completed save loads
+        refresh_digest(save_directory)
 
     # ------------------------------------------------------------------ loading
     @classmethod

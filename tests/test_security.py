@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import warnings
 
 import pytest
@@ -179,3 +180,177 @@ def test_modules_to_save_names_follow_the_peft_rule(make_model):
     assert modules_to_save_tensors(model, None) == {}
     assert re.fullmatch(r"base_model\.score\.modules_to_save\.default\.weight", next(
         k for k, _ in peft_model.named_parameters() if "modules_to_save" in k))
+
+
+# ------------------------------------------------------------------ finding 2 + 9: the atomic save
+def t5_adapter_model(make_model, value: float):
+    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+    model = get_peft_model(make_model("t5"), config)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.fill_(value)
+    return model
+
+
+def prompt_value(directory) -> float:
+    values = validate_adapter(directory).prompt.unique()
+    assert values.numel() == 1
+    return float(values[0])
+
+
+def tree(root) -> dict[str, bytes]:
+    """Every file under `root` with its bytes (to prove a directory untouched)."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                files[os.path.relpath(path, root)] = handle.read()
+    return files
+
+
+def test_a_users_own_old_backup_is_never_deleted(tmp_path, make_model):
+    """Before: recover_adapter_dir (run first by every save) deleted any sst2.old next to sst2."""
+    from softprompt_ext.adapters.atomic import recover_adapter_dir, save_adapter_atomically
+
+    directory = tmp_path / "sst2"
+    save_adapter_atomically(t5_adapter_model(make_model, 1.0), directory)
+    backup = tmp_path / "sst2.old"
+    shutil.copytree(directory, backup)
+    (backup / "notes.txt").write_text("my backup\n")
+    before = tree(backup)
+    assert recover_adapter_dir(directory) == "nothing"
+    with pytest.raises(ValueError, match=r"sst2\.old exists and was not left by save_adapter_atomically.*left alone"):
+        save_adapter_atomically(t5_adapter_model(make_model, 2.0), directory)
+    assert tree(backup) == before and prompt_value(directory) == 1.0
+    assert sorted(os.listdir(tmp_path)) == ["sst2", "sst2.old"]
+
+
+def test_a_users_old_is_not_renamed_into_place(tmp_path, make_model):
+    """Before: with sst2 missing, the user's sst2.old was renamed to sst2, then swapped away and deleted."""
+    from softprompt_ext.adapters.atomic import recover_adapter_dir, save_adapter_atomically
+
+    backup = tmp_path / "sst2.old"
+    t5_adapter_model(make_model, 1.0).save_pretrained(str(backup))
+    before = tree(backup)
+    directory = tmp_path / "sst2"
+    assert recover_adapter_dir(directory) == "nothing" and not directory.exists()
+    with pytest.raises(AdapterError) as info:
+        validate_adapter(directory)
+    assert "interrupted" not in str(info.value)  # not ours: no hint to "recover" it
+    save_adapter_atomically(t5_adapter_model(make_model, 2.0), directory)
+    assert prompt_value(directory) == 2.0 and tree(backup) == before
+
+
+def test_a_users_directory_named_like_staging_is_kept(tmp_path, make_model):
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+
+    mine = tmp_path / ".sst2.tmp-mine"
+    mine.mkdir()
+    (mine / "data.txt").write_text("mine\n")
+    save_adapter_atomically(t5_adapter_model(make_model, 1.0), tmp_path / "sst2")
+    save_adapter_atomically(t5_adapter_model(make_model, 2.0), tmp_path / "sst2")
+    assert (mine / "data.txt").read_text() == "mine\n"
+    assert sorted(os.listdir(tmp_path)) == [".sst2.tmp-mine", "sst2"]
+
+
+def test_a_symlinked_adapter_directory_is_followed(tmp_path, make_model):
+    """Before: the first save renamed the link itself, then failed in rmtree(link.old); later saves broke."""
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+
+    target = tmp_path / "store" / "sst2-v1"
+    t5_adapter_model(make_model, 1.0).save_pretrained(str(target))
+    link = tmp_path / "sst2"
+    link.symlink_to(target, target_is_directory=True)
+    for value in (2.0, 3.0, 4.0):
+        assert save_adapter_atomically(t5_adapter_model(make_model, value), link) == str(target)
+        assert link.is_symlink() and os.readlink(link) == str(target) and prompt_value(link) == value
+    assert sorted(os.listdir(tmp_path)) == ["sst2", "store"] and os.listdir(tmp_path / "store") == ["sst2-v1"]
+
+
+def test_the_atomic_save_writes_a_digest_of_every_adapter_file(tmp_path, make_model):
+    import hashlib
+
+    from softprompt_ext.adapters.atomic import DIGEST_NAME, MARK_NAME, save_adapter_atomically
+
+    directory = tmp_path / "a"
+    for value in (1.0, 2.0):
+        save_adapter_atomically(t5_adapter_model(make_model, value), directory)
+    record = json.loads((directory / DIGEST_NAME).read_text())
+    names = sorted(os.listdir(directory))
+    assert MARK_NAME not in names and sorted(record["files"]) == [CFG, W, "softprompt_config.json"]
+    for name, digest in record["files"].items():
+        assert hashlib.sha256((directory / name).read_bytes()).hexdigest() == digest
+    assert prompt_value(directory) == 2.0
+
+
+def put_other_weights(directory, value: float):
+    """A valid prompt of other values: what a save_pretrained over the adapter, killed after the weights, leaves."""
+    save_file({"prompt_embeddings": torch.full((P, H), value)}, os.path.join(directory, W))
+
+
+MIXED = r"the directory mixes files of two saves.*save_adapter_atomically.*delete softprompt_digest\.json"
+
+
+def test_a_mixed_adapter_is_refused_on_every_read_path(tmp_path, make_model):
+    """Before: new weights beside the old config loaded silently (finding 7: 16 of 50 kills, 1 of 524 loads)."""
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+    from softprompt_ext.adapters.reader import read_prompt
+
+    directory = str(tmp_path / "a")
+    save_adapter_atomically(t5_adapter_model(make_model, 1.0), directory)
+    put_other_weights(directory, 5.0)
+    pattern = r"adapter_model\.safetensors: its sha256 differs from the one .*softprompt_digest\.json recorded.*" + MIXED
+    with pytest.raises(AdapterError, match=pattern):
+        validate_adapter(directory)
+    with pytest.raises(AdapterError, match=pattern):
+        load_adapter_safely(make_model("t5"), directory)
+    with pytest.raises(AdapterError, match=pattern):
+        PeftModel.from_pretrained(make_model("t5"), directory)
+    with pytest.raises(AdapterError, match=pattern):
+        read_prompt(directory)
+    with pytest.raises(AdapterError, match=pattern):
+        get_peft_model(make_model("t5"), SoftPromptConfig.continue_from(directory))
+    os.remove(os.path.join(directory, "softprompt_digest.json"))  # the documented way to accept it
+    assert prompt_value(directory) == 5.0
+
+
+def test_a_file_missing_or_added_since_the_atomic_save_is_refused(tmp_path, make_model):
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+
+    directory = str(tmp_path / "a")
+    save_adapter_atomically(t5_adapter_model(make_model, 1.0), directory)
+    os.remove(os.path.join(directory, "softprompt_config.json"))
+    with pytest.raises(AdapterError, match=r"softprompt_config\.json: missing, but .* lists it: " + MIXED):
+        validate_adapter(directory)
+    plain = str(tmp_path / "plain")
+    save_adapter_atomically(
+        get_peft_model(make_model("t5"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=P)), plain
+    )
+    validate_adapter(plain)
+    with open(os.path.join(plain, "softprompt_config.json"), "w", encoding="utf-8") as handle:
+        json.dump({"format_version": 1}, handle)
+    with pytest.raises(AdapterError, match=r"softprompt_config\.json: not among the files .* lists: " + MIXED):
+        validate_adapter(plain)
+
+
+def test_peft_save_pretrained_over_an_atomic_adapter(tmp_path, make_model):
+    """A completed save_pretrained of a SoftPromptConfig model refreshes the digest last, so it loads; one
+    killed before its config was written leaves the old digest, and the mix is refused."""
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+
+    directory = str(tmp_path / "a")
+    save_adapter_atomically(t5_adapter_model(make_model, 1.0), directory)
+    t5_adapter_model(make_model, 2.0).save_pretrained(directory)
+    assert prompt_value(directory) == 2.0
+    put_other_weights(directory, 3.0)  # the weights of a third save; killed before its config
+    with pytest.raises(AdapterError, match=MIXED):
+        validate_adapter(directory)
+
+
+def test_an_adapter_without_a_digest_still_loads(tmp_path, make_model):
+    directory = str(tmp_path / "a")
+    t5_adapter_model(make_model, 1.0).save_pretrained(directory)
+    assert "softprompt_digest.json" not in os.listdir(directory)
+    put_other_weights(directory, 5.0)
+    assert prompt_value(directory) == 5.0
+    load_adapter_safely(make_model("t5"), directory)

@@ -21,6 +21,9 @@ stored by the thousand), so one door with all the checks protects every path:
   encoder's `check_saved_modules` hook, just before it loads the tensors into the model.
 * Locations (`find_adapter_file`): a local directory, or a Hub repo id through `huggingface_hub`; a missing
   directory, an invalid repo id and an unreachable Hub are each one clear `AdapterError`.
+* Digests: a local adapter directory written by `save_adapter_atomically` holds `softprompt_digest.json`, the
+  sha256 of each of its files; every file read from it must match (a file missing, added or changed since
+  means a mix of two saves, e.g. a `save_pretrained` over it killed midway). No digest file: nothing to check.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from ..peft_internals import CONFIG_NAME, PROMPT_KEY, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .atomic import OLD_SUFFIX  # what an interrupted save_adapter_atomically leaves next to the adapter
+from .atomic import DIGEST_NAME, UNDIGESTED, interrupted_leftover, sha256_file
 
 MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
@@ -76,6 +79,10 @@ def find_adapter_file(
         raise AdapterError(
             f"No directory {folder!r}: pass an adapter directory or a Hub repo id.{interrupted_save_hint(folder)}"
         )
+    if os.path.isdir(folder):
+        found = locate(path_or_repo, filename, subfolder)
+        check_digest(folder, filename, found)
+        return found
     try:
         return locate(path_or_repo, filename, subfolder, **hub_kwargs)
     except HFValidationError:
@@ -84,10 +91,38 @@ def find_adapter_file(
         raise AdapterError(f"{filename} of {folder!r} cannot be fetched: {exc}") from None
 
 
+def check_digest(folder: str, filename: str, found: str | None) -> None:
+    """`folder/filename` must be the file `save_adapter_atomically` wrote, when the folder has a digest."""
+    digest_file = os.path.join(folder, DIGEST_NAME)
+    if filename in UNDIGESTED or not os.path.isfile(digest_file):
+        return
+    files = read_json_file(digest_file).get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise AdapterError(f"{digest_file}: no 'files' table of sha256 digests; the file is damaged.")
+    fix = (
+        "the directory mixes files of two saves (a save_pretrained over it killed midway, or files copied in). "
+        "Save the adapter again with softprompt_ext.save_adapter_atomically; if you replaced the files on "
+        f"purpose, delete {DIGEST_NAME}."
+    )
+    path = os.path.join(folder, filename)
+    if filename not in files:
+        if found is not None:
+            raise AdapterError(f"{path}: not among the files {digest_file} lists: {fix}")
+        return
+    if found is None:
+        raise AdapterError(f"{path}: missing, but {digest_file} lists it: {fix}")
+    try:
+        actual = sha256_file(found)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if actual != files[filename]:
+        raise AdapterError(f"{path}: its sha256 differs from the one {digest_file} recorded when it was saved: {fix}")
+
+
 def interrupted_save_hint(folder: str) -> str:
     """A hint when `save_adapter_atomically` was killed between its two renames, else ''."""
-    leftover = f"{folder.rstrip(os.sep)}{OLD_SUFFIX}"
-    if not os.path.isdir(leftover):
+    leftover = interrupted_leftover(folder)
+    if leftover is None:
         return ""
     return (
         f" {leftover} exists: a save was interrupted; softprompt_ext.recover_adapter_dir({folder!r}) "
