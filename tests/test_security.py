@@ -354,3 +354,69 @@ def test_an_adapter_without_a_digest_still_loads(tmp_path, make_model):
     put_other_weights(directory, 5.0)
     assert prompt_value(directory) == 5.0
     load_adapter_safely(make_model("t5"), directory)
+
+
+# ------------------------------------------------------------------ finding 6: offline and unreachable Hub ids
+HUB_CLIENT = """
+import sys, time
+from softprompt_ext.adapters.validation import AdapterError, validate_adapter
+start = time.monotonic()
+try:
+    validate_adapter("someone/sst2-prompt")
+    print("LOADED")
+except AdapterError as exc:
+    print("ERROR", exc)
+print("SECONDS", time.monotonic() - start)
+"""
+
+
+def run_hub_client(tmp_path, **env_changes) -> tuple[str, float]:
+    """Validate a Hub id in a fresh process (huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at import)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), PYTHONWARNINGS="ignore", **env_changes)
+    out = subprocess.run([sys.executable, "-c", HUB_CLIENT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    return lines[0], float(lines[-1].split()[1])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_hub_connection_refused_fails_fast_and_says_so(tmp_path):
+    """Before: 23-32 s of retries, then "No adapter_config.json at ...: it is not an adapter directory or repo"."""
+    message, seconds = run_hub_client(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    assert re.search(r"ERROR 'someone/sst2-prompt' \(Hub repo, adapter_config\.json\): the Hub is unreachable "
+                     r"\(ConnectError: .*Connection refused", message), message
+    assert seconds < 10, seconds
+
+
+def test_hub_that_never_answers_fails_within_the_timeout(tmp_path):
+    """Packets dropped (a server that accepts and stays silent): before, still running at 300 s."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshakes; nothing ever answers
+        port = silent.getsockname()[1]
+        message, seconds = run_hub_client(
+            tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_ETAG_TIMEOUT="2"
+        )
+    assert "the Hub is unreachable" in message and "someone/sst2-prompt" in message, message
+    assert seconds < 10, seconds
+
+
+def test_hub_offline_cache_miss_says_offline(tmp_path):
+    """Before: "No adapter_config.json at 'someone/sst2-prompt': it is not an adapter directory or repo"."""
+    message, seconds = run_hub_client(tmp_path, HF_HUB_OFFLINE="1")
+    assert re.search(r"ERROR 'someone/sst2-prompt' \(Hub repo, adapter_config\.json\): offline \(HF_HUB_OFFLINE=1"
+                     r".*not in the local Hugging Face cache", message), message
+    assert seconds < 10, seconds

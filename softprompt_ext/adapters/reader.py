@@ -20,7 +20,8 @@ stored by the thousand), so one door with all the checks protects every path:
   name that the base model does not have is refused. PEFT's own loader runs the same check through the prompt
   encoder's `check_saved_modules` hook, just before it loads the tensors into the model.
 * Locations (`find_adapter_file`): a local directory, or a Hub repo id through `huggingface_hub`; a missing
-  directory, an invalid repo id and an unreachable Hub are each one clear `AdapterError`.
+  directory, an invalid repo id, an offline cache miss and an unreachable Hub are each one clear `AdapterError`,
+  the last within `HUB_PROBE_TIMEOUT` seconds (not after huggingface_hub's retries).
 * Digests: a local adapter directory written by `save_adapter_atomically` holds `softprompt_digest.json`, the
   sha256 of each of its files; every file read from it must match (a file missing, added or changed since
   means a mix of two saves, e.g. a `save_pretrained` over it killed midway). No digest file: nothing to check.
@@ -41,6 +42,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from ..peft_internals import CONFIG_NAME, PROMPT_KEY, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from .atomic import DIGEST_NAME, UNDIGESTED, interrupted_leftover, sha256_file
 
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one look at an uncached Hub file (HF_HUB_ETAG_TIMEOUT overrides)
 MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
 _TORCH_DTYPES = {  # safetensors dtype names -> torch dtypes, for modules_to_save tensors
@@ -60,10 +62,74 @@ def locate(path_or_repo: str, filename: str, subfolder: str | None = None, **hub
     if os.path.isdir(folder):
         candidate = os.path.join(folder, filename)
         return candidate if os.path.isfile(candidate) else None
+    return _hub_file(path_or_repo, filename, subfolder, hub_kwargs)
+
+
+def _hub_file(repo: str, filename: str, subfolder: str | None, hub_kwargs: dict[str, Any]) -> str | None:
+    """`filename` of a Hub repo through the local cache; offline or unreachable is one clear `AdapterError`.
+
+    huggingface_hub alone answers both with a `LocalEntryNotFoundError` (an `EntryNotFoundError`, as for a
+    file the repo lacks) and, online, only after retrying a failed request 5 times with 60 s timeouts (23-32 s
+    when the connection is refused, minutes when packets are dropped). So: offline (`HF_HUB_OFFLINE=1` or
+    `local_files_only`) only the cache is asked; online, a file that is not cached is first looked up with one
+    HEAD request without retries (timeout `HF_HUB_ETAG_TIMEOUT`, default here `HUB_PROBE_TIMEOUT` s).
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    if hub_kwargs.get("local_dir") is not None:  # huggingface_hub's own local-folder mode
+        try:
+            return hf_hub_download(repo, filename, subfolder=subfolder, **hub_kwargs)
+        except EntryNotFoundError:
+            return None
+    where = f"{subfolder}/{filename}" if subfolder else filename
+    revision, repo_type = hub_kwargs.get("revision"), hub_kwargs.get("repo_type")
+    cached = try_to_load_from_cache(
+        repo, where, cache_dir=hub_kwargs.get("cache_dir"), revision=revision, repo_type=repo_type
+    )
+    if constants.is_offline_mode() or hub_kwargs.get("local_files_only"):
+        if isinstance(cached, str):
+            return cached
+        if cached is not None:  # the cache knows the repo has no such file
+            return None
+        raise AdapterError(
+            f"{repo!r} (Hub repo, {where}): offline (HF_HUB_OFFLINE=1 or local_files_only) and the file is not in "
+            "the local Hugging Face cache, and there is no local directory of that name. Connect once without "
+            "HF_HUB_OFFLINE to download it, or pass the adapter's directory."
+        )
+    if not isinstance(cached, str):  # a failed request would now be retried for 23 s to minutes: look once
+        url = hf_hub_url(repo, filename, subfolder=subfolder, repo_type=repo_type, revision=revision,
+                         endpoint=hub_kwargs.get("endpoint"))
+        try:
+            get_hf_file_metadata(url, token=hub_kwargs.get("token"), timeout=_probe_timeout(),
+                                 headers=hub_kwargs.get("headers"), endpoint=hub_kwargs.get("endpoint"))
+        except RemoteEntryNotFoundError:  # the repo exists and lacks the file
+            return None
+        except HfHubHTTPError:
+            raise  # no such repo, gated, server error: find_adapter_file names it
+        except Exception as exc:  # connection refused, timeout, DNS: httpx's errors are not OSErrors
+            raise AdapterError(_unreachable(repo, where, url, exc)) from None
     try:
-        return hf_hub_download(path_or_repo, filename, subfolder=subfolder, **hub_kwargs)
-    except EntryNotFoundError:  # absent in the repo, or offline and not in the local cache
+        return hf_hub_download(repo, filename, subfolder=subfolder, **hub_kwargs)
+    except RemoteEntryNotFoundError:
         return None
+    except LocalEntryNotFoundError as exc:  # the Hub went away between the look and the download
+        raise AdapterError(_unreachable(repo, where, repo, exc.__cause__ or exc)) from None
+
+
+def _probe_timeout() -> float:
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PROBE_TIMEOUT)
+    except ValueError:
+        return HUB_PROBE_TIMEOUT
+
+
+def _unreachable(repo: str, where: str, url: str, exc: BaseException) -> str:
+    return (
+        f"{repo!r} (Hub repo, {where}): the Hub is unreachable ({type(exc).__name__}: {exc} -- {url}) and the "
+        "file is not in the local cache. Check the network or HF_ENDPOINT, pass the adapter's local directory, "
+        "or set HF_HUB_OFFLINE=1 to use only the cache."
+    )
 
 
 def find_adapter_file(
