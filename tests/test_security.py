@@ -420,3 +420,103 @@ def test_hub_offline_cache_miss_says_offline(tmp_path):
     assert re.search(r"ERROR 'someone/sst2-prompt' \(Hub repo, adapter_config\.json\): offline \(HF_HUB_OFFLINE=1"
                      r".*not in the local Hugging Face cache", message), message
     assert seconds < 10, seconds
+
+
+# ------------------------------------------------------------------ finding 5: the command line
+def save_raw_adapter(directory, prompt: torch.Tensor, **config) -> str:
+    os.makedirs(directory, exist_ok=True)
+    SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=prompt.shape[0], prompt_tuning_init="RANDOM",
+                     **config).save_pretrained(str(directory))
+    save_file({"prompt_embeddings": prompt.contiguous()}, os.path.join(directory, W))
+    return str(directory)
+
+
+def test_cli_never_writes_raw_control_characters(tmp_path, capsys):
+    """Before: `info` printed an adapter's base_model_name_or_path with its ANSI escapes raw, `similar` a
+    library folder's name, errors the bad value."""
+    from softprompt_ext.cli import main
+
+    evil = save_raw_adapter(tmp_path / "evil", torch.ones(P, H), base_model_name_or_path="\x1b[31mred\x1b[0m",
+                            tokenizer_name_or_path="\x1b]0;title\x07tok\u202e")
+    library = tmp_path / "lib"
+    save_raw_adapter(library / "clear\x1b[2Jscreen\nfake line", torch.ones(P, H))
+    bad = save_raw_adapter(tmp_path / "bad", torch.ones(P, H))
+    edit_config(bad, peft_type="\x1b[5mBLINK")
+    results = [main(argv) for argv in (["info", evil], ["check", evil], ["similar", evil, str(library)],
+                                       ["check", bad], ["info", str(tmp_path / "missing\x1b[1m")])]
+    out, err = capsys.readouterr()
+    assert results == [0, 0, 0, 2, 2]
+    for text in (out, err):
+        assert all(ch.isprintable() or ch == "\n" for ch in text), repr(text)
+    assert "\\x1b[31mred\\x1b[0m" in out and "\\x1b]0;title\\x07tok\\u202e" in out
+    assert "clear\\x1b[2Jscreen\\nfake line" in out and "\\x1b[5mBLINK" in err and "missing\\x1b[1m" in err
+
+
+def test_similar_on_two_huge_prompts_is_one_clear_error(tmp_path):
+    """Before: two P=100,000 prompts made max_cosine allocate a 40 GB [P, Q] matrix: a traceback (or the OOM
+    killer). The child gets a 6 GB address-space limit, so the old behaviour fails safely."""
+    import resource
+    import subprocess
+    import sys
+
+    a = save_raw_adapter(tmp_path / "a", torch.randn(100_000, 2, generator=torch.Generator().manual_seed(0)))
+    b = save_raw_adapter(tmp_path / "b", torch.randn(100_000, 2, generator=torch.Generator().manual_seed(1)))
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    out = subprocess.run([sys.executable, "-m", "softprompt_ext", "similar", a, b], preexec_fn=limit_memory,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"})
+    lines = [line for line in out.stderr.splitlines() if "gemm_4bit" not in line]
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(lines) == 1 and re.search(r"error: max_cosine of prompts with P=100000 and P=100000 rows needs "
+                                         r"10,000,000,000 cosines.*measure='pooled_cosine'", lines[0]), lines
+
+
+def test_max_cosine_in_blocks_equals_the_whole_matrix(monkeypatch):
+    from softprompt_ext.analysis import similarity
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, 5, generator=generator), torch.randn(53, 5, generator=generator)
+    sims = similarity.cosine_matrix(a, b)  # [37, 53]
+    expected = 0.5 * (sims.max(dim=1).values.mean().item() + sims.max(dim=0).values.mean().item())
+    for block in (1, 53, 60, 1000, 1 << 24):
+        monkeypatch.setattr(similarity, "BLOCK_COSINES", block)
+        assert similarity.max_cosine(a, b) == pytest.approx(expected, abs=1e-6)
+    monkeypatch.setattr(similarity, "MAX_COSINES", 37 * 53 - 1)
+    with pytest.raises(ValueError, match=r"P=37 and P=53 rows needs 1,961 cosines.*pooled_cosine"):
+        similarity.max_cosine(a, b)
+
+
+def test_cli_unexpected_error_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    """Before: any exception but ValueError/OSError/ImportError was a raw traceback (exit 1 from Python)."""
+    from softprompt_ext import cli
+
+    def broken(args):
+        raise RuntimeError("boom \x1b[31m\nsecond line")
+
+    monkeypatch.setattr(cli, "_info", broken)
+    monkeypatch.delenv("SOFTPROMPT_TRACEBACK", raising=False)
+    assert cli.main(["info", "x"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert re.fullmatch(r"softprompt info: internal error: RuntimeError: boom \\x1b\[31m second line \(a bug; "
+                        r"rerun with SOFTPROMPT_TRACEBACK=1 .*\)\n", err), err
+    monkeypatch.setenv("SOFTPROMPT_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["info", "x"])
+
+
+@pytest.mark.parametrize("name", [CFG, "softprompt_config.json"])
+def test_cli_deeply_nested_json_is_exit_2(tmp_path, capsys, name):
+    """Finding 5's RecursionError in info/similar: the strict reader already turns it into an AdapterError."""
+    from softprompt_ext.cli import main
+
+    directory = save_raw_adapter(tmp_path / "deep", torch.ones(P, H))
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as handle:
+        handle.write("[" * 100_000 + "]" * 100_000)
+    good = save_raw_adapter(tmp_path / "good", torch.ones(P, H))
+    assert [main(["info", directory]), main(["similar", good, directory]), main(["check", directory])] == [2, 2, 2]
+    _, err = capsys.readouterr()
+    assert err.count("nested too deeply") == 3 and "Traceback" not in err
