@@ -520,3 +520,116 @@ def test_cli_deeply_nested_json_is_exit_2(tmp_path, capsys, name):
     assert [main(["info", directory]), main(["similar", good, directory]), main(["check", directory])] == [2, 2, 2]
     _, err = capsys.readouterr()
     assert err.count("nested too deeply") == 3 and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ finding 9: smaller items
+def soft(**kwargs):
+    base = dict(task_type="CAUSAL_LM", num_virtual_tokens=P, prompt_tuning_init="RANDOM_UNIFORM")
+    return SoftPromptConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("name, value, pattern", [
+    ("peft_version", 3, r"peft_version must be of type str or None, got 3; e\.g\. peft_version='0\.21\.2'"),
+    ("peft_version", ["0.21"], r"peft_version must be of type str or None, got \['0\.21'\]"),
+    ("auto_mapping", 5, r"auto_mapping must be of type dict or None, got 5; e\.g\. auto_mapping=\{"),
+    ("auto_mapping", {1, 2}, r"auto_mapping must be of type dict or None, got \{1, 2\}"),
+    ("tokenizer_kwargs", {"x": object()}, r"cannot be saved as JSON .*not JSON serializable"),
+])
+def test_peft_fields_that_save_pretrained_cannot_write_are_refused_at_construction(name, value, pattern, tmp_path):
+    """Before: accepted, then `save_pretrained` failed after the weights were written (22 of 3,500 fuzz cases)."""
+    with pytest.raises(TypeError, match=pattern):
+        soft(**{name: value})
+
+
+def test_init_range_that_overflows_float32_is_refused_at_construction(make_model):
+    """Before: init_range=1e39 was accepted, then get_peft_model raised torch's RuntimeError."""
+    for value in (1e39, 3e38):
+        with pytest.raises(ValueError, match=r"init_range=.* overflows float32, the prompt's dtype .*r <= 1\.7e\+38"):
+            soft(init_range=value)
+    model = get_peft_model(make_model("gpt2"), soft(init_range=1.7e38, init_seed=0))
+    assert torch.isfinite(model.prompt_encoder["default"].embedding.weight).all()
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(prompt_tuning_init="CLASS_LABELS", class_labels=["fine", "bad\ud800label"]), r"class_labels\[1\]='bad\\ud800label'"),
+    (dict(prompt_tuning_init="TEXT", prompt_tuning_init_text="text \udcff"), r"prompt_tuning_init_text='text \\udcff'"),
+])
+def test_lone_surrogate_text_is_a_clear_error_naming_it(kwargs, name, tokenizer_dir):
+    """Before: a tokenizers TypeError ("TextEncodeInput must be Union[...]") inside get_peft_model."""
+    with pytest.raises(ValueError, match=name + r" is not valid Unicode text: it holds the lone surrogate"):
+        soft(tokenizer_name_or_path=tokenizer_dir, **kwargs)
+
+
+@pytest.mark.parametrize("adapter_kind, base_kind, pattern", [
+    ("gpt2", "t5", r"task_type='CAUSAL_LM' but the base model \(T5ForConditionalGeneration\) is an encoder-decoder "
+                   r"model: the prompt was trained for a decoder-only model"),
+    ("t5", "gpt2", r"task_type='SEQ_2_SEQ_LM' but the base model \(GPT2LMHeadModel\) is a decoder-only model"),
+])
+def test_task_type_that_does_not_fit_the_base_model_is_refused(tmp_path, make_model, adapter_kind, base_kind, pattern):
+    """Before: a CAUSAL_LM adapter loaded silently onto a T5 (same d_model)."""
+    task = "CAUSAL_LM" if adapter_kind == "gpt2" else "SEQ_2_SEQ_LM"
+    directory = str(tmp_path / "a")
+    get_peft_model(make_model(adapter_kind), soft(task_type=task)).save_pretrained(directory)
+    with pytest.raises(AdapterError, match=r"adapter_config\.json: " + pattern):
+        validate_adapter(directory, make_model(base_kind))
+    with pytest.raises(AdapterError, match=pattern):
+        load_adapter_safely(make_model(base_kind), directory)
+    validate_adapter(directory, make_model(adapter_kind))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(prompt_tuning_init="SAVED_PROMPT", init_prompt_path="x", class_labels=[f"label {i}" for i in range(100_000)]),
+     "class_labels"),
+    (dict(prompt_tuning_init="TEXT", prompt_tuning_init_text="word " * 400_000, tokenizer_name_or_path="tok"),
+     "prompt_tuning_init_text"),
+])
+def test_fields_too_large_for_the_readers_json_cap_are_refused_at_construction(kwargs, field):
+    """Before: 100k class labels or a 2 MB init text were saved, then the library's own 1 MiB cap refused them."""
+    with pytest.raises(ValueError, match=rf"{field} \([\d,]+ bytes of JSON\) makes the saved \S+\.json [\d,]+ bytes, "
+                                         r"over the 1,048,576 an adapter reader accepts"):
+        soft(**kwargs)
+
+
+def test_what_the_library_saves_its_reader_accepts(tmp_path, make_model):
+    """The largest accepted fields still save and read back (the bound is the reader's cap, not lower)."""
+    labels = [f"label {i}" for i in range(40_000)]  # about 700 KB of JSON in softprompt_config.json
+    config = soft(prompt_tuning_init="SAVED_PROMPT", init_prompt_path="x", class_labels=labels)
+    config.save_pretrained(str(tmp_path))
+    assert SoftPromptConfig.from_pretrained(str(tmp_path)).class_labels == labels
+    config.class_labels = labels * 3  # changed after construction: checked again when saving
+    with pytest.raises(ValueError, match=r"class_labels .* over the 1,048,576"):
+        config.save_pretrained(str(tmp_path / "again"))
+
+
+def test_all_padding_causal_batch_is_a_clear_error(make_model):
+    """Before: mixed_forward returned a NaN loss without error."""
+    from softprompt_ext.inference.mixed_batches import mixed_forward
+
+    model = get_peft_model(make_model("gpt2"), soft(init_seed=0), adapter_name="a")
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    pattern = r"the batch has no label tokens to compute a loss on: every label is -100 or sits on padding"
+    with pytest.raises(ValueError, match=pattern):
+        mixed_forward(model, ids, torch.zeros_like(ids), ["a", "a"], labels=ids)
+    with pytest.raises(ValueError, match=pattern):
+        mixed_forward(model, ids, torch.ones_like(ids), ["a", "a"], labels=torch.full_like(ids, -100))
+    out = mixed_forward(model, ids, torch.ones_like(ids), ["a", "a"], labels=ids)
+    assert torch.isfinite(out.loss)
+
+
+def test_save_pretrained_without_safetensors_is_refused(tmp_path, make_model):
+    """Before: safe_serialization=False wrote an adapter_model.bin adapter that the library then refused."""
+    from softprompt_ext.adapters.atomic import save_adapter_atomically
+
+    model = get_peft_model(make_model("gpt2"), soft(init_seed=0))
+    pattern = (r"adapter_model\.bin: save_pretrained\(safe_serialization=False\) wrote a pickled adapter, which "
+               r"softprompt_ext refuses to load .* adapter_config\.json was not written")
+    with pytest.raises(ValueError, match=pattern):
+        model.save_pretrained(str(tmp_path / "a"), safe_serialization=False)
+    assert CFG not in os.listdir(tmp_path / "a")  # not an adapter: nothing loads it
+    with pytest.raises(ValueError, match=pattern):
+        save_adapter_atomically(model, tmp_path / "b", safe_serialization=False)
+    assert not (tmp_path / "b").exists()
+    model.save_pretrained(str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=pattern):  # over a safetensors adapter: the old one stays whole
+        model.save_pretrained(str(tmp_path / "c"), safe_serialization=False)
+    validate_adapter(str(tmp_path / "c"))
