@@ -11,8 +11,18 @@ Installed as the console script `softprompt` (entry point `softprompt_ext.cli:ma
 (`analysis.readout.adapter_readout`, `analysis.similarity.most_similar`, `analysis.readout.adapter_info`, `analysis.plots.*`), so what
 the command line prints is what the library returns.
 
-Exit codes: 0 success; 2 bad arguments or an unusable adapter / model, with a single line on stderr
-(`softprompt <command>: error: ...`) and no traceback. Anything else is a bug and keeps its traceback.
+Exit codes (every command but `lm-adapt`, which has its own):
+
+* 0 -- success (`check`: the adapter passed every check); also when the reader of stdout goes away (`| head`).
+* 1 -- an unexpected error inside softprompt-ext or a library it uses: a bug. One line on stderr
+  (`softprompt <command>: internal error: ...`); the traceback only with `SOFTPROMPT_TRACEBACK=1`.
+* 2 -- bad input: bad arguments, or an adapter / model that cannot be used (`check`: the adapter was refused),
+  with a single line on stderr (`softprompt <command>: error: ...`) and no traceback.
+* 130 -- interrupted (Ctrl-C), one line.
+
+Output never carries raw control characters: everything printed as text (adapter metadata, paths, tokens,
+error messages) has its non-printable characters escaped (`\x1b`, `\u202e`), so an adapter cannot drive the
+terminal with ANSI escape codes or fake lines with newlines; `--json` output is JSON-escaped ASCII.
 """
 
 from __future__ import annotations
@@ -123,6 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except _USER_ERRORS as exc:
             print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as exc:  # a bug (ours or a library's): one line, not a traceback in the user's face
+            if os.environ.get("SOFTPROMPT_TRACEBACK") == "1":
+                raise
+            print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug; "
+                  "rerun with SOFTPROMPT_TRACEBACK=1 for the traceback and please report it)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -154,8 +173,8 @@ def _inspect(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"adapter": args.adapter, "top_k": args.top_k, "positions": readout_to_dict(readout)}))
     else:
-        print(f"{args.adapter}: P={len(readout)}, nearest tokens by cosine similarity")
-        print(format_readout(readout))
+        print(f"{_safe(args.adapter)}: P={len(readout)}, nearest tokens by cosine similarity")
+        print("\n".join(_safe(line) for line in format_readout(readout).split("\n")))
 
 
 def _similar(args: argparse.Namespace) -> None:
@@ -171,10 +190,10 @@ def _similar(args: argparse.Namespace) -> None:
         rows = [{"rank": i + 1, **vars(m)} for i, m in enumerate(matches)]
         print(json.dumps({"target": args.target, "measure": args.measure, "matches": rows}))
         return
-    print(f"prompts most similar to {args.target} ({args.measure}):")
+    print(f"prompts most similar to {_safe(args.target)} ({args.measure}):")
     print(f"{'rank':>4}  {'score':>6}  {'P':>4}  adapter")
     for i, m in enumerate(matches):
-        print(f"{i + 1:>4}  {m.score:>6.3f}  {m.num_virtual_tokens:>4}  {m.path}")
+        print(f"{i + 1:>4}  {m.score:>6.3f}  {m.num_virtual_tokens:>4}  {_safe(m.path)}")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -203,7 +222,7 @@ def _info(args: argparse.Namespace) -> None:
         ("mean row norm", f"{info['mean_row_norm']:.4g}"),
         ("size on disk", f"{_human(info['size_on_disk'])} in {len(info['files'])} files"),
     ]:
-        print(f"{label:<14} {value}")
+        print(f"{label:<14} {_safe(str(value))}")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -217,8 +236,8 @@ def _check(args: argparse.Namespace) -> None:
         base = AutoModel.from_config(AutoConfig.from_pretrained(args.base))
     report = validate_adapter(args.adapter, base)
     rows, width = report.prompt.shape
-    fits = f"; fits {args.base} (d_model {width})" if args.base else ""
-    print(f"{args.adapter}: ok: {type(report.config).__name__}, prompt {rows} x {width} "
+    fits = f"; fits {_safe(args.base)} (d_model {width})" if args.base else ""
+    print(f"{_safe(args.adapter)}: ok: {type(report.config).__name__}, prompt {rows} x {width} "
           f"{str(report.prompt.dtype).removeprefix('torch.')}, finite{fits}")
 
 
@@ -257,7 +276,15 @@ class _quiet_transformers:
 
 
 def _one_line(exc: object) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return _safe(" ".join(str(exc).split()) or type(exc).__name__)
+
+
+def _safe(text: str) -> str:
+    """`text` with every non-printable character escaped (`\x1b`, `\n`, `\u202e`): nothing that reaches the
+    terminal can move the cursor, recolour it, set its title or start a fake line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _human(num_bytes: int) -> str:

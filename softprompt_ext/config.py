@@ -13,6 +13,10 @@ Design decisions
   `adapter_config.json` holds only the keys `PromptTuningConfig` knows; `softprompt_config.json` holds the
   record of how the prompt was made (labels, sample size, seed, ...). Loading with `softprompt_ext`
   imported merges both back into a `SoftPromptConfig` (see `registration.py`).
+* What is saved is what can be read back: at construction (and again when saving) both JSON files are
+  serialised as they will be written, so a field JSON cannot hold is a `TypeError`, and a config whose file
+  would exceed the adapter reader's `MAX_JSON_BYTES` (1 MiB; e.g. 100,000 class labels, a 2 MB init text) is a
+  `ValueError` naming the field -- rather than an adapter that the library itself then refuses to load.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from typing import Any
 
 from peft import PromptTuningConfig
 
-from .adapters.atomic import atomic_write_text
-from .peft_internals import CONFIG_NAME, split_from_pretrained_kwargs
+from .adapters.atomic import atomic_write_text, refresh_digest
+from .peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, split_from_pretrained_kwargs
 from .version import __version__
 
 RECORD_NAME = "softprompt_config.json"  # sidecar file next to adapter_config.json
@@ -66,7 +70,10 @@ _PEFT_FIELD_TYPES: dict[str, tuple[type, str]] = {
     "revision": (str, "'main'"),
     "tokenizer_kwargs": (dict, "{'use_fast': True}"),
     "modules_to_save": (list, "['classifier']"),
+    "peft_version": (str, "'0.21.2' (or leave it unset: PEFT fills it in)"),
+    "auto_mapping": (dict, "{'base_model_class': 'T5ForConditionalGeneration', 'parent_library': 'transformers'}"),
 }
+MAX_INIT_RANGE = 1.7e38  # U(-r, r) must fit float32, the prompt's dtype: torch's uniform_ needs 2r <= 3.4e38
 
 
 @dataclass
@@ -173,6 +180,7 @@ class SoftPromptConfig(PromptTuningConfig):
                         f"class_labels[{i}]={label!r} is empty or not a string; every label must be the "
                         "non-empty text the model should produce for that class."
                     )
+                _check_unicode(f"class_labels[{i}]", label)
             if init not in (SoftPromptInit.CLASS_LABELS, SoftPromptInit.SAVED_PROMPT):
                 raise ValueError(
                     f"class_labels is set but prompt_tuning_init={init.value!r} does not use it; "
@@ -218,11 +226,42 @@ class SoftPromptConfig(PromptTuningConfig):
                 f"init_range must be a finite number > 0, got {self.init_range!r}; "
                 "the paper draws from U(-0.5, 0.5), i.e. init_range=0.5."
             )
+        if self.init_range > MAX_INIT_RANGE:
+            raise ValueError(
+                f"init_range={self.init_range!r} overflows float32, the prompt's dtype (U(-r, r) needs "
+                f"r <= {MAX_INIT_RANGE:.2g}); the paper draws from U(-0.5, 0.5), i.e. init_range=0.5."
+            )
         if self.init_seed is not None and (isinstance(self.init_seed, bool) or not isinstance(self.init_seed, int)):
             raise TypeError(f"init_seed must be an int or None, got {self.init_seed!r}.")
         if self.init_seed is not None and not -(2**63) <= self.init_seed < 2**64:
             raise ValueError(f"init_seed={self.init_seed} does not fit torch's 64-bit seed; pass a smaller int.")
         self._validate_peft_fields()
+        if isinstance(self.prompt_tuning_init_text, str):
+            _check_unicode("prompt_tuning_init_text", self.prompt_tuning_init_text)
+        self._check_saved_json()
+
+    def _check_saved_json(self) -> None:
+        """Both files serialise as they will be written, each within what the adapter reader accepts."""
+        # local import: the reader imports torch and huggingface_hub
+        from .adapters.reader import MAX_JSON_BYTES
+
+        try:
+            texts = self._saved_json()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the config cannot be saved as JSON ({exc}); every field must hold JSON values (str, int, float, "
+                "bool, None, and lists / dicts of them)."
+            ) from None
+        for filename, text in zip((CONFIG_NAME, RECORD_NAME), texts, strict=True):
+            size = len(text.encode("utf-8")) + 1
+            if size > MAX_JSON_BYTES:
+                sizes = {f.name: len(json.dumps(getattr(self, f.name), default=str)) for f in dataclasses.fields(self)}
+                biggest = max(sizes, key=sizes.__getitem__)
+                raise ValueError(
+                    f"{biggest} ({sizes[biggest]:,} bytes of JSON) makes the saved {filename} {size:,} bytes, over "
+                    f"the {MAX_JSON_BYTES:,} an adapter reader accepts; shorten it (class labels beyond "
+                    "num_virtual_tokens and init text beyond P sub-tokens are never used)."
+                )
 
     def _validate_peft_fields(self) -> None:
         """Types of the inherited PEFT fields, which PEFT does not check: a wrong type would fail late
@@ -277,23 +316,28 @@ class SoftPromptConfig(PromptTuningConfig):
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory.")
         os.makedirs(save_directory, exist_ok=True)
-        auto_mapping_dict = kwargs.pop("auto_mapping_dict", None)
+        _refuse_pickled_weights(save_directory)
+        self._check_saved_json()  # fields may have changed since construction
+        plain_text, record_text = self._saved_json(kwargs.pop("auto_mapping_dict", None))
+        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), plain_text)
+        atomic_write_text(os.path.join(save_directory, RECORD_NAME), record_text)
 
+        from .adapters.model_card import update_model_card  # local import: model_card imports this module
+
+        update_model_card(save_directory, self)
+        # last: over an adapter saved by save_adapter_atomically, a save killed before this line leaves the old
+        # digest, so the reader refuses the mix of old and new files; a completed save loads
+        refresh_digest(save_directory)
+
+    def _saved_json(self, auto_mapping_dict: dict | None = None) -> tuple[str, str]:
+        """The texts of `adapter_config.json` and `softprompt_config.json`, exactly as `save_pretrained` writes."""
         peft_names = self.peft_field_names()
         plain = {k: v for k, v in dataclasses.asdict(self).items() if k in peft_names}
         plain = {k: (list(v) if isinstance(v, set) else v) for k, v in plain.items()}
         plain["prompt_tuning_init"] = SoftPromptInit(self.prompt_tuning_init).value
         if auto_mapping_dict is not None:
             plain["auto_mapping"] = auto_mapping_dict
-
-        atomic_write_text(os.path.join(save_directory, CONFIG_NAME), json.dumps(plain, indent=2, sort_keys=True))
-        atomic_write_text(
-            os.path.join(save_directory, RECORD_NAME), json.dumps(self.record(), indent=2, sort_keys=True)
-        )
-
-        from .adapters.model_card import update_model_card  # local import: model_card imports this module
-
-        update_model_card(save_directory, self)
+        return json.dumps(plain, indent=2, sort_keys=True), json.dumps(self.record(), indent=2, sort_keys=True)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -367,6 +411,34 @@ class SoftPromptConfig(PromptTuningConfig):
         base.update(prompt_tuning_init=SoftPromptInit.SAVED_PROMPT, init_prompt_path=adapter)
         base.update(overrides)
         return cls(**base)
+
+
+def _check_unicode(name: str, text: str) -> None:
+    """Text a tokenizer can encode: no lone surrogates (what `str(bytes, errors='surrogateescape')` leaves)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name}={text!r} is not valid Unicode text: it holds the lone surrogate {text[exc.start]!r} at "
+            f"index {exc.start}, which no tokenizer can encode; decode the label's bytes as UTF-8 first."
+        ) from None
+
+
+def _refuse_pickled_weights(save_directory: str) -> None:
+    """`save_pretrained(safe_serialization=False)` writes `adapter_model.bin` before the config: refuse there.
+
+    softprompt_ext never loads a pickled adapter (unpickling can run code), so the config is not written next
+    to one: the directory does not become an adapter that the library then refuses. A `.bin` older than the
+    directory's `adapter_model.safetensors` is an old file, not this save's, and is left alone.
+    """
+    pickled = os.path.join(save_directory, WEIGHTS_NAME)
+    safe = os.path.join(save_directory, SAFETENSORS_WEIGHTS_NAME)
+    if os.path.isfile(pickled) and (not os.path.isfile(safe) or os.path.getmtime(pickled) > os.path.getmtime(safe)):
+        raise ValueError(
+            f"{pickled}: save_pretrained(safe_serialization=False) wrote a pickled adapter, which softprompt_ext "
+            f"refuses to load (unpickling can run code), so {CONFIG_NAME} was not written next to it. Save with "
+            f"safe_serialization=True (PEFT's default) and delete {WEIGHTS_NAME}."
+        )
 
 
 def _version() -> str:

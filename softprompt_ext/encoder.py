@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .adapters.reader import AdapterError, check_module_tensor, check_module_values
 from .config import SoftPromptConfig
 from .init import build_initial_prompt
 from .peft_internals import (
@@ -100,3 +101,24 @@ class SoftPromptEmbedding(PromptEncoderBase):
                 )
             if not torch.isfinite(saved.float()).all():  # finite in the float32 it is used in
                 raise ValueError("the saved prompt holds NaN or inf values; the adapter is damaged.")
+
+    @classmethod
+    def check_saved_modules(
+        cls, state_dict: dict[str, torch.Tensor], targets: dict[str, tuple[str, torch.Tensor]]
+    ) -> None:
+        """Before PEFT loads an adapter's tensors (plain PEFT adapters too): only the prompt and the copies of
+        the adapter's `modules_to_save`, each fitting the module it is loaded into. Anything else would go into
+        the frozen base model (PEFT loads with `strict=False`) -- also when `validate_adapter` did not run
+        because a config was passed to `PeftModel.from_pretrained(..., config=...)`."""
+        where = "the adapter weights"
+        foreign = sorted(key for key in state_dict if key != PROMPT_KEY and key not in targets)
+        if foreign:
+            raise AdapterError(
+                f"{where} hold tensor(s) {foreign[:5]} besides {PROMPT_KEY!r} that belong to no module of the "
+                "adapter's modules_to_save; PEFT would load them into the frozen base model. Refusing the adapter."
+            )
+        for key, saved in state_dict.items():
+            if key != PROMPT_KEY:
+                saved_key, target = targets[key]
+                check_module_tensor(where, saved_key, saved.shape, saved.dtype, target)
+                check_module_values(where, saved_key, saved, target)

@@ -22,7 +22,7 @@ from peft import PeftModel, PromptTuningConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.prompt_tuning import PromptEmbedding
 from peft.tuners.tuners_utils import BasePromptEncoder
-from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, AuxiliaryTrainingWrapper, PeftType
 from peft.utils.integrations import gather_params_ctx
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "PeftType",
     "PromptEmbedding",
     "active_prompt_config",
+    "adapter_load_targets",
     "prompt_tuning_registry_entries",
     "set_prompt_tuning_registry_entries",
     "causal_generate_reinserts_prompt",
@@ -44,6 +45,7 @@ __all__ = [
     "PromptEncoderBase",
     "input_embeddings",
     "is_prompt_tuning",
+    "modules_to_save_tensors",
     "prompt_parameters",
     "prompt_weight",
     "saved_prompt_rows",
@@ -134,6 +136,48 @@ def prompt_parameters(model: Any) -> list[torch.nn.Parameter]:
     return list(encoders.parameters())
 
 
+def modules_to_save_tensors(model: torch.nn.Module, modules_to_save: Any) -> dict[str, torch.Tensor]:
+    """What PEFT will look up in a prompt adapter's file for `modules_to_save` on `model`: saved key -> base tensor.
+
+    PEFT wraps every module whose name ends with a listed name (`_set_trainable`: `key.endswith(name)`) and, when
+    loading, reads `base_model.<module>.<tensor>` from the file for each tensor of the module's state dict, with a
+    bare `KeyError` when one is absent (`set_peft_model_state_dict`). `model` is the transformers model or a
+    `PeftModel` (modules it already wraps count with their original module; nothing inside a wrapper matches).
+    """
+    names = [m for m in (modules_to_save or ()) if isinstance(m, str) and m]
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not names:
+        return {}
+    found: dict[str, torch.Tensor] = {}
+    wrappers: list[str] = []
+    for key, module in base.named_modules(remove_duplicate=False):
+        if any(key.startswith(f"{w}.") for w in wrappers):
+            continue  # the copies and the original inside a wrapper
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            wrappers.append(key)
+        if not key or not any(key.endswith(name) for name in names):
+            continue
+        original = getattr(module, "original_module", module)
+        for tensor_name, tensor in original.state_dict(keep_vars=True).items():
+            found[f"base_model.{key}.{tensor_name}"] = tensor
+    return found
+
+
+def adapter_load_targets(model: PeftModel, adapter_name: str) -> dict[str, tuple[str, torch.Tensor]]:
+    """Keys of a prompt adapter's remapped state dict that PEFT loads into a `modules_to_save` copy of
+    `adapter_name` -> (the key as saved in the file, the copy's tensor), from
+    `AuxiliaryTrainingWrapper.adapter_state_dict_load_map`. Any other key but the prompt would be loaded into the
+    base model itself (`load_state_dict(strict=False)`)."""
+    targets: dict[str, tuple[str, torch.Tensor]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            own = module.state_dict(keep_vars=True)
+            for saved_key, loaded_key in module.adapter_state_dict_load_map(adapter_name).items():
+                if loaded_key in own:
+                    targets[f"{name}.{loaded_key}"] = (f"{name}.{saved_key}", own[loaded_key])
+    return targets
+
+
 def input_embeddings(model: PeftModel) -> torch.nn.Module:
     """The base model's input embedding module, as PEFT keeps it on a model with prompt adapters."""
     return model.word_embeddings
@@ -146,6 +190,10 @@ class PromptEncoderBase(PromptEmbedding):
       `PromptEmbedding.__init__`, which would build and initialise PEFT's own `[P x submodules, H]` table.
     * `check_saved_state(state_dict)`: called with the adapter's tensors before they are loaded; PEFT loads a
       prompt encoder's weights by calling its `_load_adapter_state_dict` (`set_peft_model_state_dict`).
+    * `check_saved_modules(state_dict, targets)`: called with the adapter's remapped tensors and
+      `adapter_load_targets` *before* PEFT's `model.load_state_dict(state_dict, strict=False)`: the tuner class's
+      `_remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)` is the one step of
+      `set_peft_model_state_dict` that sees the model and the file's tensors before they are loaded.
     """
 
     def init_module_only(self) -> None:
@@ -154,9 +202,23 @@ class PromptEncoderBase(PromptEmbedding):
     def check_saved_state(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Raise when the saved tensors do not fit this encoder; the default accepts everything."""
 
+    @classmethod
+    def check_saved_modules(
+        cls, state_dict: dict[str, torch.Tensor], targets: dict[str, tuple[str, torch.Tensor]]
+    ) -> None:
+        """Raise when a saved tensor is not the prompt and not one of `targets`; the default accepts everything."""
+
     def _load_adapter_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.check_saved_state(state_dict)
         super()._load_adapter_state_dict(state_dict)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        state_dict = super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
+        cls.check_saved_modules(state_dict, adapter_load_targets(model, adapter_name))
+        return state_dict
 
 
 # ---------------------------------------------------------------------------------------------- known upstream bugs

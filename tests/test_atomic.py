@@ -225,12 +225,10 @@ def test_recover_states(tmp_path):
     directory = tmp_path / "adapter"
     assert recover_adapter_dir(directory) == "nothing"
     save_adapter_atomically(t5_model(1.0), directory)
-    os.rename(directory, str(directory) + ".old")  # as if killed between the two renames
-    with pytest.raises(AdapterError, match=r"adapter\.old exists: a save was interrupted"):
-        validate_adapter(directory)
-    assert recover_adapter_dir(directory) == "restored" and saved_value(directory) == 1.0
     (tmp_path / ".adapter.tmp-abc").mkdir()
     assert recover_adapter_dir(directory) == "cleaned" and sorted(os.listdir(tmp_path)) == ["adapter"]
+    # a kill between the two renames ("restored") is test_sigkill_at_every_stage_loses_nothing's moved_old;
+    # an unmarked adapter.old is a user's own backup, left alone (tests/test_security.py)
 
 
 # -------------------------------------------------------------------------------------------- killed

@@ -5,11 +5,13 @@ https://arxiv.org/abs/2104.08691 -- section 3: prompts train for 30,000 steps; o
 run gets killed, and a kill must cost at most the steps since the last checkpoint, never the saved prompt.
 
 `save_adapter_atomically(model, "out/adapter")`
-    1. writes the whole adapter (`model.save_pretrained`) into a fresh sibling `.adapter.tmp-XXXX`, fsyncs
-       every file and the directory; stage "saved";
-    2. renames the existing `adapter` to `adapter.old`; stage "moved_old";
+    1. writes the whole adapter (`model.save_pretrained`) into a fresh sibling `.adapter.tmp-XXXX`, marked as
+       this save's own (a `MARK_NAME` file holding a fresh random token), writes `DIGEST_NAME` (the sha256 of
+       every adapter file, and the token) into each adapter folder, fsyncs every file and the directory;
+       stage "saved";
+    2. marks the existing `adapter` with the same token and renames it to `adapter.old`; stage "moved_old";
     3. renames the staging directory to `adapter` and fsyncs the parent; stage "swapped";
-    4. deletes `adapter.old`; stage "done".
+    4. deletes `adapter.old` and the marks; stage "done".
     Each rename is atomic (POSIX `rename`, one file system), so at every instant `adapter` is either the
     complete previous adapter, missing (only between 2 and 3), or the complete new one -- never a mix of
     both, never a half-written file. A kill between 2 and 3 leaves `adapter.old` (complete) and no
@@ -18,9 +20,31 @@ run gets killed, and a kill must cost at most the steps since the last checkpoin
     recovery first and removes stale staging directories; `validate_adapter` names the leftover in its error.
     One writer per directory: two processes saving to the same directory at once are not supported.
 
+Only what a save made is ever touched: a `.old` or staging directory is deleted or renamed back only when it
+holds this module's mark (an `adapter.old` is deleted only when its token is the one of the adapter that
+replaced it). A user's own `sst2.old/` backup is never deleted, renamed into place or swapped away; a save that
+would need the name refuses instead. A symlinked adapter directory is followed: the save goes next to its
+target, so the link keeps pointing at the adapter and later saves work.
+
 Swapping replaces the whole directory, so it refuses a directory holding files the new save does not
 write (training logs, `checkpoint-N`, `.git`): nothing of the user's is deleted. A `README.md` already
 there is carried into the new save first, so an edited model card is updated, not replaced.
+
+The digest (`DIGEST_NAME`, ignored by PEFT) lets the strict reader (`adapters/reader.py`) refuse a local
+adapter directory whose files are not the ones this save wrote: one file replaced by another save, a half
+finished copy, a `save_pretrained` over it that was killed midway. The model card is not covered (users edit
+it; it is never loaded). An adapter without the file (plain `save_pretrained`) loads as before.
+
+What PEFT's own `model.save_pretrained(dir)` (and the Trainer, which calls it) can still lose: it writes in
+place, one file after another (card, weights, config), so a kill midway leaves new weights beside the old
+config or a truncated weights file, and the previous adapter is gone either way; a reader running while it
+saves can get one adapter's config with the other's weights. Over a directory saved here the digest makes
+the reader refuse such a mix with a clear error (a complete `save_pretrained` of a `SoftPromptConfig` model
+refreshes the digest last, so it loads; a complete plain-`PromptTuningConfig` save over it is refused until
+the digest file is deleted), but the previous adapter cannot be brought back. Call
+`save_adapter_atomically(model, dir)` instead, also for a Trainer's final `trainer.model`; Trainer
+checkpoints go into fresh `checkpoint-N` folders, so there a kill costs only that checkpoint
+(`last_complete_checkpoint`).
 
 `atomic_write(path, write)` / `atomic_write_text(path, text)`: the same rule for one file -- write a
 temporary file in the target's directory, fsync it, `os.replace` it over the target, fsync the directory.
@@ -34,18 +58,25 @@ This returns the highest checkpoint whose `trainer_state.json` parses and says `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 CARD_NAME = "README.md"  # the model card a save carries over (model_card.py writes it)
 OLD_SUFFIX = ".old"  # the previous adapter while the new one is moved in
 STAGING_MARK = ".tmp-"  # staging directories are named .<name>.tmp-XXXXXXXX next to the target
+MARK_NAME = ".softprompt_atomic_save.json"  # in a staging or .old directory a save made: its token
+DIGEST_NAME = "softprompt_digest.json"  # sha256 of each adapter file, written by the atomic save
+MADE_BY = "softprompt_ext.save_adapter_atomically"
+UNDIGESTED = (CARD_NAME, DIGEST_NAME, MARK_NAME)  # files a digest does not cover (users edit the card)
 STAGES = ("saved", "moved_old", "swapped", "done")
+_ADAPTER_CONFIG = "adapter_config.json"  # PEFT's CONFIG_NAME: a folder holding it is an adapter
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -90,17 +121,19 @@ def save_adapter_atomically(
 
     Args:
         peft_model: a `PeftModel` (or any object with `save_pretrained(directory, **kwargs)`).
-        directory: the adapter directory; created when missing, replaced as a whole when present.
+        directory: the adapter directory; created when missing, replaced as a whole when present. A symlink
+            is followed (the adapter is saved at its target).
         on_stage: called with each stage name in `STAGES` as it completes (progress, tests).
         **save_kwargs: passed to `save_pretrained` (`selected_adapters`, `safe_serialization`, ...).
 
     Returns:
-        The absolute path of the saved adapter.
+        The absolute path of the saved adapter (the symlink's target for a symlink).
 
     Raises:
-        ValueError: `directory` is a file, or holds entries the new save would not write (nothing is deleted).
+        ValueError: `directory` is a file, holds entries the new save would not write, or `directory.old`
+            exists and is not this module's (nothing is deleted).
     """
-    directory = os.path.abspath(os.fspath(directory))
+    directory = os.path.realpath(os.fspath(directory))
     if os.path.isfile(directory):
         raise ValueError(f"directory={directory!r} is a file; pass the adapter's directory.")
     parent, name = os.path.split(directory)
@@ -108,12 +141,23 @@ def save_adapter_atomically(
     recover_adapter_dir(directory)
     stage = on_stage or (lambda _: None)
     old = directory + OLD_SUFFIX
+    if os.path.isdir(directory) and os.path.lexists(old):
+        raise ValueError(
+            f"{old} exists and was not left by save_adapter_atomically (or belongs to another version of "
+            f"{directory}); it is left alone. Move or rename it, then save again."
+        )
+    token = uuid.uuid4().hex
     staging = tempfile.mkdtemp(prefix=f".{name}{STAGING_MARK}", dir=parent)
+    moved = False
     try:
+        _write_mark(staging, token)
         card = os.path.join(directory, CARD_NAME)
         if os.path.isfile(card):  # save_pretrained updates an existing card in place; keep the user's edits
             shutil.copy2(card, os.path.join(staging, CARD_NAME))
         peft_model.save_pretrained(staging, **save_kwargs)
+        for folder, _, files in os.walk(staging):
+            if _ADAPTER_CONFIG in files:
+                write_digest(folder, token)
         _check_nothing_foreign(directory, staging)
         _fsync_tree(staging)
         stage("saved")
@@ -121,16 +165,21 @@ def save_adapter_atomically(
             os.rename(staging, directory)
             _fsync_dir(parent)
         else:
+            _write_mark(directory, token)
             os.rename(directory, old)
+            moved = True
             stage("moved_old")
             os.rename(staging, directory)
             _fsync_dir(parent)
             stage("swapped")
             shutil.rmtree(old)
+        _remove_mark(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if not os.path.exists(directory) and os.path.isdir(old):  # failed between the two renames: undo
+        if moved and not os.path.exists(directory) and os.path.isdir(old):  # failed between the renames: undo
             os.rename(old, directory)
+        if _mark_token(directory) == token:
+            _remove_mark(directory)
         raise
     stage("done")
     return directory
@@ -139,29 +188,81 @@ def save_adapter_atomically(
 def recover_adapter_dir(directory: str | os.PathLike) -> str:
     """Repair what an interrupted `save_adapter_atomically` left; return what was done.
 
+    Only directories and files that a save marked as its own are touched (see the module docstring).
+
     Returns:
         "restored": `directory` was missing and `directory.old` (the previous adapter) was moved back;
-        "cleaned": `directory` is whole and a leftover `.old` and/or staging directories were deleted;
+        "cleaned": `directory` is whole and a leftover `.old`, staging directories or marks were deleted;
         "nothing": there was nothing to repair.
     """
-    directory = os.path.abspath(os.fspath(directory))
+    directory = os.path.realpath(os.fspath(directory))
     parent, name = os.path.split(directory)
     old = directory + OLD_SUFFIX
     done = "nothing"
-    if os.path.isdir(old):
-        if os.path.exists(directory):  # killed after the swap: the new adapter is in place
-            shutil.rmtree(old)
-            done = "cleaned"
-        else:  # killed between the renames: the previous adapter is the one known to be whole
+    old_token = _mark_token(old) if os.path.isdir(old) and not os.path.islink(old) else None
+    if old_token is not None:
+        if not os.path.exists(directory):  # killed between the renames: the previous adapter is whole
             os.rename(old, directory)
             _fsync_dir(parent)
             done = "restored"
+        elif old_token in (_mark_token(directory), _digest_token(directory)):  # killed after the swap
+            shutil.rmtree(old)
+            done = "cleaned"
+    if os.path.isdir(directory) and _remove_marks(directory):  # a mark is never part of a saved adapter
+        done = "cleaned" if done == "nothing" else done
     if os.path.isdir(parent):
         for entry in os.listdir(parent):
-            if entry.startswith(f".{name}{STAGING_MARK}") and os.path.isdir(os.path.join(parent, entry)):
-                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            path = os.path.join(parent, entry)
+            if entry.startswith(f".{name}{STAGING_MARK}") and os.path.isdir(path) and not os.path.islink(path):
+                if _mark_token(path) is None and not all(_is_mark_file(e) for e in os.listdir(path)):
+                    continue  # not a staging directory of ours (ours are marked, or empty but for the mark)
+                shutil.rmtree(path, ignore_errors=True)
                 done = "cleaned" if done == "nothing" else done
     return done
+
+
+def interrupted_leftover(directory: str | os.PathLike) -> str | None:
+    """`directory.old` when an interrupted `save_adapter_atomically` left it (marked), else None."""
+    old = os.path.realpath(os.fspath(directory)) + OLD_SUFFIX
+    if os.path.isdir(old) and not os.path.islink(old) and _mark_token(old) is not None:
+        return old
+    return None
+
+
+def file_digests(folder: str) -> dict[str, str]:
+    """sha256 (hex) of every file directly in `folder` but the model card, the digest and a mark."""
+    digests = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        if entry not in UNDIGESTED and os.path.isfile(path):
+            digests[entry] = sha256_file(path)
+    return digests
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_digest(folder: str, token: str | None = None) -> None:
+    """Write `DIGEST_NAME` into `folder`: the sha256 of each file there (see `file_digests`)."""
+    record = {
+        "format_version": 1,
+        "made_by": MADE_BY,
+        "token": token or uuid.uuid4().hex,
+        "algorithm": "sha256",
+        "files": file_digests(folder),
+    }
+    atomic_write_text(os.path.join(folder, DIGEST_NAME), json.dumps(record, indent=2, sort_keys=True))
+
+
+def refresh_digest(folder: str) -> None:
+    """Rewrite the digest of a folder that has one (called last by a completed `save_pretrained`)."""
+    if os.path.isfile(os.path.join(folder, DIGEST_NAME)):
+        write_digest(folder)
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -195,7 +296,7 @@ def _check_nothing_foreign(directory: str, staging: str) -> None:
     """Refuse to swap away entries of `directory` that the new save did not write."""
     if not os.path.isdir(directory):
         return
-    foreign = sorted(set(os.listdir(directory)) - set(os.listdir(staging)))
+    foreign = sorted(set(os.listdir(directory)) - set(os.listdir(staging)) - {MARK_NAME})
     if foreign:
         raise ValueError(
             f"{directory} holds {foreign}, which the new adapter save does not write; "
@@ -203,6 +304,55 @@ def _check_nothing_foreign(directory: str, staging: str) -> None:
             "replaces the whole directory, so it refuses rather than delete them. Save the adapter into a "
             "directory of its own, or move those entries out."
         )
+
+
+def _write_mark(folder: str, token: str) -> None:
+    atomic_write_text(os.path.join(folder, MARK_NAME), json.dumps({"made_by": MADE_BY, "token": token}))
+
+
+def _remove_mark(folder: str) -> None:
+    try:
+        os.unlink(os.path.join(folder, MARK_NAME))
+    except FileNotFoundError:
+        pass
+
+
+def _is_mark_file(entry: str) -> bool:
+    """The mark, or the temporary file `atomic_write` makes while writing it."""
+    return entry == MARK_NAME or (entry.startswith(f".{MARK_NAME}.") and entry.endswith(".tmp"))
+
+
+def _remove_marks(folder: str) -> bool:
+    """Delete this module's marks (and half-written ones) from `folder`; whether there were any."""
+    removed = False
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if _is_mark_file(entry) and (entry != MARK_NAME or _mark_token(folder) is not None):
+            os.unlink(path)
+            removed = True
+    return removed
+
+
+def _read_token(path: str) -> str | None:
+    """The token of a small JSON file this module wrote (a mark or a digest); None for anything else."""
+    try:
+        if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > (1 << 20):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and data.get("made_by") == MADE_BY and isinstance(data.get("token"), str):
+        return data["token"]
+    return None
+
+
+def _mark_token(folder: str) -> str | None:
+    return _read_token(os.path.join(folder, MARK_NAME))
+
+
+def _digest_token(folder: str) -> str | None:
+    return _read_token(os.path.join(folder, DIGEST_NAME))
 
 
 def _fsync_tree(root: str) -> None:

@@ -13,8 +13,18 @@ stored by the thousand), so one door with all the checks protects every path:
   a module the config declares in `modules_to_save` (PEFT loads every tensor of the file into the model with
   `strict=False`: an undeclared `lm_head.weight` would overwrite the frozen base model). Values must be finite
   *after* the cast to float32, the dtype the prompt is used in (a float64 1e300 is inf in float32).
+* With the base model known (`module_tensors`, from `peft_internals.modules_to_save_tensors`), each
+  `modules_to_save` tensor is checked against the base module's tensor it stands for (`check_module_tensor`):
+  present (PEFT would stop with a bare `KeyError`), the same shape, a floating dtype for a floating tensor (PEFT
+  casts it, as it casts the prompt) or else the same dtype, finite after the cast; a tensor under a declared
+  name that the base model does not have is refused. PEFT's own loader runs the same check through the prompt
+  encoder's `check_saved_modules` hook, just before it loads the tensors into the model.
 * Locations (`find_adapter_file`): a local directory, or a Hub repo id through `huggingface_hub`; a missing
-  directory, an invalid repo id and an unreachable Hub are each one clear `AdapterError`.
+  directory, an invalid repo id, an offline cache miss and an unreachable Hub are each one clear `AdapterError`,
+  the last within `HUB_PROBE_TIMEOUT` seconds (not after huggingface_hub's retries).
+* Digests: a local adapter directory written by `save_adapter_atomically` holds `softprompt_digest.json`, the
+  sha256 of each of its files; every file read from it must match (a file missing, added or changed since
+  means a mix of two saves, e.g. a `save_pretrained` over it killed midway). No digest file: nothing to check.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -30,10 +40,15 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 
 from ..peft_internals import CONFIG_NAME, PROMPT_KEY, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
-from .atomic import OLD_SUFFIX  # what an interrupted save_adapter_atomically leaves next to the adapter
+from .atomic import DIGEST_NAME, UNDIGESTED, interrupted_leftover, sha256_file
 
+HUB_PROBE_TIMEOUT = 5.0  # seconds for the one look at an uncached Hub file (HF_HUB_ETAG_TIMEOUT overrides)
 MAX_JSON_BYTES = 1 << 20  # an adapter's JSON files are a few KB; a larger one is refused before parsing
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors names of the dtypes a prompt may have
+_TORCH_DTYPES = {  # safetensors dtype names -> torch dtypes, for modules_to_save tensors
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
 class AdapterError(ValueError):
@@ -47,10 +62,74 @@ def locate(path_or_repo: str, filename: str, subfolder: str | None = None, **hub
     if os.path.isdir(folder):
         candidate = os.path.join(folder, filename)
         return candidate if os.path.isfile(candidate) else None
+    return _hub_file(path_or_repo, filename, subfolder, hub_kwargs)
+
+
+def _hub_file(repo: str, filename: str, subfolder: str | None, hub_kwargs: dict[str, Any]) -> str | None:
+    """`filename` of a Hub repo through the local cache; offline or unreachable is one clear `AdapterError`.
+
+    huggingface_hub alone answers both with a `LocalEntryNotFoundError` (an `EntryNotFoundError`, as for a
+    file the repo lacks) and, online, only after retrying a failed request 5 times with 60 s timeouts (23-32 s
+    when the connection is refused, minutes when packets are dropped). So: offline (`HF_HUB_OFFLINE=1` or
+    `local_files_only`) only the cache is asked; online, a file that is not cached is first looked up with one
+    HEAD request without retries (timeout `HF_HUB_ETAG_TIMEOUT`, default here `HUB_PROBE_TIMEOUT` s).
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    if hub_kwargs.get("local_dir") is not None:  # huggingface_hub's own local-folder mode
+        try:
+            return hf_hub_download(repo, filename, subfolder=subfolder, **hub_kwargs)
+        except EntryNotFoundError:
+            return None
+    where = f"{subfolder}/{filename}" if subfolder else filename
+    revision, repo_type = hub_kwargs.get("revision"), hub_kwargs.get("repo_type")
+    cached = try_to_load_from_cache(
+        repo, where, cache_dir=hub_kwargs.get("cache_dir"), revision=revision, repo_type=repo_type
+    )
+    if constants.is_offline_mode() or hub_kwargs.get("local_files_only"):
+        if isinstance(cached, str):
+            return cached
+        if cached is not None:  # the cache knows the repo has no such file
+            return None
+        raise AdapterError(
+            f"{repo!r} (Hub repo, {where}): offline (HF_HUB_OFFLINE=1 or local_files_only) and the file is not in "
+            "the local Hugging Face cache, and there is no local directory of that name. Connect once without "
+            "HF_HUB_OFFLINE to download it, or pass the adapter's directory."
+        )
+    if not isinstance(cached, str):  # a failed request would now be retried for 23 s to minutes: look once
+        url = hf_hub_url(repo, filename, subfolder=subfolder, repo_type=repo_type, revision=revision,
+                         endpoint=hub_kwargs.get("endpoint"))
+        try:
+            get_hf_file_metadata(url, token=hub_kwargs.get("token"), timeout=_probe_timeout(),
+                                 headers=hub_kwargs.get("headers"), endpoint=hub_kwargs.get("endpoint"))
+        except RemoteEntryNotFoundError:  # the repo exists and lacks the file
+            return None
+        except HfHubHTTPError:
+            raise  # no such repo, gated, server error: find_adapter_file names it
+        except Exception as exc:  # connection refused, timeout, DNS: httpx's errors are not OSErrors
+            raise AdapterError(_unreachable(repo, where, url, exc)) from None
     try:
-        return hf_hub_download(path_or_repo, filename, subfolder=subfolder, **hub_kwargs)
-    except EntryNotFoundError:  # absent in the repo, or offline and not in the local cache
+        return hf_hub_download(repo, filename, subfolder=subfolder, **hub_kwargs)
+    except RemoteEntryNotFoundError:
         return None
+    except LocalEntryNotFoundError as exc:  # the Hub went away between the look and the download
+        raise AdapterError(_unreachable(repo, where, repo, exc.__cause__ or exc)) from None
+
+
+def _probe_timeout() -> float:
+    try:
+        return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_PROBE_TIMEOUT)
+    except ValueError:
+        return HUB_PROBE_TIMEOUT
+
+
+def _unreachable(repo: str, where: str, url: str, exc: BaseException) -> str:
+    return (
+        f"{repo!r} (Hub repo, {where}): the Hub is unreachable ({type(exc).__name__}: {exc} -- {url}) and the "
+        "file is not in the local cache. Check the network or HF_ENDPOINT, pass the adapter's local directory, "
+        "or set HF_HUB_OFFLINE=1 to use only the cache."
+    )
 
 
 def find_adapter_file(
@@ -66,6 +145,10 @@ def find_adapter_file(
         raise AdapterError(
             f"No directory {folder!r}: pass an adapter directory or a Hub repo id.{interrupted_save_hint(folder)}"
         )
+    if os.path.isdir(folder):
+        found = locate(path_or_repo, filename, subfolder)
+        check_digest(folder, filename, found)
+        return found
     try:
         return locate(path_or_repo, filename, subfolder, **hub_kwargs)
     except HFValidationError:
@@ -74,10 +157,38 @@ def find_adapter_file(
         raise AdapterError(f"{filename} of {folder!r} cannot be fetched: {exc}") from None
 
 
+def check_digest(folder: str, filename: str, found: str | None) -> None:
+    """`folder/filename` must be the file `save_adapter_atomically` wrote, when the folder has a digest."""
+    digest_file = os.path.join(folder, DIGEST_NAME)
+    if filename in UNDIGESTED or not os.path.isfile(digest_file):
+        return
+    files = read_json_file(digest_file).get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise AdapterError(f"{digest_file}: no 'files' table of sha256 digests; the file is damaged.")
+    fix = (
+        "the directory mixes files of two saves (a save_pretrained over it killed midway, or files copied in). "
+        "Save the adapter again with softprompt_ext.save_adapter_atomically; if you replaced the files on "
+        f"purpose, delete {DIGEST_NAME}."
+    )
+    path = os.path.join(folder, filename)
+    if filename not in files:
+        if found is not None:
+            raise AdapterError(f"{path}: not among the files {digest_file} lists: {fix}")
+        return
+    if found is None:
+        raise AdapterError(f"{path}: missing, but {digest_file} lists it: {fix}")
+    try:
+        actual = sha256_file(found)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if actual != files[filename]:
+        raise AdapterError(f"{path}: its sha256 differs from the one {digest_file} recorded when it was saved: {fix}")
+
+
 def interrupted_save_hint(folder: str) -> str:
     """A hint when `save_adapter_atomically` was killed between its two renames, else ''."""
-    leftover = f"{folder.rstrip(os.sep)}{OLD_SUFFIX}"
-    if not os.path.isdir(leftover):
+    leftover = interrupted_leftover(folder)
+    if leftover is None:
         return ""
     return (
         f" {leftover} exists: a save was interrupted; softprompt_ext.recover_adapter_dir({folder!r}) "
@@ -145,6 +256,7 @@ def read_prompt(
     token_dim: int | None = None,
     d_model: int | None = None,
     modules_to_save: Iterable[str] | None = None,
+    module_tensors: Mapping[str, torch.Tensor] | None = None,
     subfolder: str | None = None,
     **hub_kwargs: Any,
 ) -> torch.Tensor:
@@ -156,6 +268,9 @@ def read_prompt(
         token_dim: the width `adapter_config.json` records, checked when given.
         d_model: the base model's width, checked when given -- all three from the header, before the data.
         modules_to_save: module names the config declares; their tensors may sit beside the prompt.
+        module_tensors: with a base model: saved key -> the base module's tensor, for every tensor PEFT will
+            read for `modules_to_save` (`peft_internals.modules_to_save_tensors`); each must be in the file and
+            fit (`check_module_tensor`), and no other tensor may be.
     Raises:
         AdapterError: naming the file, for every way the file is not a usable prompt.
     """
@@ -186,10 +301,15 @@ def read_prompt(
                     f"the config declares in modules_to_save ({declared}); PEFT would load them into the frozen base "
                     "model. A prompt adapter holds its prompt only; refusing the file."
                 )
+            if module_tensors is not None:
+                _check_module_headers(weights_file, handle, keys, declared, module_tensors)
             header = handle.get_slice(PROMPT_KEY)
             shape, dtype = tuple(header.get_shape()), header.get_dtype()
             _check_header(weights_file, shape, dtype, expected_rows, token_dim, d_model)
             prompt = handle.get_tensor(PROMPT_KEY).float()  # [R, H]: the dtype it is used in
+            for key in keys if module_tensors is not None else ():
+                if key != PROMPT_KEY:
+                    check_module_values(weights_file, key, handle.get_tensor(key), module_tensors[key])
     except SafetensorError as exc:
         raise AdapterError(f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged.") from None
     except OSError as exc:
@@ -201,6 +321,61 @@ def read_prompt(
             "the adapter is damaged."
         )
     return prompt
+
+
+def check_module_tensor(where: str, key: str, shape: Iterable[int], dtype: Any, target: torch.Tensor) -> None:
+    """A saved `modules_to_save` tensor against the base module's tensor it replaces (shape and dtype).
+
+    `dtype` is a torch dtype or a safetensors dtype name. A floating tensor may be saved in any floating dtype
+    (PEFT casts it, as it casts the prompt: an adapter trained in float32 serves a bfloat16 model); any other
+    tensor (an integer buffer) must have exactly the base tensor's dtype.
+    """
+    shape = tuple(int(n) for n in shape)
+    if shape != tuple(target.shape):
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} has shape {list(shape)} but the base model's is "
+            f"{list(target.shape)}: the adapter was saved from a different model; load it onto that one."
+        )
+    torch_dtype = _TORCH_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    fits = torch_dtype is not None and (
+        torch_dtype.is_floating_point if target.is_floating_point() else torch_dtype == target.dtype
+    )
+    if not fits:
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} has dtype {dtype} but the base model's is {target.dtype}; "
+            "PEFT would cast it silently. The adapter is damaged or not made for this model."
+        )
+
+
+def check_module_values(where: str, key: str, saved: torch.Tensor, target: torch.Tensor) -> None:
+    """A floating `modules_to_save` tensor must be finite in the dtype of the module it is loaded into."""
+    if target.is_floating_point() and not bool(torch.isfinite(saved.to(target.dtype)).all()):
+        raise AdapterError(
+            f"{where}: modules_to_save tensor {key!r} holds NaN or inf values in {target.dtype}; the adapter is damaged."
+        )
+
+
+def _check_module_headers(
+    weights_file: str, handle: Any, keys: list[str], declared: list[str], module_tensors: Mapping[str, torch.Tensor]
+) -> None:
+    missing = sorted(set(module_tensors) - set(keys))
+    if missing:
+        raise AdapterError(
+            f"{weights_file}: {CONFIG_NAME} declares modules_to_save {declared} and the base model has such a module, "
+            f"but the file holds no tensor {missing[:5]} for it (PEFT would stop with a bare KeyError). The adapter "
+            "was saved from a model without that module; load it onto that model, or drop the name from "
+            "modules_to_save."
+        )
+    for key in keys:
+        if key == PROMPT_KEY:
+            continue
+        if key not in module_tensors:
+            raise AdapterError(
+                f"{weights_file}: modules_to_save tensor {key!r} names no tensor of the base model (declared: "
+                f"{declared}); the adapter was saved from a different model. Refusing the file."
+            )
+        header = handle.get_slice(key)
+        check_module_tensor(weights_file, key, header.get_shape(), header.get_dtype(), module_tensors[key])
 
 
 def _check_header(

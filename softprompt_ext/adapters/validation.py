@@ -20,7 +20,10 @@ What `validate_adapter` checks, in order, each failure one `AdapterError` (a `Va
    booleans silently), has the rows the config implies (P; P x num_transformer_submodules for a plain PEFT
    adapter) and `token_dim` columns, and is finite. Shape and dtype are read from the header before the
    data, so a tensor that does not fit the config is refused without reading its data.
-4. With `base_model`: the prompt width equals the model's d_model (`get_input_embeddings()` width).
+4. With `base_model`: the task type fits the model (SEQ_2_SEQ_LM needs an encoder-decoder model, CAUSAL_LM a
+   decoder-only one), the prompt width equals the model's d_model (`get_input_embeddings()` width), and every
+   `modules_to_save` tensor fits the base module it stands for: present, same shape, a compatible dtype, finite;
+   a declared module the file has no tensors for is one clear error, not PEFT's bare `KeyError`.
 
 `load_adapter_safely` validates first and then loads with PEFT's own `PeftModel.from_pretrained` (or
 `load_adapter` for a `PeftModel`), compares the loaded prompt with the validated one (so a file swapped
@@ -45,7 +48,7 @@ from huggingface_hub import hf_hub_download
 from peft import PeftModel, PromptTuningConfig
 
 from ..config import RECORD_NAME, SoftPromptConfig
-from ..peft_internals import CONFIG_NAME, prompt_weight, saved_prompt_rows
+from ..peft_internals import CONFIG_NAME, modules_to_save_tensors, prompt_weight, saved_prompt_rows
 from .reader import (
     AdapterError,
     find_weights,
@@ -108,8 +111,9 @@ def validate_adapter(
 
     Args:
         path_or_repo: adapter directory or Hub repo id.
-        base_model: optional model (a `PreTrainedModel` or a `PeftModel`) the prompt must fit: its d_model
-            (input-embedding width) must equal the prompt's width.
+        base_model: optional model (a `PreTrainedModel` or a `PeftModel`) the adapter must fit: its d_model
+            (input-embedding width) must equal the prompt's width, and its modules named in `modules_to_save`
+            must match the saved tensors in shape and dtype.
         subfolder: subfolder of the adapter inside `path_or_repo`.
         **hub_kwargs: passed to `huggingface_hub.hf_hub_download` (`revision`, `token`, `cache_dir`, ...).
 
@@ -137,6 +141,8 @@ def validate_adapter(
     record = read_adapter_json(path_or_repo, RECORD_NAME, subfolder, **hub_kwargs)
     config = build_config(plain, record, config_file)
 
+    if base_model is not None:
+        _check_task_type(config, base_model, config_file)
     weights_file = find_weights(path_or_repo, subfolder, **hub_kwargs)
     prompt = read_prompt(
         weights_file,
@@ -144,6 +150,7 @@ def validate_adapter(
         token_dim=config.token_dim,
         d_model=_model_dim(base_model) if base_model is not None else None,
         modules_to_save=config.modules_to_save,
+        module_tensors=modules_to_save_tensors(base_model, config.modules_to_save) if base_model is not None else None,
     )  # [R, H]
     return AdapterReport(
         location=where, config=config, weights_file=weights_file, prompt=prompt, plain=plain, record=record
@@ -260,6 +267,23 @@ def _model_dim(model: torch.nn.Module) -> int:
             "transformers model the adapter was trained on."
         )
     return int(embeddings.weight.shape[-1])
+
+
+def _check_task_type(config: PromptTuningConfig, model: torch.nn.Module, config_file: str) -> None:
+    """A SEQ_2_SEQ_LM prompt needs an encoder-decoder model, a CAUSAL_LM prompt a decoder-only one: PEFT would
+    load either onto either and place the prompt where the other kind of model never reads it."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    encoder_decoder = getattr(getattr(base, "config", None), "is_encoder_decoder", None)
+    task = getattr(config.task_type, "value", config.task_type)
+    expected = {"SEQ_2_SEQ_LM": True, "CAUSAL_LM": False}.get(task)
+    if expected is None or encoder_decoder is None or bool(encoder_decoder) == expected:
+        return
+    kind, other = ("a decoder-only", "an encoder-decoder") if expected else ("an encoder-decoder", "a decoder-only")
+    raise AdapterError(
+        f"{config_file}: task_type={task!r} but the base model ({type(base).__name__}) is {kind} model: the prompt "
+        f"was trained for {other} model (base_model_name_or_path={config.base_model_name_or_path!r}); load it "
+        "onto that model."
+    )
 
 
 def _check_loaded(model: PeftModel, adapter_name: str, report: AdapterReport) -> None:

@@ -27,6 +27,10 @@ Two measures, both cosines and so independent of the prompts' norms:
   "average tokens" task embedding of SPoT; cheaper and coarser.
 
 Prompts compare only within one model width: a d_model mismatch is an error naming both sides.
+
+Size: `max_cosine` works through the `[P, Q]` cosines in blocks of rows (`BLOCK_COSINES` at a time, 64 MB), so
+memory stays flat whatever P and Q are; above `MAX_COSINES` cosines (two P = 32,768 prompts; the paper's are
+P <= 150) it refuses with a `ValueError` instead of computing for minutes -- `pooled_cosine` is O(P + Q).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import torch
 from ..peft_internals import SAFETENSORS_WEIGHTS_NAME
 from .readout import load_prompt
 
+BLOCK_COSINES = 1 << 24  # cosines computed at once by max_cosine: 64 MB of float32
+MAX_COSINES = 1 << 30  # P x Q above which max_cosine refuses (about a minute on one CPU core)
 PromptSource = Any  # a [P, H] tensor, an adapter directory, a Hub adapter id, a .safetensors file or a PeftModel
 
 
@@ -54,9 +60,28 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def max_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Symmetrised mean of per-row best cosines between prompts `a` `[P, H]` and `b` `[Q, H]` (see module doc)."""
-    sims = cosine_matrix(a, b)  # [P, Q]
-    return 0.5 * (sims.max(dim=1).values.mean().item() + sims.max(dim=0).values.mean().item())
+    """Symmetrised mean of per-row best cosines between prompts `a` `[P, H]` and `b` `[Q, H]` (see module doc).
+
+    Computed in blocks of rows of `a`, never the whole `[P, Q]` matrix at once (see "Size" in the module doc).
+    """
+    _check_widths(a, b, "a", "b")
+    rows_a, rows_b = a.shape[0], b.shape[0]
+    if rows_a * rows_b > MAX_COSINES:
+        raise ValueError(
+            f"max_cosine of prompts with P={rows_a} and P={rows_b} rows needs {rows_a * rows_b:,} cosines, more "
+            f"than the {MAX_COSINES:,} it computes (a soft prompt has P <= 150 in the paper); use "
+            "measure='pooled_cosine' for prompts this long."
+        )
+    a_unit = torch.nn.functional.normalize(a.float(), dim=1)  # [P, H]
+    b_unit = torch.nn.functional.normalize(b.float(), dim=1)  # [Q, H]
+    step = max(1, BLOCK_COSINES // rows_b)
+    best_of_a = torch.empty(rows_a)  # [P]
+    best_of_b = torch.full((rows_b,), -float("inf"))  # [Q]
+    for start in range(0, rows_a, step):
+        block = a_unit[start : start + step] @ b_unit.T  # [step, Q]
+        best_of_a[start : start + step] = block.max(dim=1).values
+        best_of_b = torch.maximum(best_of_b, block.max(dim=0).values)
+    return 0.5 * (best_of_a.mean().item() + best_of_b.mean().item())
 
 
 def pooled_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

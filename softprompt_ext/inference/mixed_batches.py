@@ -236,6 +236,10 @@ def mixed_forward(
         `MixedOutput`: logits (see its docstring for the alignment) and, with labels, the batch loss and the
         loss of every example -- each equal, to float tolerance, to running that example alone after
         `model.set_adapter(adapter_names[i])`.
+
+    Raises:
+        ValueError: for a malformed batch, and when `labels` leave no token to compute a loss on (an
+            all-padding batch, or every label -100) -- instead of a NaN loss.
     """
     encoder_decoder = _is_encoder_decoder(model)
     placed = place_prompts(model, input_ids, attention_mask, adapter_names)
@@ -287,6 +291,12 @@ def _with_loss(logits: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor
         reduction="none",
     ).view(targets.shape)  # [B, L]
     counts = (targets != IGNORE_INDEX).sum(1).to(scores.device)  # [B]
+    if not bool(counts.any()):  # the mean over no tokens would be a silent NaN loss
+        raise ValueError(
+            "the batch has no label tokens to compute a loss on: every label is -100 or sits on padding "
+            "(attention_mask 0; a decoder-only model also never predicts an example's first token). Pass real "
+            "labels, or labels=None for logits only."
+        )
     summed = nll.sum(1)  # [B]
     return MixedOutput(
         logits=logits,
