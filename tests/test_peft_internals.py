@@ -118,9 +118,14 @@ def test_save_pretrained_writes_those_files_with_the_prompt_under_prompt_key(mak
     saved = load_file(str(tmp_path / "safe" / SAFETENSORS_WEIGHTS_NAME))
     assert list(saved) == [PROMPT_KEY]
     assert torch.equal(saved[PROMPT_KEY], prompt_weight(model, "default").detach())
-    model.save_pretrained(str(tmp_path / "bin"), safe_serialization=False)
+    # PEFT writes WEIGHTS_NAME (a pickle) with safe_serialization=False; for a SoftPromptConfig softprompt_ext then
+    # refuses to finish the save (it would refuse to load it), so the pin uses a plain PEFT config
+    plain = get_peft_model(make_model("t5"), PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3))
+    plain.save_pretrained(str(tmp_path / "bin"), safe_serialization=False)
     assert WEIGHTS_NAME in os.listdir(tmp_path / "bin")
     assert SAFETENSORS_WEIGHTS_NAME not in os.listdir(tmp_path / "bin")
+    with pytest.raises(ValueError, match=r"save_pretrained\(safe_serialization=False\) wrote a pickled adapter"):
+        model.save_pretrained(str(tmp_path / "soft-bin"), safe_serialization=False)
 
 
 def test_registry_dicts_are_the_ones_peft_reads():
