@@ -372,20 +372,12 @@ class SoftPromptConfig(PromptTuningConfig):
         """Build a config from the two saved JSON objects; unknown keys are dropped with a warning."""
         merged = {**plain, **{k: v for k, v in record.items() if k not in ("format_version", "softprompt_ext_version")}}
         merged.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            warnings.warn(
-                f"Ignoring unknown adapter config keys {unknown}: the adapter was saved by a newer PEFT or "
-                "softprompt-ext; upgrade them to keep these settings.",
-                stacklevel=3,
-            )
         if merged.get("peft_type") not in (None, "PROMPT_TUNING"):
             raise ValueError(
                 f"peft_type={merged.get('peft_type')!r} in the adapter config; SoftPromptConfig loads "
                 "PROMPT_TUNING adapters only."
             )
-        return cls(**{k: v for k, v in merged.items() if k in known})
+        return cls(**known_fields(cls, merged, stacklevel=4))
 
     @classmethod
     def continue_from(cls, adapter: str, **overrides: Any) -> SoftPromptConfig:
@@ -439,6 +431,24 @@ def _refuse_pickled_weights(save_directory: str) -> None:
             f"refuses to load (unpickling can run code), so {CONFIG_NAME} was not written next to it. Save with "
             f"safe_serialization=True (PEFT's default) and delete {WEIGHTS_NAME}."
         )
+
+
+def known_fields(config_class: type, data: dict[str, Any], source: str = "", stacklevel: int = 3) -> dict[str, Any]:
+    """`data` restricted to the init fields of the config dataclass; unknown keys dropped with one warning.
+
+    Both config classes load this way (`SoftPromptConfig.from_parts`, a plain `PromptTuningConfig` in
+    `adapters.validation.build_config`), as PEFT does: a key a newer PEFT or softprompt-ext wrote is ignored.
+    """
+    known = {f.name for f in dataclasses.fields(config_class) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{source}: " if source else ""
+        warnings.warn(
+            f"{where}Ignoring unknown adapter config keys {unknown}: the adapter was saved by a newer PEFT or "
+            "softprompt-ext; upgrade them to keep these settings.",
+            stacklevel=stacklevel,
+        )
+    return {k: v for k, v in data.items() if k in known}
 
 
 def _version() -> str:

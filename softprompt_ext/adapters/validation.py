@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from huggingface_hub import hf_hub_download
 from peft import PeftModel, PromptTuningConfig
 
-from ..config import RECORD_NAME, SoftPromptConfig
+from ..config import RECORD_NAME, SoftPromptConfig, known_fields
 from ..peft_internals import CONFIG_NAME, modules_to_save_tensors, prompt_weight, saved_prompt_rows
 from .reader import (
     AdapterError,
@@ -241,16 +240,7 @@ def build_config(
     try:
         if record is not None:
             return SoftPromptConfig.from_parts(plain, record, **overrides)
-        known = {f.name for f in fields(PromptTuningConfig) if f.init}
-        unknown = sorted(set(plain) - known)
-        if unknown:
-            warnings.warn(
-                f"{config_file}: ignoring unknown PromptTuningConfig keys {unknown}; the adapter was saved by a "
-                "newer PEFT; upgrade PEFT to keep these settings.",
-                stacklevel=4,
-            )
-        merged = {**overrides, **plain}
-        return PromptTuningConfig(**{k: v for k, v in merged.items() if k in known})
+        return PromptTuningConfig(**known_fields(PromptTuningConfig, {**overrides, **plain}, config_file, stacklevel=4))
     except (ValueError, TypeError) as exc:
         files = config_file if record is None else f"{config_file} + {RECORD_NAME}"
         raise AdapterError(f"{files}: {exc}") from exc
