@@ -88,6 +88,10 @@ ZYGOTE = textwrap.dedent(
         if pid == 0:
             try:
                 work(directory, stop_at, marker, int(rows), int(width))
+            except BaseException:
+                import traceback
+                with open(marker + ".error", "w") as handle:
+                    traceback.print_exc(file=handle)
             finally:
                 os._exit(0)
         print(pid, flush=True)
@@ -131,6 +135,12 @@ def wait_for(path, pid, timeout=120.0):
         assert alive(pid), f"worker {pid} exited before reaching {path}"
         assert time.monotonic() < deadline, f"worker {pid} never reached {path}"
         time.sleep(0.02)
+
+
+def no_worker_error(marker):
+    """A worker that raised exits quietly (the zygote writes the traceback beside its marker): fail on it."""
+    error = marker + ".error"
+    assert not os.path.exists(error), open(error).read()
 
 
 def kill(pid):
@@ -244,6 +254,7 @@ def test_sigkill_at_every_stage_loses_nothing(tmp_path, saver):
     for stage, (directory, marker, pid) in workers.items():
         wait_for(marker, pid)
         kill(pid)
+        no_worker_error(marker)
         value, action = expected[stage]
         if stage == "moved_old":
             assert not directory.exists()
@@ -258,6 +269,44 @@ def test_sigkill_at_every_stage_loses_nothing(tmp_path, saver):
         torch.testing.assert_close(
             model.prompt_encoder["default"].embedding.weight, torch.full((P, H), value)
         )
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: raised from inside a deletion, and nothing after it runs."""
+
+
+@pytest.mark.parametrize("deletions_before_kill", range(7))  # 6 files (mark last), then the folder
+def test_killed_while_deleting_the_old_adapter_recovery_still_knows_it(tmp_path, monkeypatch, deletions_before_kill):
+    """The kill the random-moment test once hit: after the swap, midway through deleting `adapter.old`.
+
+    With `shutil.rmtree` the mark could go first, leaving an unmarked `adapter.old` that recovery must treat as
+    a user's backup; the mark is deleted last, so every prefix of the deletion stays recoverable.
+    """
+    directory = tmp_path / "adapter"
+    save_adapter_atomically(t5_model(1.0), directory)
+    old = str(directory) + ".old"
+    real_unlink, real_rmdir, count = os.unlink, os.rmdir, [0]
+
+    def counted(real):
+        def delete(path, *args, **kwargs):
+            if str(path).startswith(old):
+                if count[0] == deletions_before_kill:
+                    raise _Killed
+                count[0] += 1
+            return real(path, *args, **kwargs)
+
+        return delete
+
+    monkeypatch.setattr(os, "unlink", counted(real_unlink))
+    monkeypatch.setattr(os, "rmdir", counted(real_rmdir))
+    with pytest.raises(_Killed):
+        save_adapter_atomically(t5_model(2.0), directory)
+    monkeypatch.undo()
+    assert os.path.isdir(old)  # the kill left it, partly deleted
+    assert recover_adapter_dir(directory) == "cleaned"
+    assert sorted(os.listdir(tmp_path)) == ["adapter"] and saved_value(directory) == 2.0
+    save_adapter_atomically(t5_model(3.0), directory)  # and a later save is not refused
+    assert saved_value(directory) == 3.0
 
 
 def test_sigkill_at_random_moments_while_saving_a_large_prompt(tmp_path, saver):
@@ -276,7 +325,8 @@ def test_sigkill_at_random_moments_while_saving_a_large_prompt(tmp_path, saver):
         time.sleep(max(0.0, started + delay - time.monotonic()))
         kill(pid)
     values = []
-    for directory, _, _, _ in workers:
+    for directory, _, marker, _ in workers:
+        no_worker_error(marker)
         recover_adapter_dir(directory)
         values.append(saved_value(directory))  # whole and one value: 1.0 (first) or one the loop saved
         saved = load_file(os.path.join(directory, "adapter_model.safetensors"))["prompt_embeddings"]

@@ -172,10 +172,10 @@ def save_adapter_atomically(
             os.rename(staging, directory)
             _fsync_dir(parent)
             stage("swapped")
-            shutil.rmtree(old)
+            _remove_tree(old)
         _remove_mark(directory)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_tree(staging, ignore_errors=True)
         if moved and not os.path.exists(directory) and os.path.isdir(old):  # failed between the renames: undo
             os.rename(old, directory)
         if _mark_token(directory) == token:
@@ -206,8 +206,11 @@ def recover_adapter_dir(directory: str | os.PathLike) -> str:
             _fsync_dir(parent)
             done = "restored"
         elif old_token in (_mark_token(directory), _digest_token(directory)):  # killed after the swap
-            shutil.rmtree(old)
+            _remove_tree(old)
             done = "cleaned"
+    elif os.path.isdir(directory) and os.path.isdir(old) and not os.path.islink(old) and not os.listdir(old):
+        os.rmdir(old)  # killed after `_remove_tree` took the mark, the last file, and before the folder itself
+        done = "cleaned"
     if os.path.isdir(directory) and _remove_marks(directory):  # a mark is never part of a saved adapter
         done = "cleaned" if done == "nothing" else done
     if os.path.isdir(parent):
@@ -216,7 +219,7 @@ def recover_adapter_dir(directory: str | os.PathLike) -> str:
             if entry.startswith(f".{name}{STAGING_MARK}") and os.path.isdir(path) and not os.path.islink(path):
                 if _mark_token(path) is None and not all(_is_mark_file(e) for e in os.listdir(path)):
                     continue  # not a staging directory of ours (ours are marked, or empty but for the mark)
-                shutil.rmtree(path, ignore_errors=True)
+                _remove_tree(path, ignore_errors=True)
                 done = "cleaned" if done == "nothing" else done
     return done
 
@@ -304,6 +307,28 @@ def _check_nothing_foreign(directory: str, staging: str) -> None:
             "replaces the whole directory, so it refuses rather than delete them. Save the adapter into a "
             "directory of its own, or move those entries out."
         )
+
+
+def _remove_tree(folder: str, *, ignore_errors: bool = False) -> None:
+    """Delete a directory a save marked, its mark last: a kill midway leaves it marked, so still ours.
+
+    `shutil.rmtree` deletes in directory order, so a kill after it took the mark would leave an unmarked
+    `adapter.old` that recovery must treat as a user's own backup (and a later save refuse).
+    """
+    try:
+        for entry in os.listdir(folder):
+            if entry == MARK_NAME:
+                continue
+            path = os.path.join(folder, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        _remove_mark(folder)
+        os.rmdir(folder)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def _write_mark(folder: str, token: str) -> None:
