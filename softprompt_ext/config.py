@@ -37,6 +37,11 @@ from .peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME,
 from .version import __version__
 
 RECORD_NAME = "softprompt_config.json"  # sidecar file next to adapter_config.json
+# adapter_config.json carries a copy of the record under auto_mapping[RECORD_KEY], so that PEFT entry points that
+# read only adapter_config.json (PeftConfig.from_pretrained, from_peft_type, get_peft_config) build a
+# SoftPromptConfig too. PEFT reads auto_mapping only for task_type=None adapters (AutoPeftModel), which a
+# SoftPromptConfig never is, and keeps unknown keys of it as they are, so plain PEFT loads the file unchanged.
+RECORD_KEY = "softprompt_ext"
 RECORD_FORMAT_VERSION = 1
 
 
@@ -335,9 +340,10 @@ class SoftPromptConfig(PromptTuningConfig):
         plain = {k: v for k, v in dataclasses.asdict(self).items() if k in peft_names}
         plain = {k: (list(v) if isinstance(v, set) else v) for k, v in plain.items()}
         plain["prompt_tuning_init"] = SoftPromptInit(self.prompt_tuning_init).value
-        if auto_mapping_dict is not None:
-            plain["auto_mapping"] = auto_mapping_dict
-        return json.dumps(plain, indent=2, sort_keys=True), json.dumps(self.record(), indent=2, sort_keys=True)
+        record = self.record()
+        mapping = dict(auto_mapping_dict if auto_mapping_dict is not None else plain.get("auto_mapping") or {})
+        plain["auto_mapping"] = {**mapping, RECORD_KEY: record}
+        return json.dumps(plain, indent=2, sort_keys=True), json.dumps(record, indent=2, sort_keys=True)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -359,6 +365,13 @@ class SoftPromptConfig(PromptTuningConfig):
         record = read_adapter_json(pretrained_model_name_or_path, RECORD_NAME, subfolder, **hub_kwargs)
         if plain is None:
             raise ValueError(f"No {CONFIG_NAME} at {pretrained_model_name_or_path!r}; is it an adapter?")
+        if "peft_type" not in plain:  # PEFT raises TypeError for a JSON file that is not an adapter config
+            raise TypeError(
+                f"{CONFIG_NAME} at {pretrained_model_name_or_path!r} has no 'peft_type': it is not a PEFT adapter "
+                "config."
+            )
+        plain, embedded = split_embedded_record(plain)
+        record = record if record is not None else embedded
         if record is None:
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} has no {RECORD_NAME}: it is a plain PEFT adapter. Load it "
@@ -370,6 +383,7 @@ class SoftPromptConfig(PromptTuningConfig):
     @classmethod
     def from_parts(cls, plain: dict[str, Any], record: dict[str, Any], **overrides: Any) -> SoftPromptConfig:
         """Build a config from the two saved JSON objects; unknown keys are dropped with a warning."""
+        plain, _ = split_embedded_record(plain)
         merged = {**plain, **{k: v for k, v in record.items() if k not in ("format_version", "softprompt_ext_version")}}
         merged.update(overrides)
         if merged.get("peft_type") not in (None, "PROMPT_TUNING"):
@@ -378,6 +392,23 @@ class SoftPromptConfig(PromptTuningConfig):
                 "PROMPT_TUNING adapters only."
             )
         return cls(**known_fields(cls, merged, stacklevel=4))
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
+        """The keys of a saved config file as one dict, record fields included (PEFT's method, extended).
+
+        For an `adapter_config.json` the record comes from the copy inside it, else from the
+        `softprompt_config.json` beside it; a plain PEFT file gives PEFT's keys only.
+        """
+        loaded = super().from_json_file(path_json_file, **kwargs)
+        loaded, record = split_embedded_record(loaded)
+        sidecar = os.path.join(os.path.dirname(os.fspath(path_json_file)), RECORD_NAME)
+        if record is None and os.path.basename(os.fspath(path_json_file)) == CONFIG_NAME and os.path.isfile(sidecar):
+            with open(sidecar, encoding="utf-8") as handle:
+                record = json.load(handle)
+        if isinstance(record, dict):
+            loaded.update({k: v for k, v in record.items() if k not in ("format_version", "softprompt_ext_version")})
+        return loaded
 
     @classmethod
     def continue_from(cls, adapter: str, **overrides: Any) -> SoftPromptConfig:
@@ -396,13 +427,24 @@ class SoftPromptConfig(PromptTuningConfig):
         plain = read_adapter_json(adapter, CONFIG_NAME, None)
         if plain is None:
             raise ValueError(f"No {CONFIG_NAME} at {adapter!r}; pass an adapter directory or Hub adapter id.")
-        record = read_adapter_json(adapter, RECORD_NAME, None) or {}
+        plain, embedded = split_embedded_record(plain)
+        record = read_adapter_json(adapter, RECORD_NAME, None) or embedded or {}
         keep = {"task_type", "num_virtual_tokens", "tokenizer_name_or_path", "class_labels", "sample_vocab_size",
                 "init_seed", "warn_if_not_lm_adapted", "base_model_name_or_path", "revision"}
         base = {k: v for k, v in {**plain, **record}.items() if k in keep and v is not None}
         base.update(prompt_tuning_init=SoftPromptInit.SAVED_PROMPT, init_prompt_path=adapter)
         base.update(overrides)
         return cls(**base)
+
+
+def split_embedded_record(plain: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`adapter_config.json`'s keys without the record copy in `auto_mapping[RECORD_KEY]`, and that copy."""
+    mapping = plain.get("auto_mapping")
+    if not isinstance(mapping, dict) or RECORD_KEY not in mapping:
+        return plain, None
+    rest = {k: v for k, v in mapping.items() if k != RECORD_KEY}
+    record = mapping[RECORD_KEY]
+    return {**plain, "auto_mapping": rest or None}, (record if isinstance(record, dict) else None)
 
 
 def _check_unicode(name: str, text: str) -> None:

@@ -13,6 +13,8 @@ stands there (see `registration.py`) and serves both configs:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .adapters.reader import AdapterError, check_module_tensor, check_module_values
@@ -24,6 +26,20 @@ from .peft_internals import (
     gather_params_ctx,
     warn_if_causal_generate_is_broken,
 )
+
+
+_WEIGHTS_FOLLOW = "_softprompt_weights_follow"  # instance attribute, never a dataclass field: not saved
+
+
+def mark_weights_follow(config: Any) -> None:
+    """Tell the next prompt encoder built from `config` that a saved prompt is loaded into it right after.
+
+    Set by the registry loader that `PeftModel.from_pretrained` and `load_adapter` call; the encoder then skips
+    the init, whatever `inference_mode` says (a config with `inference_mode=True` given to `get_peft_model`
+    initialises like any other, as in PEFT).
+    """
+    if isinstance(config, SoftPromptConfig):
+        config.__dict__[_WEIGHTS_FOLLOW] = True
 
 
 class SoftPromptEmbedding(PromptEncoderBase):
@@ -56,8 +72,10 @@ class SoftPromptEmbedding(PromptEncoderBase):
         num_rows, dim = config.num_virtual_tokens, config.token_dim
         if getattr(config.task_type, "value", config.task_type) == "CAUSAL_LM":
             warn_if_causal_generate_is_broken()
-        if config.inference_mode:
-            # weights come from a checkpoint next: skip the init (and leave the global RNG untouched)
+        if config.__dict__.pop(_WEIGHTS_FOLLOW, False):
+            # built by PeftModel.from_pretrained / load_adapter: the saved prompt is loaded next, so skip the
+            # init (no tokenizer or init prompt needed, the global RNG untouched). Consumed here: the same config
+            # object passed to get_peft_model later initialises as usual.
             weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]
         else:
             if config.warn_if_not_lm_adapted:
@@ -73,7 +91,7 @@ class SoftPromptEmbedding(PromptEncoderBase):
                 )
         self.embedding = torch.nn.Embedding(num_rows, dim, _weight=weight.contiguous())
         if config.inference_mode:
-            # a loaded adapter is frozen; continue training with SoftPromptConfig.continue_from instead
+            # inference mode (every loaded adapter) is frozen; continue training with SoftPromptConfig.continue_from
             self.embedding.weight.requires_grad_(False)
         self._soft_config = config
 

@@ -22,8 +22,8 @@ from typing import Any
 from peft import PromptTuningConfig
 
 from .adapters.validation import build_config, validate_adapter
-from .config import SoftPromptConfig
-from .encoder import SoftPromptEmbedding
+from .config import SoftPromptConfig, known_fields, split_embedded_record
+from .encoder import SoftPromptEmbedding, mark_weights_follow
 from .peft_internals import (
     PromptEmbedding,
     prompt_tuning_registry_entries,
@@ -35,19 +35,32 @@ from .peft_internals import (
 class PromptTuningConfigLoader(PromptTuningConfig):
     """PEFT's config registry entry for `PROMPT_TUNING` while softprompt-ext is imported.
 
-    Constructing it gives a plain `PromptTuningConfig` (so `get_peft_config` and `PeftConfig.from_pretrained`
-    behave as in plain PEFT); `from_pretrained` gives a `SoftPromptConfig` when the adapter has a record.
+    Built from keys (`PeftConfig.from_pretrained`, `PeftConfig.from_peft_type`, `peft.get_peft_config`): a
+    `SoftPromptConfig` when the keys carry a softprompt-ext record (record fields, or the record copy in
+    `auto_mapping`), else an instance of this class, which is PEFT's `PromptTuningConfig` in every field and
+    behaviour. `from_pretrained` (what `PeftModel.from_pretrained` and `load_adapter` call) validates the adapter
+    files first. So every PEFT entry point gives a soft adapter the same class.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PromptTuningConfig:  # type: ignore[misc]
-        # `peft.get_peft_config(config.to_dict())` builds through this slot: a dict that carries softprompt-ext
-        # fields (class_labels, sample_vocab_size, ...) is a SoftPromptConfig's and comes back as one
+        _, embedded = split_embedded_record(kwargs)
+        if embedded is not None:
+            return SoftPromptConfig.from_parts(kwargs, embedded)
         if set(kwargs) & set(SoftPromptConfig.record_field_names()):
             try:
                 return SoftPromptConfig(*args, **kwargs)
             except (TypeError, ValueError):
-                pass  # not a valid SoftPromptConfig: PEFT's own class decides (its TypeError drives PEFT's key filter)
-        return PromptTuningConfig(*args, **kwargs)
+                pass  # not a valid SoftPromptConfig: PEFT's own fields decide
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # keys a newer PEFT wrote are dropped with one warning naming PromptTuningConfig, as plain PEFT does
+        # (PEFT's own fallback would name this class)
+        super().__init__(*args, **known_fields(PromptTuningConfig, kwargs, "PromptTuningConfig", stacklevel=4))
+
+    def __repr__(self) -> str:  # PEFT's class name, as PEFT would print it
+        text = super().__repr__()
+        return "PromptTuningConfig" + text[len(type(self).__qualname__):]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
@@ -56,9 +69,13 @@ class PromptTuningConfigLoader(PromptTuningConfig):
         # adapter_model.bin): check config, record and safetensors weights first, naming the bad file. The
         # config comes from the files validation has already parsed: each is read once.
         report = validate_adapter(pretrained_model_name_or_path, subfolder=subfolder, **hub_kwargs)
-        if not class_kwargs:
-            return report.config
-        return build_config(report.plain, report.record, report.location, **class_kwargs)
+        config = report.config if not class_kwargs else build_config(
+            report.plain, report.record, report.location, **class_kwargs
+        )
+        if type(config) is PromptTuningConfig:
+            config.__class__ = cls  # the registry's class, as from PeftConfig.from_pretrained (no fields added)
+        mark_weights_follow(config)
+        return config
 
 
 def register() -> None:

@@ -178,4 +178,8 @@ def test_get_peft_config_round_trips_a_soft_prompt_config():
     assert isinstance(again, SoftPromptConfig)
     assert again.to_dict() == config.to_dict()
     plain = peft.get_peft_config(peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).to_dict())
-    assert type(plain) is peft.PromptTuningConfig  # a plain PEFT dict stays plain
+    # a plain PEFT dict stays plain: the registry's class, PEFT's PromptTuningConfig in all but name
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    assert type(plain) is PEFT_TYPE_TO_CONFIG_MAPPING["PROMPT_TUNING"] and not isinstance(plain, SoftPromptConfig)
+    assert isinstance(plain, peft.PromptTuningConfig) and repr(plain).startswith("PromptTuningConfig(")

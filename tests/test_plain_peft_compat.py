@@ -49,7 +49,8 @@ def test_plain_prompt_tuning_config_is_unchanged(init, make_model, tokenizer_dir
 def test_plain_adapter_loads_as_plain_config(make_model, tmp_path):
     plain_model(make_model, "RANDOM", None).save_pretrained(str(tmp_path))
     loaded = PeftModel.from_pretrained(make_model("t5"), str(tmp_path))
-    assert type(loaded.peft_config["default"]) is PromptTuningConfig
+    config = loaded.peft_config["default"]
+    assert type(config) is registration.PromptTuningConfigLoader and not isinstance(config, SoftPromptConfig)
     assert loaded.prompt_encoder["default"].embedding.weight.shape == (8, 16)
 
 
@@ -57,7 +58,8 @@ def test_get_peft_config_still_builds_plain_config():
     from peft import get_peft_config
 
     config = get_peft_config({"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 3})
-    assert type(config) is PromptTuningConfig
+    assert type(config) is registration.PromptTuningConfigLoader and not isinstance(config, SoftPromptConfig)
+    assert config.to_dict() == PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3).to_dict()
 
 
 _LOAD_WITHOUT_EXT = textwrap.dedent(

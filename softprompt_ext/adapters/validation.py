@@ -46,7 +46,7 @@ import torch
 from huggingface_hub import hf_hub_download
 from peft import PeftModel, PromptTuningConfig
 
-from ..config import RECORD_NAME, SoftPromptConfig, known_fields
+from ..config import RECORD_KEY, RECORD_NAME, SoftPromptConfig, known_fields, split_embedded_record
 from ..peft_internals import CONFIG_NAME, modules_to_save_tensors, prompt_weight, saved_prompt_rows
 from .reader import (
     AdapterError,
@@ -138,7 +138,9 @@ def validate_adapter(
     config_file = os.path.join(where, CONFIG_NAME)
     _check_fields(plain, config_file)
     record = read_adapter_json(path_or_repo, RECORD_NAME, subfolder, **hub_kwargs)
-    config = build_config(plain, record, config_file)
+    embedded = split_embedded_record(plain)[1]
+    config = build_config(plain, record if record is not None else embedded, config_file)
+    record = _reconcile_records(record, embedded, config_file)  # after: a bad value is named first
 
     if base_model is not None:
         _check_task_type(config, base_model, config_file)
@@ -227,6 +229,20 @@ def _check_fields(plain: dict[str, Any], config_file: str) -> None:
             f"{config_file}: num_transformer_submodules={plain['num_transformer_submodules']!r} "
             "must be 1 or 2."
         )
+
+
+def _reconcile_records(record: dict | None, embedded: dict | None, config_file: str) -> dict | None:
+    """The adapter's record: `softprompt_config.json`, or the copy in `adapter_config.json` when that is all.
+
+    An adapter saved by softprompt-ext holds both, equal; a plain-PEFT re-save keeps only the copy. Two that
+    differ mean one file was edited or swapped: refused, naming both.
+    """
+    if record is not None and embedded is not None and record != embedded:
+        raise AdapterError(
+            f"{config_file}: auto_mapping[{RECORD_KEY!r}] differs from {RECORD_NAME} beside it (one of the two was "
+            f"edited or replaced); make them equal, or delete auto_mapping[{RECORD_KEY!r}] to keep {RECORD_NAME}."
+        )
+    return record if record is not None else embedded
 
 
 def build_config(
