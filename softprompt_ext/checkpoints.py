@@ -28,6 +28,7 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 
@@ -164,7 +165,7 @@ def _from_config(config: dict[str, Any]) -> str | None:
     if config.get("scale_decoder_outputs", True) is False:
         return None
     shape = tuple(config.get(k) for k in ("d_model", "d_ff", "num_layers", "num_heads"))
-    return _T5_V1_0_SHAPES.get(shape)
+    return _T5_V1_0_SHAPES.get(shape)  # type: ignore[arg-type]  # a shape with a None is simply not found
 
 
 def span_corruption_checkpoint(name_or_path: str | None, config: Any = None) -> str | None:
@@ -226,9 +227,11 @@ def _caller_stacklevel() -> int:
     inside = [os.path.dirname(os.path.abspath(__file__))]
     for module in ("peft", "transformers", "torch"):
         loaded = sys.modules.get(module)
-        if loaded is not None and getattr(loaded, "__file__", None):
-            inside.append(os.path.dirname(os.path.abspath(loaded.__file__)))
-    frame, level = sys._getframe(1), 1
+        where = getattr(loaded, "__file__", None)
+        if where:
+            inside.append(os.path.dirname(os.path.abspath(where)))
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and any(os.path.abspath(frame.f_code.co_filename).startswith(p + os.sep) for p in inside):
         frame, level = frame.f_back, level + 1
     return level

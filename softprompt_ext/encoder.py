@@ -13,7 +13,7 @@ stands there (see `registration.py`) and serves both configs:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -57,8 +57,9 @@ class SoftPromptEmbedding(PromptEncoderBase):
     """
 
     def __init__(self, config, word_embeddings: torch.nn.Module):
-        model_dim = word_embeddings.weight.shape[-1]
-        if config.token_dim != model_dim and getattr(word_embeddings.weight, "ds_shape", None) is None:
+        table = cast(torch.Tensor, word_embeddings.weight)  # [V, H]
+        model_dim = table.shape[-1]
+        if config.token_dim != model_dim and getattr(table, "ds_shape", None) is None:
             # a loaded adapter_config.json carries the d_model it was trained with (plain PEFT adapters too:
             # PEFT would build a [P, token_dim] prompt that fails only at the first forward)
             raise ValueError(
@@ -83,7 +84,7 @@ class SoftPromptEmbedding(PromptEncoderBase):
 
                 warn_if_span_corruption(config.base_model_name_or_path)
             with gather_params_ctx(word_embeddings.parameters()):
-                weight = build_initial_prompt(config, word_embeddings.weight)  # [P, H]
+                weight = build_initial_prompt(config, table)  # [P, H]
             if weight.shape != (num_rows, dim):
                 raise ValueError(
                     f"initial prompt has shape {tuple(weight.shape)}, expected ({num_rows}, {dim}) "

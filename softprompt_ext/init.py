@@ -221,6 +221,7 @@ def build_initial_prompt(config: SoftPromptConfig, table: torch.Tensor) -> torch
     if init == SoftPromptInit.SAVED_PROMPT:
         from .adapters.reader import read_prompt
 
+        assert config.init_prompt_path is not None  # checked by SoftPromptConfig
         saved = read_prompt(config.init_prompt_path)  # [P', H']
         if saved.shape[1] != dim:
             raise ValueError(

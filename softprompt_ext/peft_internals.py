@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import torch
 from peft import PeftModel, PromptTuningConfig
@@ -119,7 +120,8 @@ def active_prompt_config(model: Any) -> Any | None:
 # ---------------------------------------------------------------------------------------------- models
 def prompt_weight(model: PeftModel, adapter_name: str) -> torch.Tensor:
     """The prompt parameter `[R, H]` of a loaded prompt-tuning adapter (R = `saved_prompt_rows`)."""
-    return model.prompt_encoder[adapter_name].embedding.weight
+    encoder: Any = model.prompt_encoder[adapter_name]
+    return cast(torch.Tensor, encoder.embedding.weight)
 
 
 def has_prompt_encoder(model: Any, adapter_name: str) -> bool:
@@ -180,7 +182,7 @@ def adapter_load_targets(model: PeftModel, adapter_name: str) -> dict[str, tuple
 
 def input_embeddings(model: PeftModel) -> torch.nn.Module:
     """The base model's input embedding module, as PEFT keeps it on a model with prompt adapters."""
-    return model.word_embeddings
+    return cast(torch.nn.Module, model.word_embeddings)
 
 
 class PromptEncoderBase(PromptEmbedding):
@@ -251,10 +253,11 @@ def _caller_stacklevel() -> int:
     import transformers
 
     libraries = tuple(
-        os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+        os.path.dirname(os.path.abspath(str(module.__file__))) + os.sep
         for module in (sys.modules[__name__.split(".")[0]], peft, transformers, torch)
     )
-    frame, level = sys._getframe(1), 1  # stacklevel 1: the function that calls warnings.warn
+    frame: FrameType | None = sys._getframe(1)
+    level = 1  # stacklevel 1: the function that calls warnings.warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(libraries):
         frame, level = frame.f_back, level + 1
     return level

@@ -86,7 +86,7 @@ def build_t5(
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = T5Config(
+    config = T5Config(  # type: ignore[call-arg]  # PretrainedConfig kwargs (tie_word_embeddings, ...)
         vocab_size=vocab_size,
         d_model=d_model,
         d_kv=d_kv or d_model // num_heads,

@@ -309,7 +309,7 @@ def read_prompt(
             prompt = handle.get_tensor(PROMPT_KEY).float()  # [R, H]: the dtype it is used in
             for key in keys if module_tensors is not None else ():
                 if key != PROMPT_KEY:
-                    check_module_values(weights_file, key, handle.get_tensor(key), module_tensors[key])
+                    check_module_values(weights_file, key, handle.get_tensor(key), module_tensors[key])  # type: ignore[index]
     except SafetensorError as exc:
         raise AdapterError(f"{weights_file}: not a readable safetensors file ({exc}); it is truncated or damaged.") from None
     except OSError as exc:

@@ -281,7 +281,7 @@ def _check_task_type(config: PromptTuningConfig, model: torch.nn.Module, config_
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     encoder_decoder = getattr(getattr(base, "config", None), "is_encoder_decoder", None)
     task = getattr(config.task_type, "value", config.task_type)
-    expected = {"SEQ_2_SEQ_LM": True, "CAUSAL_LM": False}.get(task)
+    expected = {"SEQ_2_SEQ_LM": True, "CAUSAL_LM": False}.get(str(task))
     if expected is None or encoder_decoder is None or bool(encoder_decoder) == expected:
         return
     kind, other = ("a decoder-only", "an encoder-decoder") if expected else ("an encoder-decoder", "a decoder-only")

@@ -50,9 +50,8 @@ def embedding_table(base_model: Any, task_type: str | None = None) -> torch.Tens
     elif hasattr(base_model, "get_input_embeddings"):
         table = base_model.get_input_embeddings().weight
     elif isinstance(base_model, str):
-        table = _table_from_checkpoint(base_model, task_type)
-        if table is None:
-            table = _load_model(base_model, task_type).get_input_embeddings().weight
+        found = _table_from_checkpoint(base_model, task_type)
+        table = found if found is not None else _load_model(base_model, task_type).get_input_embeddings().weight
     else:
         raise TypeError(
             f"base_model must be a model id, a directory, a loaded model or a [V, H] tensor, got "

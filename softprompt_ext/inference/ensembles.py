@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import PeftModel
@@ -196,7 +196,8 @@ def ensemble_generate(
     out = mixed_generate(model, ids, mask, names, **generate_kwargs)
     sequences = out if isinstance(out, torch.Tensor) else out.sequences  # [N * B, L]
     candidates = sequences.view(num_prompts, batch, -1)  # [N, B, L]
-    eos = generate_kwargs.get("eos_token_id", model.get_base_model().generation_config.eos_token_id)
+    base = cast(Any, model.get_base_model())
+    eos = generate_kwargs.get("eos_token_id", base.generation_config.eos_token_id)
     winner, votes = majority_vote(candidates, eos)
     picked = winner.to(candidates.device)  # [B]
     winners = candidates[picked, torch.arange(batch, device=candidates.device)]  # [B, L]

@@ -31,7 +31,7 @@ Design decisions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
@@ -136,7 +136,7 @@ def loaded_prompts(model: PeftModel, adapter_names: list[str] | tuple[str, ...])
                 "model: load a prompt trained for this base model."
             )
         # PEFT's own seq2seq default allocates 2P rows; only the first P (the encoder's) are used, as PEFT does.
-        prompts[name] = encoder_prompt(weight, config)  # [P, H]
+        prompts[name] = encoder_prompt(weight, cast(Any, config))  # [P, H]
     return prompts
 
 
@@ -168,7 +168,7 @@ def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, ad
 
 # ---------------------------------------------------------------------------------------------- placement
 def place_prompts(
-    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_names: list[str]
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_names: list[str]
 ) -> _Placed:
     """Embed `input_ids [B, T]` and put prompt `adapter_names[i]` in front of the real tokens of example i.
 
@@ -243,7 +243,7 @@ def mixed_forward(
     """
     encoder_decoder = _is_encoder_decoder(model)
     placed = place_prompts(model, input_ids, attention_mask, adapter_names)
-    base = model.get_base_model()
+    base: Any = model.get_base_model()
     if encoder_decoder:
         if labels is None and decoder_input_ids is None:
             raise ValueError(
@@ -251,6 +251,7 @@ def mixed_forward(
                 "input is derived from them) or decoder_input_ids=[B, L]."
             )
         if decoder_input_ids is None:  # the base model's own right shift of the targets (teacher forcing)
+            assert labels is not None
             decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels.contiguous())
         out = base(
             inputs_embeds=placed.embeds, attention_mask=placed.mask, decoder_input_ids=decoder_input_ids
@@ -348,6 +349,7 @@ def mixed_generate(
     placed = place_prompts(model, input_ids, attention_mask, adapter_names)
     # The base model's generate derives the position ids of the left-padded decoder-only sequence from the
     # mask (cumsum - 1), the same positions `mixed_forward` passes explicitly.
-    return model.get_base_model().generate(
+    base: Any = model.get_base_model()
+    return base.generate(
         inputs_embeds=placed.embeds, attention_mask=placed.mask, **generate_kwargs
     )

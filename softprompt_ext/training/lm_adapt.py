@@ -29,7 +29,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
@@ -213,7 +213,8 @@ def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) 
 
     from ..version import __version__
 
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    output_dir = cast(str, training_args.output_dir)  # TrainingArguments.__post_init__ fills a default
+    resume = resolve_resume(training_args.resume_from_checkpoint, output_dir)
     if args.streaming and training_args.max_steps <= 0:
         raise ValueError("streaming needs max_steps > 0: a streamed dataset has no length to count epochs by.")
     config = AutoConfig.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
@@ -271,7 +272,7 @@ def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) 
     trainer.save_model(training_args.output_dir)  # model, config.json with the record, tokenizer
     trainer.save_state()
     return LMAdaptResult(
-        output_dir=training_args.output_dir, global_step=trainer.state.global_step,
+        output_dir=output_dir, global_step=trainer.state.global_step,
         training_loss=float(output.training_loss), log_history=list(trainer.state.log_history),
     )
 
@@ -308,7 +309,7 @@ class _Parser(HfArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """Console script `softprompt-lm-adapt` (also `python -m softprompt_ext.training.lm_adapt`); `--help` lists all flags."""
     parser = _Parser(
-        (LMAdaptArguments, LMAdaptTrainingArguments),
+        (LMAdaptArguments, LMAdaptTrainingArguments),  # type: ignore[arg-type]  # dataclasses, as HfArgumentParser wants
         prog=PROG,
         description="Continue training an encoder-decoder checkpoint on the prefix-LM objective "
         "(LM adaptation, Lester et al. 2021 section 3.3) and save it for prompt tuning.",

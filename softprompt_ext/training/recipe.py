@@ -93,7 +93,7 @@ class PaperTrainingArguments(Seq2SeqTrainingArguments):
     optim: str = field(default="adafactor", metadata={"help": "Optimizer (paper: Adafactor)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "LR schedule (paper: constant)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping; 0 = none, as in T5X."})
-    weight_decay: float | None = field(
+    weight_decay: float | None = field(  # type: ignore[assignment]  # None: derived in __post_init__
         default=None, metadata={"help": "Transformers' weight decay (x lr); default weight_decay_rate / lr."}
     )
     weight_decay_rate: float = field(
@@ -111,7 +111,7 @@ class PaperTrainingArguments(Seq2SeqTrainingArguments):
     save_strategy: str = field(default="steps", metadata={"help": "Save a checkpoint every save_steps."})
     save_steps: float = field(default=PAPER_EVAL_STEPS, metadata={"help": "Steps between checkpoints."})
     logging_steps: float = field(default=100, metadata={"help": "Steps between log lines."})
-    load_best_model_at_end: bool | None = field(
+    load_best_model_at_end: bool | None = field(  # type: ignore[assignment]  # None: decided in __post_init__
         default=None, metadata={"help": "Keep the prompt best on dev; default: True when evaluating."}
     )
     save_only_model: bool = field(
