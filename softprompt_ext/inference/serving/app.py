@@ -147,6 +147,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         return ids
 
     async def run(jobs: list[Job]) -> list:
+        if len(jobs) > settings.max_queue:
+            raise ApiError(400, f"the request holds {len(jobs)} prompts, more than this server queues at once "
+                           f"({settings.max_queue}, --max-queue); split it.")
         deadline = time.monotonic() + settings.request_timeout_s
         for job in jobs:
             job.deadline = deadline
