@@ -415,3 +415,28 @@ def test_serve_is_public():
 
     assert softprompt_ext.serve.__module__ == "softprompt_ext.inference.serving"
     json.dumps(softprompt_ext.__all__)
+
+
+def test_registry_byte_budget_evicts_least_recently_used_and_reloads(assets):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from softprompt_ext.inference.serving.registry import AdapterRegistry, UnknownAdapter
+
+    folder = Path(assets["folder"])
+    base = AutoModelForSeq2SeqLM.from_pretrained(assets["base"]).eval()
+    store = AdapterRegistry(base, max_adapters=8, max_bytes=(3 + 7) * 16 * 4)  # a3 + a7 fit, a5 does not
+    for name in ("a3", "a7", "a5"):
+        store.register(name, str(folder / name))
+    assert list(store.loaded) == ["a5"] and store.evictions == 2  # a5 (320 B) pushed out a3, then a7
+    store.ensure(["a3"])
+    assert list(store.loaded) == ["a5", "a3"] and store.reloads == 1 and store.loaded_bytes == (5 + 3) * 64
+    store.ensure(["a7"])  # least recently used first: a5 goes, a3 stays
+    assert list(store.loaded) == ["a3", "a7"]
+    with pytest.raises(ValueError, match="do not fit the budget"):
+        store.ensure(["a5", "a7"])
+    with pytest.raises(UnknownAdapter, match="'zz' is not served"):
+        store.ensure(["zz"])
+    with pytest.raises(ValueError, match="already served"):
+        store.register("a3", str(folder / "a3"))
+    store.unload("a3")
+    assert "a3" not in store and list(store.loaded) == ["a7"]

@@ -28,7 +28,7 @@ _log = logging.getLogger("softprompt_ext.serve")
 
 def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: str | None = None,
               admin_token: str | None = None, max_adapters: int = 64, max_adapter_bytes: int | None = None,
-              strict: bool = False, precision: str = "auto", **settings):
+              strict: bool = False, precision: str = "auto", batching: str = "mixed", **settings):
     """The FastAPI app `serve` runs (for tests, or to run it under your own ASGI server).
 
     Args:
@@ -41,6 +41,8 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
         max_adapters, max_adapter_bytes: the resident-prompt budget (LRU eviction beyond it).
         strict: raise when an adapter is refused at start-up (default: log it, serve the others, and list it
             under `refused` in `GET /health`).
+        batching: "mixed" (any adapters in one batch, the default) or "per_adapter" (one adapter per batch
+            through PEFT's `set_adapter` path: the benchmark's baseline).
         **settings: `ServeSettings` fields (`max_batch_size`, `max_wait_ms`, `max_queue`, `max_input_tokens`,
             `max_tokens`, `request_timeout_s`, ...).
     """
@@ -55,7 +57,8 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
     token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
     specs = [pair for spec in adapters for pair in discover(spec)]
     model, tokenizer = load_base(base, device)
-    engine = Engine(model, tokenizer, max_adapters=max_adapters, max_bytes=max_adapter_bytes, precision=precision)
+    engine = Engine(model, tokenizer, max_adapters=max_adapters, max_bytes=max_adapter_bytes, precision=precision,
+                    batching=batching)
     refused: dict[str, str] = {}
     for name, source in specs:
         try:

@@ -5,6 +5,10 @@ runs all rows in one call -- `mixed_generate` (greedy) for "generate" jobs and `
 encoded once, every label scored on it) for "classify" jobs, each row with its own prompt (Lester et al.
 2021, section 6). Greedy rows do not depend on each other, so a row's tokens equal the request run alone:
 the batch generates up to the largest `max_new_tokens` and every row is cut to its own.
+
+`batching="per_adapter"` is the baseline the serving benchmark compares against: the scheduler then puts one
+adapter in each batch and generation goes through PEFT's own path (`set_adapter` + `generate`, or the
+corrected `softprompt_ext.generate` for decoder-only models).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...precision import autocast
+from ..generate import generate as generate_active
 from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
 from .registry import AdapterRegistry
@@ -50,7 +55,10 @@ class Engine:
     """Base model + tokenizer + adapter store; `run` is the scheduler's batch runner (worker thread only)."""
 
     def __init__(self, model, tokenizer, *, max_adapters: int = 64, max_bytes: int | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", batching: str = "mixed"):
+        if batching not in ("mixed", "per_adapter"):
+            raise ValueError(f"batching={batching!r}: use 'mixed' (any adapters in one batch) or 'per_adapter'.")
+        self.batching = batching
         self.tokenizer = tokenizer
         self.registry = AdapterRegistry(model, max_adapters=max_adapters, max_bytes=max_bytes)
         self.encoder_decoder = bool(model.config.is_encoder_decoder)
@@ -96,8 +104,14 @@ class Engine:
 
     def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:
         most = max(job.max_new_tokens for job in jobs)
-        out = mixed_generate(self.model, ids, mask, names, max_new_tokens=most, do_sample=False, num_beams=1,
-                             pad_token_id=self.pad, eos_token_id=self.eos)
+        options = dict(max_new_tokens=most, do_sample=False, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos)
+        if self.batching == "per_adapter" and len(set(names)) == 1:
+            self.model.set_adapter(names[0])
+            out = generate_active(self.model, ids, mask, **options)
+            if not self.encoder_decoder:
+                out = out[:, ids.shape[1]:]  # [B, N]: the new tokens only
+        else:
+            out = mixed_generate(self.model, ids, mask, names, **options)
         if self.encoder_decoder:
             out = out[:, 1:]  # drop the decoder start token
         results = []

@@ -195,8 +195,8 @@ class AdapterRegistry:
             self.loaded[name] = _resident_bytes(prompt_weight(self.model, name))
 
     def _evict(self, name: str, counted: bool = True) -> None:
+        self.model.set_adapter(ANCHOR)  # never delete the active adapter
         self.model.delete_adapter(name)
-        self.model.set_adapter(ANCHOR)
         del self.loaded[name]
         if counted:
             self.evictions += 1
