@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batching", choices=["mixed", "per-adapter"], default="mixed",
                        help="mixed: any adapters in one batch (default); per-adapter: one adapter per batch via "
                        "PEFT's set_adapter (the benchmark baseline)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                       help="uvicorn's log level (info logs every request)")
     serve.add_argument("--strict", action="store_true", help="exit when an adapter is refused at start-up")
 
     commands.add_parser("lm-adapt", add_help=False, help="LM-adapt a T5 model (paper section 3.3); "
@@ -277,7 +279,7 @@ def _serve(args: argparse.Namespace) -> None:
         from .inference.serving import serve
     except ModuleNotFoundError as exc:  # the optional extra is missing
         raise ImportError(f"softprompt serve needs the package {exc.name!r}: pip install 'softprompt-ext[serve]'") from None
-    serve(args.base, args.adapter, host=args.host, port=args.port, device=args.device,
+    serve(args.base, args.adapter, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
           admin_token=args.admin_token, max_adapters=args.max_adapters, max_adapter_bytes=args.max_adapter_bytes,
           strict=args.strict, precision=args.precision, batching=args.batching.replace("-", "_"), max_batch_size=args.max_batch_size,
           max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
