@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .inference.mixed_batches import MixedOutput, mixed_forward, mixed_generate
     from .inference.rank_classification import RankClassificationOutput, rank_classify
     from .inference.scoring import LabelScores, score_label_ids
+    from .inference.serving import serve
     from .precision import autocast, bf16_autocast, bf16_is_fast, resolve_precision
     from .tasks.base import ClassificationTask, Task, tokenize_for_seq2seq
     from .tasks.registry import get_task, list_tasks, make_compute_metrics
@@ -95,6 +96,7 @@ _LAZY = {
     "MixedOutput": "inference.mixed_batches",
     "mixed_forward": "inference.mixed_batches",
     "mixed_generate": "inference.mixed_batches",
+    "serve": "inference.serving",
     "ClassEnsemble": "inference.ensembles",
     "EnsembleOutput": "inference.ensembles",
     "combine_label_scores": "inference.ensembles",

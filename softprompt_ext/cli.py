@@ -4,6 +4,7 @@
     softprompt similar TARGET LIBRARY... [--measure max_cosine|pooled_cosine] [--json] [--png FILE]
     softprompt info ADAPTER [--json]
     softprompt check ADAPTER [--base MODEL]   (validate an untrusted adapter without loading it)
+    softprompt serve [--base MODEL] [--adapter [NAME=]SOURCE]... [--port N]   (HTTP server, needs [serve])
     softprompt lm-adapt ...          (forwards to softprompt_ext.training.lm_adapt when installed)
 
 Installed as the console script `softprompt` (entry point `softprompt_ext.cli:main`) and runnable as
@@ -103,6 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("adapter", metavar="ADAPTER", help="adapter directory or Hub adapter id")
     check.add_argument("--base", metavar="MODEL", help="also check the prompt fits this base model's d_model")
 
+    serve = commands.add_parser(
+        "serve", help="serve a base model and prompt adapters over HTTP (OpenAI-compatible; needs [serve])",
+        description="Serve one frozen base model and many prompt adapters over HTTP, batching requests for any "
+        "mix of adapters into one model call (POST /v1/completions, /v1/classify; GET /v1/models, /health, "
+        "/metrics; POST/DELETE /admin/adapters). Needs: pip install 'softprompt-ext[serve]'.",
+    )
+    serve.add_argument("--base", metavar="MODEL", help="base model, Hub id or directory (default: the embedded T5)")
+    serve.add_argument("--adapter", action="append", default=[], metavar="[NAME=]SOURCE",
+                       help="adapter directory, folder of adapter directories or Hub id (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    serve.add_argument("--admin-token", help="bearer token of the admin endpoints (default: $SOFTPROMPT_ADMIN_TOKEN)")
+    serve.add_argument("--max-adapters", type=_positive_int, default=64, help="resident adapters, LRU beyond (64)")
+    serve.add_argument("--max-adapter-bytes", type=_positive_int, help="bytes of resident prompts, LRU beyond")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="rows per model call (32)")
+    serve.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
+                       help="input + new tokens per model call (16384)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (5)")
+    serve.add_argument("--max-queue", type=_positive_int, default=256, help="queued rows before 429 (256)")
+    serve.add_argument("--max-input-tokens", type=_positive_int, default=512, help="tokens per prompt (512)")
+    serve.add_argument("--max-tokens", type=_positive_int, default=256, help="largest max_tokens (256)")
+    serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
+    serve.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="auto: bf16 only where the hardware has bf16 units")
+    serve.add_argument("--batching", choices=["mixed", "per-adapter"], default="mixed",
+                       help="mixed: any adapters in one batch (default); per-adapter: one adapter per batch via "
+                       "PEFT's set_adapter (the benchmark baseline)")
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
+                       help="uvicorn's log level (info logs every request)")
+    serve.add_argument("--strict", action="store_true", help="exit when an adapter is refused at start-up")
+
     commands.add_parser("lm-adapt", add_help=False, help="LM-adapt a T5 model (paper section 3.3); "
                         "see 'softprompt lm-adapt --help'")
     return parser
@@ -119,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a parse error (2), already printed
         return exc.code if isinstance(exc.code, int) else 0
     if args.command is None:
-        print(f"{PROG}: error: choose a command: inspect, similar, info, check, lm-adapt (see '{PROG} --help')", file=sys.stderr)
+        print(f"{PROG}: error: choose a command: inspect, similar, info, check, serve, lm-adapt (see '{PROG} --help')", file=sys.stderr)
         return 2
-    run = {"inspect": _inspect, "similar": _similar, "info": _info, "check": _check}[args.command]
+    run = {"inspect": _inspect, "similar": _similar, "info": _info, "check": _check, "serve": _serve}[args.command]
     with _quiet_transformers():
         try:
             run(args)
@@ -239,6 +272,19 @@ def _check(args: argparse.Namespace) -> None:
     fits = f"; fits {_safe(args.base)} (d_model {width})" if args.base else ""
     print(f"{_safe(args.adapter)}: ok: {type(report.config).__name__}, prompt {rows} x {width} "
           f"{str(report.prompt.dtype).removeprefix('torch.')}, finite{fits}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from .inference.serving import serve
+    except ModuleNotFoundError as exc:  # the optional extra is missing
+        raise ImportError(f"softprompt serve needs the package {exc.name!r}: pip install 'softprompt-ext[serve]'") from None
+    serve(args.base, args.adapter, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
+          admin_token=args.admin_token, max_adapters=args.max_adapters, max_adapter_bytes=args.max_adapter_bytes,
+          strict=args.strict, precision=args.precision, batching=args.batching.replace("-", "_"), max_batch_size=args.max_batch_size,
+          max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+          max_input_tokens=args.max_input_tokens, max_tokens=args.max_tokens,
+          request_timeout_s=args.request_timeout)
 
 
 def _lm_adapt(argv: list[str]) -> int:

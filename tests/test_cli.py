@@ -207,7 +207,7 @@ def test_help(command, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], r"^softprompt: error: choose a command: inspect, similar, info, check, lm-adapt"),
+        ([], r"^softprompt: error: choose a command: inspect, similar, info, check, serve, lm-adapt"),
         (["inspect"], r"^softprompt inspect: error: the following arguments are required: ADAPTER"),
         (["inspect", "x", "--top-k", "0"], r"^softprompt inspect: error: argument --top-k: expected a whole number >= 1, got 0"),
         (["similar", "x"], r"^softprompt similar: error: the following arguments are required: LIBRARY"),

@@ -1,0 +1,266 @@
+"""The HTTP face of `softprompt serve`: a FastAPI app over an `Engine` and its `Scheduler`.
+
+Endpoints (OpenAI-compatible where OpenAI has one):
+
+* `POST /v1/completions` -- greedy completion; `model` is the adapter name, `prompt` a string or a list.
+* `POST /v1/classify` -- rank classification: the log-likelihood of each given label, the best one.
+* `GET /v1/models` -- the served adapters.  `GET /health` -- 200 while serving, 503 while draining.
+* `GET /metrics` -- Prometheus text format (see `metrics.py`).
+* `POST /admin/adapters`, `DELETE /admin/adapters/{name}` -- load / unload an adapter; with an admin token
+  (`--admin-token` or `SOFTPROMPT_ADMIN_TOKEN`) they need `Authorization: Bearer <token>`.
+
+Every error is one JSON object `{"error": {"message", "type", "code"}}` with one clear message: 400 a limit
+exceeded, 401 a missing/wrong admin token, 404 an unknown adapter, 409 a name already served, 422 a malformed
+body or an adapter whose files were refused (the reader's message, naming the file), 429 the queue is full
+(with `Retry-After`), 503 shutting down, 504 the request timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from ...adapters.reader import AdapterError
+from .engine import Engine
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .registry import UnknownAdapter
+from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from .schemas import (
+    AdapterLoadRequest,
+    Classification,
+    ClassifyRequest,
+    ClassifyResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching knobs (the `softprompt serve` flags of the same names)."""
+
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    max_input_tokens: int = 512
+    max_tokens: int = 256
+    request_timeout_s: float = 60.0
+    retry_after_s: int = 1
+    admin_token: str | None = None
+    base_model: str = "embedded"
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers or {}
+
+
+def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status,
+                        headers=headers)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:
+    """The app; its lifespan starts the scheduler's worker and, at shutdown, drains it."""
+    settings = settings or ServeSettings()
+    registry = engine.registry
+    scheduler = Scheduler(engine.run, max_queue=settings.max_queue, max_batch_size=settings.max_batch_size,
+                          max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
+                          max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters)
+    metrics = ServerMetrics(scheduler, registry)
+    scheduler.on_batch = metrics.observe_batch
+    state = {"draining": False}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        state["draining"] = True
+        await asyncio.to_thread(scheduler.stop, True)  # finish every accepted request
+
+    app = FastAPI(title="softprompt-ext serve", lifespan=lifespan)
+    app.state.engine, app.state.scheduler, app.state.metrics, app.state.settings = engine, scheduler, metrics, settings
+
+    # ------------------------------------------------------------------------------------------ errors
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.kind, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}".replace("Value error, ", ""))
+        return _error(422, "; ".join(parts), "invalid_request_error")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe_request(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
+        return response
+
+    def admin(authorization: str | None = Header(default=None)) -> None:
+        token = settings.admin_token
+        if token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ApiError(401, "this endpoint needs 'Authorization: Bearer <admin token>' (the server's "
+                           "--admin-token / SOFTPROMPT_ADMIN_TOKEN); the header was missing or wrong.",
+                           "authentication_error", {"WWW-Authenticate": "Bearer"})
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def known(name: str) -> None:
+        if name not in registry:
+            raise ApiError(404, f"adapter {name!r} is not served; served adapters: {sorted(registry.sources)} "
+                           "(GET /v1/models).", "not_found_error")
+
+    def encode_inputs(texts: list[str], field_name: str) -> list[list[int]]:
+        ids = engine.encode(texts)
+        for i, row in enumerate(ids):
+            if len(row) > settings.max_input_tokens:
+                where = field_name if len(ids) == 1 else f"{field_name}[{i}]"
+                raise ApiError(400, f"{where} has {len(row)} tokens, more than this server's limit of "
+                               f"{settings.max_input_tokens} (--max-input-tokens); shorten it.")
+        return ids
+
+    async def run(jobs: list[Job]) -> list:
+        if len(jobs) > settings.max_queue:
+            raise ApiError(400, f"the request holds {len(jobs)} prompts, more than this server queues at once "
+                           f"({settings.max_queue}, --max-queue); split it.")
+        deadline = time.monotonic() + settings.request_timeout_s
+        for job in jobs:
+            job.deadline = deadline
+        try:
+            futures = scheduler.submit(jobs)
+        except QueueFull as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(settings.retry_after_s)}) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc), "server_error") from None
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            return await asyncio.wait_for(asyncio.gather(*waiting), settings.request_timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            for f in futures:
+                f.cancel()
+            raise ApiError(504, f"the request did not finish within {settings.request_timeout_s:g} s "
+                           "(--request-timeout); retry, or send fewer or shorter prompts.", "timeout_error") from None
+        except UnknownAdapter as exc:
+            raise ApiError(404, str(exc), "not_found_error") from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc), "server_error") from None
+        except (ValueError, TypeError) as exc:
+            raise ApiError(400, _one_line(exc)) from None
+
+    def card(name: str) -> ModelCard:
+        entry = registry.sources[name]
+        return ModelCard(id=name, created=entry.created, source=entry.source,
+                         num_virtual_tokens=entry.num_virtual_tokens, loaded=name in registry.loaded)
+
+    # ------------------------------------------------------------------------------------------ endpoints
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(body: CompletionRequest):
+        known(body.model)
+        if body.max_tokens > settings.max_tokens:
+            raise ApiError(400, f"max_tokens={body.max_tokens} is more than this server's limit of "
+                           f"{settings.max_tokens} (--max-tokens).")
+        ids = encode_inputs(body.texts, "prompt")
+        jobs = [Job("generate", body.model, row, max_new_tokens=body.max_tokens) for row in ids]
+        results = await run(jobs)
+        choices = [CompletionChoice(text=engine.decode(r.token_ids), index=i,
+                                    finish_reason="stop" if r.finished else "length")
+                   for i, r in enumerate(results)]
+        prompt_tokens, completion_tokens = sum(map(len, ids)), sum(r.num_tokens for r in results)
+        return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model,
+                                  choices=choices, usage=Usage(prompt_tokens=prompt_tokens,
+                                                               completion_tokens=completion_tokens,
+                                                               total_tokens=prompt_tokens + completion_tokens))
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(body: ClassifyRequest):
+        known(body.model)
+        try:
+            label_ids = engine.encode_labels(body.labels)
+        except ValueError as exc:
+            raise ApiError(422, _one_line(exc)) from None
+        ids = encode_inputs(body.texts, "input")
+        jobs = [Job("classify", body.model, row, label_ids=label_ids) for row in ids]
+        results = await run(jobs)
+        lengths = [len(x) for x in label_ids]
+        data = []
+        for i, scores in enumerate(results):
+            rank = [s / n for s, n in zip(scores, lengths, strict=True)] if body.length_normalize else scores
+            best = max(range(len(rank)), key=rank.__getitem__)
+            data.append(Classification(index=i, label=body.labels[best], scores=scores))
+        prompt_tokens, label_tokens = sum(map(len, ids)), sum(lengths) * len(ids)
+        return ClassifyResponse(model=body.model, data=data,
+                                usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=label_tokens,
+                                            total_tokens=prompt_tokens + label_tokens))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models():
+        return ModelList(data=[card(name) for name in sorted(registry.sources)])
+
+    @app.get("/health")
+    async def health():
+        body = {"status": "draining" if state["draining"] else "ok", "base_model": settings.base_model,
+                "adapters": len(registry.sources), "adapters_loaded": len(registry.loaded),
+                "queue_depth": scheduler.depth, "refused": settings.refused}
+        return JSONResponse(body, status_code=503 if state["draining"] else 200)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/admin/adapters", status_code=201, response_model=ModelCard, dependencies=[Depends(admin)])
+    async def load_adapter(body: AdapterLoadRequest):
+        if body.name in registry:
+            raise ApiError(409, f"adapter {body.name!r} is already served (from "
+                           f"{registry.sources[body.name].source!r}); DELETE /admin/adapters/{body.name} first.",
+                           "conflict_error")
+        try:
+            future = scheduler.call(lambda: registry.register(body.name, body.source, subfolder=body.subfolder,
+                                                              revision=body.revision))
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc), "server_error") from None
+        try:
+            await asyncio.wrap_future(future)
+        except (AdapterError, ValueError, TypeError, OSError) as exc:
+            settings.refused[body.name] = _one_line(exc)
+            raise ApiError(422, f"adapter {body.name!r} from {body.source!r} was refused: {_one_line(exc)}",
+                           "invalid_adapter_error") from None
+        settings.refused.pop(body.name, None)
+        return card(body.name)
+
+    @app.delete("/admin/adapters/{name}", dependencies=[Depends(admin)])
+    async def unload_adapter(name: str):
+        known(name)
+        try:
+            await asyncio.wrap_future(scheduler.call(lambda: registry.unload(name)))
+        except UnknownAdapter as exc:
+            raise ApiError(404, str(exc), "not_found_error") from None
+        return {"id": name, "object": "model", "deleted": True}
+
+    return app

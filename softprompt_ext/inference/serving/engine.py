@@ -1,0 +1,134 @@
+"""The model side of `softprompt serve`: the base model, its tokenizer, the adapter store, one batch runner.
+
+`Engine.run(kind, jobs)` is the scheduler's runner: it makes the batch's adapters resident (LRU store) and
+runs all rows in one call -- `mixed_generate` (greedy) for "generate" jobs and `score_label_ids` (each input
+encoded once, every label scored on it) for "classify" jobs, each row with its own prompt (Lester et al.
+2021, section 6). Greedy rows do not depend on each other, so a row's tokens equal the request run alone:
+the batch generates up to the largest `max_new_tokens` and every row is cut to its own.
+
+`batching="per_adapter"` is the baseline the serving benchmark compares against: the scheduler then puts one
+adapter in each batch and generation goes through PEFT's own path (`set_adapter` + `generate`, or the
+corrected `softprompt_ext.generate` for decoder-only models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...precision import autocast
+from ..generate import generate as generate_active
+from ..mixed_batches import mixed_generate
+from ..scoring import score_label_ids
+from .registry import AdapterRegistry
+from .scheduler import Job
+
+
+@dataclass
+class Completion:
+    """One generated row: its token ids (EOS excluded), whether it stopped on EOS, the tokens generated."""
+
+    token_ids: list[int]
+    finished: bool
+    num_tokens: int
+
+
+def load_base(base: str | None, device: str = "cpu"):
+    """`(model, tokenizer)`: the embedded LM-adapted T5 when `base` is None, else a Hub id or directory."""
+    if base is None:
+        from ...embedded import default_model_and_tokenizer
+
+        model, tokenizer = default_model_and_tokenizer()
+    else:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(base)
+        cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model, tokenizer = cls.from_pretrained(base, dtype=torch.float32), AutoTokenizer.from_pretrained(base)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device).eval(), tokenizer
+
+
+class Engine:
+    """Base model + tokenizer + adapter store; `run` is the scheduler's batch runner (worker thread only)."""
+
+    def __init__(self, model, tokenizer, *, max_adapters: int = 64, max_bytes: int | None = None,
+                 precision: str = "auto", batching: str = "mixed"):
+        if batching not in ("mixed", "per_adapter"):
+            raise ValueError(f"batching={batching!r}: use 'mixed' (any adapters in one batch) or 'per_adapter'.")
+        self.batching = batching
+        self.tokenizer = tokenizer
+        self.registry = AdapterRegistry(model, max_adapters=max_adapters, max_bytes=max_bytes)
+        self.encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.device = next(model.parameters()).device
+        self.precision = precision
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+        self.eos = eos
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+
+    @property
+    def model(self):
+        return self.registry.model
+
+    # ------------------------------------------------------------------------------------------ tokens
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+    def encode_labels(self, labels: list[str]) -> list[list[int]]:
+        encoded = [list(ids) for ids in self.tokenizer(list(labels), add_special_tokens=False)["input_ids"]]
+        if self.encoder_decoder:  # text-to-text targets end in EOS (as rank_classify scores them)
+            encoded = [ids + [self.eos] for ids in encoded]
+        for text, ids in zip(labels, encoded, strict=True):
+            if not ids:
+                raise ValueError(f"label {text!r} has no tokens; pass non-empty label strings.")
+        return encoded
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------------------------------ batches
+    def run(self, kind: str, jobs: list[Job]) -> list:
+        self.registry.ensure([job.adapter for job in jobs])
+        names = [job.adapter for job in jobs]
+        ids, mask = self._pad([job.input_ids for job in jobs])
+        with torch.no_grad(), autocast(self.device, self.precision):
+            if kind == "generate":
+                return self._generate(jobs, names, ids, mask)
+            if kind == "classify":
+                scores = score_label_ids(self.model, ids, mask, [job.label_ids for job in jobs], names,
+                                         eos_token_id=self.eos)
+                return [scores.scores[i, : len(job.label_ids)].float().cpu().tolist() for i, job in enumerate(jobs)]
+        raise ValueError(f"unknown job kind {kind!r}")
+
+    def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:
+        most = max(job.max_new_tokens for job in jobs)
+        options = dict(max_new_tokens=most, do_sample=False, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos)
+        if self.batching == "per_adapter" and len(set(names)) == 1:
+            self.model.set_adapter(names[0])
+            out = generate_active(self.model, ids, mask, **options)
+            if not self.encoder_decoder:
+                out = out[:, ids.shape[1]:]  # [B, N]: the new tokens only
+        else:
+            out = mixed_generate(self.model, ids, mask, names, **options)
+        if self.encoder_decoder:
+            out = out[:, 1:]  # drop the decoder start token
+        results = []
+        for row, job in zip(out.tolist(), jobs, strict=True):
+            row = row[: job.max_new_tokens]
+            if self.eos in row:
+                stop = row.index(self.eos)
+                results.append(Completion(row[:stop], True, stop + 1))
+            else:
+                results.append(Completion(row, False, len(row)))
+        return results
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)  # [B, T]
+        mask = torch.zeros(len(rows), width, dtype=torch.long)  # [B, T]
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)

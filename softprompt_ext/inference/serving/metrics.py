@@ -1,0 +1,72 @@
+"""Prometheus metrics of `softprompt serve` (`GET /metrics`), in a registry of their own per server.
+
+* `softprompt_queue_depth` -- rows waiting for a batch (gauge).
+* `softprompt_batch_size` -- rows per model call (histogram, label `kind`: generate | classify).
+* `softprompt_batch_adapters` -- distinct adapters per model call (histogram).
+* `softprompt_batch_seconds` -- wall time of one model call (histogram).
+* `softprompt_request_seconds` -- request latency, arrival to response (histogram, label `endpoint`).
+* `softprompt_requests_total` -- responses by endpoint and HTTP status (counter).
+* `softprompt_adapters_loaded` / `softprompt_adapters_registered` / `softprompt_adapter_bytes_loaded` --
+  resident prompts, known prompts, bytes of resident prompt weights (gauges).
+* `softprompt_adapter_evictions_total` / `softprompt_adapter_reloads_total` -- LRU evictions and reloads.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """All metrics of one server; `scheduler` and `registry` are read when `/metrics` is scraped."""
+
+    def __init__(self, scheduler, registry):
+        self.registry = CollectorRegistry()
+        self.batch_size = Histogram("softprompt_batch_size", "Rows per model call", ["kind"], buckets=_SIZES,
+                                    registry=self.registry)
+        self.batch_adapters = Histogram("softprompt_batch_adapters", "Distinct adapters per model call", ["kind"],
+                                        buckets=_SIZES, registry=self.registry)
+        self.batch_seconds = Histogram("softprompt_batch_seconds", "Wall time of one model call", ["kind"],
+                                       buckets=_LATENCY, registry=self.registry)
+        self.request_seconds = Histogram("softprompt_request_seconds", "Request latency", ["endpoint"],
+                                         buckets=_LATENCY, registry=self.registry)
+        self.requests = Counter("softprompt_requests", "Responses by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+        depth = Gauge("softprompt_queue_depth", "Rows waiting for a batch", registry=self.registry)
+        depth.set_function(lambda: scheduler.depth)
+        self.registry.register(_AdapterCollector(registry))
+
+    def observe_batch(self, kind: str, jobs, seconds: float) -> None:
+        self.batch_size.labels(kind).observe(len(jobs))
+        self.batch_adapters.labels(kind).observe(len({job.adapter for job in jobs}))
+        self.batch_seconds.labels(kind).observe(seconds)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.request_seconds.labels(endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _AdapterCollector:
+    """The adapter store's counts, read at scrape time."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        loaded = dict(self.store.loaded)  # a copy: the worker thread may change it meanwhile
+        yield GaugeMetricFamily("softprompt_adapters_loaded", "Prompt adapters resident in the model", len(loaded))
+        yield GaugeMetricFamily("softprompt_adapters_registered", "Prompt adapters served",
+                                len(self.store.sources))
+        yield GaugeMetricFamily("softprompt_adapter_bytes_loaded", "Bytes of resident prompt weights",
+                                sum(loaded.values()))
+        yield GaugeMetricFamily("softprompt_adapters_max", "Budget: most resident adapters", self.store.max_adapters)
+        yield CounterMetricFamily("softprompt_adapter_evictions", "LRU evictions", self.store.evictions)
+        yield CounterMetricFamily("softprompt_adapter_reloads", "Adapters read again after an eviction",
+                                  self.store.reloads)

@@ -1,0 +1,210 @@
+"""Dynamic batching for `softprompt serve`: one worker thread turns whatever is queued into mixed batches.
+
+Lester et al. (2021), section 6: the examples of one batch may use different prompts, so the server need not
+group requests by task. The worker takes the oldest queued job, waits at most `max_wait_s` (from that job's
+arrival) for company, and runs every queued job of the same kind -- any mix of adapters -- in one call, bounded
+by `max_batch_size` rows, `max_batch_tokens` (input tokens plus the tokens to generate, summed over rows) and
+`max_adapters` distinct adapters (the registry's resident budget). Jobs that do not fit wait for the next
+batch, in order. Each job gets exactly its own row back through its `Future`.
+
+* Back-pressure: at most `max_queue` jobs wait; `submit` raises `QueueFull` beyond that (HTTP 429).
+* Deadlines: a job whose deadline passed before it was batched is dropped with `TimeoutError`; a cancelled
+  job (its client gave up) is skipped.
+* Failure isolation: when a batch raises, each of its jobs is run alone, so one bad row fails only itself.
+* Control calls (`call(fn)`: loading and unloading adapters) run on the same thread between batches, so the
+  model is never changed while it runs.
+* `stop(drain=True)` refuses new jobs (`ShuttingDown`, HTTP 503) and returns once every accepted job is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(RuntimeError):
+    """The queue holds `max_queue` jobs (HTTP 429 with Retry-After)."""
+
+
+class ShuttingDown(RuntimeError):
+    """The server is draining and accepts no new work (HTTP 503)."""
+
+
+@dataclass
+class Job:
+    """One row of work: `kind` is "generate" or "classify"; `cost` counts its tokens for the batch bound."""
+
+    kind: str
+    adapter: str
+    input_ids: list[int]
+    max_new_tokens: int = 0
+    label_ids: list[list[int]] | None = None
+    deadline: float = float("inf")
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+    @property
+    def cost(self) -> int:
+        labels = sum(len(ids) for ids in self.label_ids) if self.label_ids else 0
+        return len(self.input_ids) + self.max_new_tokens + labels
+
+
+Runner = Callable[[str, list[Job]], list[Any]]
+
+
+class Scheduler:
+    """The queue and its worker. `runner(kind, jobs)` returns one result per job, in order."""
+
+    def __init__(self, runner: Runner, *, max_queue: int = 256, max_batch_size: int = 32,
+                 max_batch_tokens: int = 16384, max_wait_s: float = 0.005, max_adapters: int = 64,
+                 on_batch: Callable[[str, list[Job], float], None] | None = None):
+        for name, value in (("max_queue", max_queue), ("max_batch_size", max_batch_size),
+                            ("max_batch_tokens", max_batch_tokens), ("max_adapters", max_adapters)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1.")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s={max_wait_s} must be >= 0.")
+        self.runner = runner
+        self.max_queue, self.max_batch_size = max_queue, max_batch_size
+        self.max_batch_tokens, self.max_wait_s, self.max_adapters = max_batch_tokens, max_wait_s, max_adapters
+        self.on_batch = on_batch
+        self._jobs: deque[Job] = deque()
+        self._control: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name="softprompt-serve-worker", daemon=True)
+
+    # ------------------------------------------------------------------------------------------ client side
+    @property
+    def depth(self) -> int:
+        """Jobs waiting (not yet in a batch)."""
+        return len(self._jobs)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, jobs: list[Job]) -> list[Future]:
+        """Queue all of `jobs` or none (one request's rows): `QueueFull` / `ShuttingDown` otherwise."""
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDown("the server is shutting down and accepts no new requests; retry on another replica.")
+            if len(self._jobs) + len(jobs) > self.max_queue:
+                raise QueueFull(f"the queue is full ({len(self._jobs)} of {self.max_queue} rows waiting, this "
+                                f"request adds {len(jobs)}); retry later.")
+            self._jobs.extend(jobs)
+            self._cond.notify_all()
+        return [job.future for job in jobs]
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn()` on the worker thread between batches; its result or exception comes back in the Future."""
+        future: Future = Future()
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down.")
+            self._control.append((fn, future))
+            self._cond.notify_all()
+        return future
+
+    def stop(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new jobs; with `drain`, finish every accepted job first, else fail them with `ShuttingDown`."""
+        with self._cond:
+            self._accepting = False
+            if not drain:
+                while self._jobs:
+                    self._jobs.popleft().future.set_exception(ShuttingDown("the server stopped."))
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------------------------------ worker side
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._control and not self._stopping:
+                    self._cond.wait()
+                if self._control:
+                    fn, future = self._control.popleft()
+                elif self._jobs:
+                    fn = future = None
+                else:  # stopping and nothing left
+                    return
+            if fn is not None:
+                _run_into(future, fn)
+                continue
+            batch = self._form_batch()
+            if batch:
+                self._run(batch)
+
+    def _form_batch(self) -> list[Job]:
+        with self._cond:
+            first = self._jobs[0]
+            wait_until = first.enqueued + self.max_wait_s
+            while (not self._stopping and not self._control and len(self._jobs) < self.max_batch_size
+                   and time.monotonic() < wait_until):
+                self._cond.wait(max(0.0, wait_until - time.monotonic()))
+            now = time.monotonic()
+            batch: list[Job] = []
+            kept: deque[Job] = deque()
+            kind, tokens, adapters = None, 0, set()
+            while self._jobs:
+                job = self._jobs.popleft()
+                if job.future.cancelled():  # its client gave up
+                    continue
+                if now > job.deadline:
+                    if job.future.set_running_or_notify_cancel():
+                        job.future.set_exception(TimeoutError("the request timed out in the queue."))
+                    continue
+                fits = (
+                    len(batch) < self.max_batch_size
+                    and (kind is None or job.kind == kind)
+                    and (not batch or tokens + job.cost <= self.max_batch_tokens)
+                    and (job.adapter in adapters or len(adapters) < self.max_adapters)
+                )
+                if not fits:
+                    kept.append(job)  # waits for the next batch, in order
+                    continue
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                batch.append(job)
+                kind, tokens = job.kind, tokens + job.cost
+                adapters.add(job.adapter)
+            kept.extend(self._jobs)
+            self._jobs = kept
+            return batch
+
+    def _run(self, batch: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            results = self.runner(batch[0].kind, batch)
+        except BaseException as exc:  # noqa: BLE001 -- isolate the failing row(s)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:
+                for job in batch:
+                    self._run([job])
+            return
+        for job, result in zip(batch, results, strict=True):
+            job.future.set_result(result)
+        if self.on_batch is not None:
+            self.on_batch(batch[0].kind, batch, time.perf_counter() - start)
+
+
+def _run_into(future: Future, fn: Callable[[], Any]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except BaseException as exc:  # noqa: BLE001 -- handed to the caller
+        future.set_exception(exc)
