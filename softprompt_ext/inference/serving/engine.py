@@ -97,9 +97,9 @@ class Engine:
             if kind == "generate":
                 return self._generate(jobs, names, ids, mask)
             if kind == "classify":
-                scores = score_label_ids(self.model, ids, mask, [job.label_ids for job in jobs], names,
-                                         eos_token_id=self.eos)
-                return [scores.scores[i, : len(job.label_ids)].float().cpu().tolist() for i, job in enumerate(jobs)]
+                labels = [job.label_ids or [] for job in jobs]  # a classify job always carries its labels
+                scores = score_label_ids(self.model, ids, mask, labels, names, eos_token_id=self.eos)
+                return [scores.scores[i, : len(labels[i])].float().cpu().tolist() for i in range(len(jobs))]
         raise ValueError(f"unknown job kind {kind!r}")
 
     def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:

@@ -99,7 +99,7 @@ class AdapterRegistry:
         self.base_model = base_model
         self.max_adapters = max_adapters
         self.max_bytes = max_bytes
-        task = "SEQ_2_SEQ_LM" if base_model.config.is_encoder_decoder else "CAUSAL_LM"
+        task = "SEQ_2_SEQ_LM" if getattr(base_model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
         anchor = SoftPromptConfig(task_type=task, num_virtual_tokens=1, prompt_tuning_init="RANDOM_UNIFORM",
                                   init_seed=0, warn_if_not_lm_adapted=False)
         self.model: PeftModel = get_peft_model(base_model, anchor, adapter_name=ANCHOR).eval()

@@ -134,14 +134,11 @@ class Scheduler:
             with self._cond:
                 while not self._jobs and not self._control and not self._stopping:
                     self._cond.wait()
-                if self._control:
-                    fn, future = self._control.popleft()
-                elif self._jobs:
-                    fn = future = None
-                else:  # stopping and nothing left
+                control = self._control.popleft() if self._control else None
+                if control is None and not self._jobs:  # stopping and nothing left
                     return
-            if fn is not None:
-                _run_into(future, fn)
+            if control is not None:
+                _run_into(control[1], control[0])
                 continue
             batch = self._form_batch()
             if batch:
@@ -157,7 +154,7 @@ class Scheduler:
             now = time.monotonic()
             batch: list[Job] = []
             kept: deque[Job] = deque()
-            kind, tokens, adapters = None, 0, set()
+            kind, tokens, adapters = None, 0, set[str]()
             while self._jobs:
                 job = self._jobs.popleft()
                 if job.future.cancelled():  # its client gave up
