@@ -27,7 +27,6 @@ from .peft_internals import (
     warn_if_causal_generate_is_broken,
 )
 
-
 _WEIGHTS_FOLLOW = "_softprompt_weights_follow"  # instance attribute, never a dataclass field: not saved
 
 
