@@ -26,6 +26,7 @@ DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s*(?:\((.*?)\))?\s*-->")
+NEEDS = re.compile(r"<!--\s*docs-test:\s*needs\s+([\w.]+)\s*-->")  # runs only where that module imports
 DIRECTIVE = re.compile(r"^::: *([\w.]+)[ \t]*\n((?:[ \t]+.*\n?)*)", re.M)
 
 
@@ -35,6 +36,9 @@ class Block:
     line: int
     code: str
     skip_reason: str | None  # None: runs
+    needs: str | None = (
+        None  # an optional module (an extra) the block needs; skipped with a reason without it
+    )
 
 
 def python_blocks(page: Path) -> list[Block]:
@@ -46,7 +50,12 @@ def python_blocks(page: Path) -> list[Block]:
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = SKIP.fullmatch(before.strip())
         reason = (marker.group(1) or "").strip() if marker else None
-        blocks.append(Block(page, text.count("\n", 0, match.start()) + 1, match.group(2), reason))
+        needs = NEEDS.fullmatch(before.strip())
+        blocks.append(
+            Block(
+                page, text.count("\n", 0, match.start()) + 1, match.group(2), reason, needs and needs.group(1)
+            )
+        )
     return blocks
 
 
@@ -70,7 +79,9 @@ def test_every_skip_marker_has_a_reason_and_a_block(capsys):
         )
         for marker in SKIP.finditer(text):
             line = text.count("\n", 0, marker.start()) + 1
-            assert (marker.group(1) or "").strip(), f"{rel(page)}:{line}: docs-test skip marker without a (reason)"
+            assert (marker.group(1) or "").strip(), (
+                f"{rel(page)}:{line}: docs-test skip marker without a (reason)"
+            )
             after = text[marker.end() :].lstrip(" \t").split("\n", 2)
             assert len(after) > 1 and after[1].startswith("```python"), (
                 f"{rel(page)}:{line}: a docs-test skip marker must be on the line right above a ```python block"
@@ -90,6 +101,8 @@ def test_page_python_blocks_run_offline(page, tmp_path, monkeypatch):
     for block in python_blocks(page):
         if block.skip_reason is not None:
             continue
+        if block.needs and importlib.util.find_spec(block.needs) is None:
+            pytest.skip(f"{rel(page)}:{block.line}: needs {block.needs}, which is not installed (an extra)")
         source = "\n" * (block.line) + block.code  # tracebacks point at the page's own line numbers
         try:
             exec(compile(source, str(page), "exec"), namespace)
@@ -127,7 +140,11 @@ def test_api_reference_covers_every_public_name():
         if isinstance(obj, type(softprompt_ext)):  # a module: the names it documents
             members = options.get("members")
             names = members if isinstance(members, list) else [n for n in vars(obj) if not n.startswith("_")]
-            covered |= {n for n in names if n in softprompt_ext.__all__ and getattr(obj, n) is getattr(softprompt_ext, n)}
+            covered |= {
+                n
+                for n in names
+                if n in softprompt_ext.__all__ and getattr(obj, n) is getattr(softprompt_ext, n)
+            }
         else:
             name = path.rsplit(".", 1)[-1]
             if name in softprompt_ext.__all__ and (
@@ -154,8 +171,8 @@ def test_every_page_is_in_the_nav():
         assert f" {page.relative_to(DOCS).as_posix()}\n" in nav, f"{rel(page)} is not in mkdocs.yml's nav"
 
 
-@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
+    # ~8 s on 2 shared cores (under the 20 s that would make it `slow`)
     if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
         pytest.skip('mkdocs is not installed: pip install -e ".[docs]"')
     for module in ("material", "mkdocstrings", "mkdocstrings_handlers.python"):
@@ -163,7 +180,11 @@ def test_mkdocs_build_strict(tmp_path):
             pytest.skip(f'{module} is not installed: pip install -e ".[docs]"')
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     assert (tmp_path / "site" / "api" / "inference" / "index.html").is_file()
