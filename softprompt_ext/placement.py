@@ -262,7 +262,7 @@ def mixed_forward(
 def _with_loss(logits: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> MixedOutput:
     """Loss of `scores [B, L, V]` against `targets [B, L]`, per example and over the batch."""
     nll = torch.nn.functional.cross_entropy(
-        scores.float().flatten(0, 1),
+        scores.to(torch.promote_types(scores.dtype, torch.float32)).flatten(0, 1),  # at least float32
         targets.flatten().to(scores.device),
         ignore_index=IGNORE_INDEX,
         reduction="none",
