@@ -183,3 +183,60 @@ def test_bad_input_is_named(make_model, tokenizer):
         MultiTaskCollator(lambda rows: rows)([{"input_ids": [1]}])
     with pytest.raises(ValueError, match="no 'task_names'"):
         multitask_step_loss(model, collate(tokenizer, "t5", encode(tokenizer, "t5", DATA["food"][:1])))
+
+
+# ---------------------------------------------------------------------------------------------- Trainer
+def trainer_run(make_model, tokenizer, output_dir, max_steps, resume=None):
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq
+
+    from softprompt_ext import PaperTrainingArguments
+    from softprompt_ext.training.mixing import equal_steps
+    from softprompt_ext.training.multitask import MultiTaskTrainer
+
+    model = build_multitask_model(make_model("t5"), configs("t5"))
+    data = {name: Dataset.from_list(encode(tokenizer, "t5", DATA[name])) for name in LENGTHS}
+    train = equal_steps(data, PER_TASK_BATCH, 4)
+    args = PaperTrainingArguments(
+        str(output_dir), max_steps=max_steps, per_device_train_batch_size=PER_TASK_BATCH * len(LENGTHS),
+        eval_strategy="no", save_steps=2, logging_steps=1, report_to=[], use_cpu=True, seed=0,
+        disable_tqdm=True,
+    )
+    trainer = MultiTaskTrainer(
+        model=model, args=args, train_dataset=train,
+        data_collator=MultiTaskCollator(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)),
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    prompts = {n: p.detach().clone() for n, p in task_prompt_parameters(model, list(LENGTHS)).items()}
+    return trainer, prompts
+
+
+def test_trainer_trains_every_prompt_like_the_manual_joint_loop_and_resumes(make_model, tokenizer, tmp_path):
+    import test_multitask as here
+
+    trainer, prompts = trainer_run(make_model, tokenizer, tmp_path / "full", 4)
+    assert [g["task"] for g in trainer.optimizer.param_groups] == list(LENGTHS)
+    previous, here.STEPS = here.STEPS, 4
+    try:
+        _, manual, _ = joint_run(make_model, tokenizer, "t5")
+    finally:
+        here.STEPS = previous
+    for name in LENGTHS:  # same batches, same optimizer: measured identical (difference 0.0)
+        torch.testing.assert_close(prompts[name], manual[name], rtol=0, atol=1e-6)
+    # every prompt is in the checkpoint (PEFT's layout: one sub-folder per adapter)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert all((checkpoint / name / "adapter_model.safetensors").is_file() for name in LENGTHS)
+    # resume from step 2: the same prompts as the uninterrupted run
+    _, resumed = trainer_run(make_model, tokenizer, tmp_path / "full", 4, resume=str(checkpoint))
+    for name in LENGTHS:
+        torch.testing.assert_close(resumed[name], prompts[name], rtol=0, atol=1e-6)
+
+
+def test_gradient_accumulation_is_refused(make_model, tmp_path):
+    from softprompt_ext import PaperTrainingArguments
+    from softprompt_ext.training.multitask import MultiTaskTrainer
+
+    args = PaperTrainingArguments(str(tmp_path), gradient_accumulation_steps=2, eval_strategy="no",
+                                  report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        MultiTaskTrainer(model=build_multitask_model(make_model("t5"), configs("t5")), args=args)
