@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     )
     from .inference.generate import generate, generate_texts
     from .inference.mixed_batches import MixedOutput, mixed_forward, mixed_generate
+    from .inference.per_task import evaluate_per_task
     from .inference.rank_classification import RankClassificationOutput, rank_classify
     from .inference.scoring import LabelScores, score_label_ids
     from .inference.serving import serve
@@ -55,6 +56,15 @@ if TYPE_CHECKING:
     from .tasks.registry import get_task, list_tasks, make_compute_metrics
     from .tasks.transfer import get_transfer
     from .training.fast_path import causal_lm_target_loss, fuse_gelu
+    from .training.mixing import equal_steps, mix_tasks, mixing_rates
+    from .training.multitask import (
+        MultiTaskCollator,
+        MultiTaskTrainer,
+        build_multitask_model,
+        multitask_loss,
+        multitask_optimizer,
+    )
+    from .training.multitask_save import save_task_prompts
     from .training.recipe import (
         PaperTrainingArguments,
         check_trainable_prompt,
@@ -69,6 +79,16 @@ _LAZY = {
     "load_for_training": "training.recipe",
     "paper_optimizer": "training.recipe",
     "causal_lm_target_loss": "training.fast_path",
+    "MultiTaskCollator": "training.multitask",
+    "MultiTaskTrainer": "training.multitask",
+    "build_multitask_model": "training.multitask",
+    "multitask_loss": "training.multitask",
+    "multitask_optimizer": "training.multitask",
+    "equal_steps": "training.mixing",
+    "mix_tasks": "training.mixing",
+    "mixing_rates": "training.mixing",
+    "save_task_prompts": "training.multitask_save",
+    "evaluate_per_task": "inference.per_task",
     "fuse_gelu": "training.fast_path",
     "autocast": "precision",
     "bf16_autocast": "precision",

@@ -1,0 +1,214 @@
+"""Benchmark: K prompts trained in one multi-task run against K single-task runs, at equal steps per task.
+
+Four binary tasks cut from the bundled WordNet supersense data (animal/artifact, body/food,
+location/person, plant/substance; each task's train and dev rows are the rows with its two labels), on the
+embedded LM-adapted T5 (8.4M parameters). Each prompt: P=20, class-label init, seed = task index; the paper's
+Adafactor (lr 0.3). Both sides see, for every task, the same `--steps` batches of `--per_task_batch` examples
+in the same order:
+
+* single: K ordinary PEFT runs, one after the other (`get_peft_model`, `paper_optimizer`, PEFT's forward);
+* multi: one run of `--steps` steps, each step K x per_task_batch examples through the mixed-batch forward
+  (`build_multitask_model`, `multitask_optimizer`, `multitask_step_loss`).
+
+Each variant runs in its own fresh process (so its peak RSS is its own), one after the other, in one
+invocation. Reported: wall time of the training steps, process peak RSS, per-task dev accuracy (rank
+classification over the task's two labels) and the largest prompt difference between the two sides.
+
+    python benchmarks/multitask.py                # 150 steps per task, batch 8 per task
+    python benchmarks/multitask.py --quick        # 5 steps, batch 4 (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PAIRS = (("animal", "artifact"), ("body", "food"), ("location", "person"), ("plant", "substance"))
+PROMPT_LENGTH = 20
+
+
+def task_name(pair) -> str:
+    return f"{pair[0]}_{pair[1]}"
+
+
+def build_tasks():
+    """name -> (ClassificationTask with the pair's labels, train rows, dev rows)."""
+    import dataclasses
+
+    from softprompt_ext import get_task
+    from softprompt_ext.tasks.supersense import read_supersense
+
+    base = get_task("supersense")
+    out = {}
+    for pair in PAIRS:
+        task = dataclasses.replace(base, name=task_name(pair), label_names=pair)
+        train = [r for r in read_supersense("train") if r["label"] in pair]
+        dev = [r for r in read_supersense("dev") if r["label"] in pair]
+        out[task.name] = (task, train, dev)
+    return out
+
+
+def batches(tokenizer, rows, per_task_batch: int, steps: int):
+    from softprompt_ext.tasks.supersense import supersense_batch
+
+    for step in range(steps):
+        start = (step * per_task_batch) % len(rows)
+        chunk = (rows + rows)[start : start + per_task_batch]
+        yield chunk, supersense_batch(tokenizer, chunk)
+
+
+def accuracy(model, tokenizer, task, dev) -> float:
+    from datasets import Dataset
+
+    from softprompt_ext import rank_classify
+
+    formatted = task.format(Dataset.from_list(dev)).to_list()
+    ranked = rank_classify(model, tokenizer, [r["inputs"] for r in formatted], list(task.class_labels), batch_size=16)
+    return task.compute_metrics(ranked.predicted_labels, formatted)["accuracy"]
+
+
+def run_variant(variant: str, steps: int, per_task_batch: int, out_path: str) -> None:
+    import torch
+    from peft import get_peft_model
+
+    from softprompt_ext import (
+        SoftPromptConfig,
+        autocast,
+        default_model_and_tokenizer,
+        paper_optimizer,
+        resolve_precision,
+    )
+    from softprompt_ext.training.multitask import (
+        build_multitask_model,
+        multitask_optimizer,
+        multitask_step_loss,
+        task_prompt_parameters,
+    )
+
+    torch.set_num_threads(1)
+    tasks = build_tasks()
+    base, tokenizer = default_model_and_tokenizer()
+    tok_dir = base.name_or_path
+
+    def config(k, name):
+        return SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=PROMPT_LENGTH, init_seed=k,
+                                prompt_tuning_init="CLASS_LABELS", class_labels=list(tasks[name][0].class_labels),
+                                tokenizer_name_or_path=tok_dir)
+
+    precision = resolve_precision("auto", torch.device("cpu"))
+    result = {"variant": variant, "precision": precision, "accuracy": {}, "train_seconds": 0.0}
+    prompts = {}
+    if variant == "single":
+        for k, (name, (task, train, dev)) in enumerate(tasks.items()):
+            base, _ = default_model_and_tokenizer()  # a fresh frozen model per run
+            model = get_peft_model(base, config(k, name))
+            optimizer, _ = paper_optimizer(model)
+            start = time.perf_counter()
+            for _, batch in batches(tokenizer, train, per_task_batch, steps):
+                with autocast("cpu", "auto"):
+                    loss = model(**batch).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            result["train_seconds"] += time.perf_counter() - start
+            model.eval()
+            result["accuracy"][name] = accuracy(model, tokenizer, task, dev)
+            prompts[name] = model.prompt_encoder["default"].embedding.weight.detach().tolist()
+    else:
+        names = list(tasks)
+        model = build_multitask_model(base, {name: config(k, name) for k, name in enumerate(names)})
+        optimizer, _ = multitask_optimizer(model, names)
+        streams = [batches(tokenizer, tasks[n][1], per_task_batch, steps) for n in names]
+        from softprompt_ext.tasks.supersense import supersense_batch
+
+        start = time.perf_counter()
+        for step_rows in zip(*streams, strict=True):
+            rows = [r for chunk, _ in step_rows for r in chunk]
+            batch = supersense_batch(tokenizer, rows)
+            batch["task_names"] = [n for n, (chunk, _) in zip(names, step_rows, strict=True) for _ in chunk]
+            with autocast("cpu", "auto"):
+                loss, _ = multitask_step_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        result["train_seconds"] = time.perf_counter() - start
+        model.eval()
+        for name in names:
+            model.set_adapter(name)
+            result["accuracy"][name] = accuracy(model, tokenizer, tasks[name][0], tasks[name][2])
+        prompts = {n: p.detach().tolist() for n, p in task_prompt_parameters(model, names).items()}
+    with open("/proc/self/status") as f:
+        result["peak_rss_mb"] = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    result["prompts"] = prompts
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--per_task_batch", type=int, default=8)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--variant", choices=("single", "multi"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.per_task_batch = 5, 4
+    if args.variant:
+        run_variant(args.variant, args.steps, args.per_task_batch, args.out)
+        return
+
+    import torch
+
+    from softprompt_ext.precision import bf16_is_fast
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("single", "multi"):
+            path = os.path.join(tmp, f"{variant}.json")
+            subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
+                            "--per_task_batch", str(args.per_task_batch), "--out", path], check=True)
+            with open(path) as f:
+                runs[variant] = json.load(f)
+    diff = max(
+        abs(a - b)
+        for name in runs["single"]["prompts"]
+        for row_a, row_b in zip(runs["single"]["prompts"][name], runs["multi"]["prompts"][name], strict=True)
+        for a, b in zip(row_a, row_b, strict=True)
+    )
+    for run in runs.values():
+        run.pop("prompts")
+    import importlib.metadata as md
+
+    record = {
+        "benchmark": "multitask",
+        "command": " ".join(["python", "benchmarks/multitask.py", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": platform.processor() or platform.machine(), "bf16_is_fast": bf16_is_fast(),
+                    "cores": os.cpu_count(), "load_average": list(os.getloadavg())},
+        "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")},
+        "torch_threads": 1, "tasks": [task_name(p) for p in PAIRS], "prompt_length": PROMPT_LENGTH,
+        "steps_per_task": args.steps, "per_task_batch": args.per_task_batch,
+        "runs": runs,
+        "speedup_train_wall": runs["single"]["train_seconds"] / runs["multi"]["train_seconds"],
+        "max_prompt_difference": diff,
+    }
+    del torch
+    print(json.dumps(record, indent=2))
+    if not args.quick:
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(os.path.join(RESULTS, "multitask.json"), "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
