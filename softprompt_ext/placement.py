@@ -9,6 +9,7 @@ The design notes are in `softprompt_ext.inference.mixed_batches`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
@@ -113,7 +114,7 @@ def loaded_prompts(model: PeftModel, adapter_names: list[str] | tuple[str, ...])
                 "model: load a prompt trained for this base model."
             )
         # PEFT's own seq2seq default allocates 2P rows; only the first P (the encoder's) are used, as PEFT does.
-        prompts[name] = encoder_prompt(weight, config)  # [P, H]
+        prompts[name] = encoder_prompt(weight, cast(Any, config))  # [P, H]
     return prompts
 
 
@@ -145,7 +146,7 @@ def check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, ad
 
 # ---------------------------------------------------------------------------------------------- placement
 def place_prompts(
-    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, adapter_names: list[str]
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter_names: list[str]
 ) -> _Placed:
     """Embed `input_ids [B, T]` and put prompt `adapter_names[i]` in front of the real tokens of example i.
 
@@ -220,7 +221,7 @@ def mixed_forward(
     """
     encoder_decoder = _is_encoder_decoder(model)
     placed = place_prompts(model, input_ids, attention_mask, adapter_names)
-    base = model.get_base_model()
+    base: Any = model.get_base_model()
     if encoder_decoder:
         if labels is None and decoder_input_ids is None:
             raise ValueError(
@@ -228,6 +229,7 @@ def mixed_forward(
                 "input is derived from them) or decoder_input_ids=[B, L]."
             )
         if decoder_input_ids is None:  # the base model's own right shift of the targets (teacher forcing)
+            assert labels is not None
             decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels.contiguous())
         out = base(
             inputs_embeds=placed.embeds, attention_mask=placed.mask, decoder_input_ids=decoder_input_ids

@@ -121,7 +121,7 @@ def equal_steps(
     offsets = [0]
     for t in names[:-1]:
         offsets.append(offsets[-1] + len(datasets[t]))
-    rows = []
+    rows: list[int] = []
     for step in range(num_steps):
         for k in range(len(names)):
             block = orders[k][step * per_task_batch_size : (step + 1) * per_task_batch_size]

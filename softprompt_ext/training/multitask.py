@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -104,7 +104,7 @@ def task_prompt_parameters(model: PeftModel, tasks: Sequence[str]) -> dict[str, 
             f"the prompts of tasks {frozen} are frozen (requires_grad=False): loaded adapters are frozen. "
             "Continue a saved prompt with SoftPromptConfig.continue_from(path) in build_multitask_model."
         )
-    return params
+    return cast(dict[str, torch.nn.Parameter], params)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -115,6 +115,8 @@ def multitask_loss(output: MixedOutput, task_names: Sequence[str]) -> tuple[torc
     docstring for why each prompt's gradient is then its separate-run gradient. Tasks whose examples hold
     no label token are left out.
     """
+    if output.num_label_tokens is None or output.loss_per_example is None:
+        raise ValueError("multitask_loss needs mixed_forward(..., labels=...)'s output: it has no per-example loss.")
     counts = output.num_label_tokens  # [B]
     summed = torch.where(counts > 0, output.loss_per_example.nan_to_num(0.0) * counts, 0.0)  # [B] summed NLL
     per_task: dict[str, torch.Tensor] = {}
@@ -216,6 +218,7 @@ class MultiTaskTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args: Any, tasks: Sequence[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.model: Any  # a PeftModel holding the task prompts (Trainer types it as any module)
         self.tasks = list(tasks) if tasks is not None else list(self.model.peft_config)
         task_prompt_parameters(self.model, self.tasks)
         if self.args.gradient_accumulation_steps != 1:
@@ -228,8 +231,9 @@ class MultiTaskTrainer(Seq2SeqTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if TASK_COLUMN not in self._signature_columns:
-            self._signature_columns.append(TASK_COLUMN)
+        columns = cast(list[str] | None, self._signature_columns)
+        if columns is not None and TASK_COLUMN not in columns:
+            columns.append(TASK_COLUMN)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

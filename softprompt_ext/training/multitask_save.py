@@ -41,7 +41,7 @@ class _OneAdapter:
 
 
 def _describe(model: PeftModel, task: str) -> dict[str, Any]:
-    config = model.peft_config[task]
+    config: Any = model.peft_config[task]
     init = getattr(config, "prompt_tuning_init", None)
     return {
         "adapter": task,
