@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--global_batch", type=int, default=4)
     parser.add_argument("--num_virtual_tokens", type=int, default=4)
     parser.add_argument("--d_model", type=int, default=16)
+    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--d_ff", type=int, default=None)
     parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (softprompt_ext.precision)")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl)")
     parser.add_argument("--seed", type=int, default=0)
@@ -88,10 +90,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(device)
 
     tokenizer = build_tokenizer()
-    base = build_t5(len(tokenizer), d_model=args.d_model, seed=args.seed)  # same seed: same base on every rank
+    rss_start = _rss_mib()
+    base = build_t5(len(tokenizer), d_model=args.d_model, num_layers=args.num_layers, seed=args.seed,
+                    d_ff=args.d_ff)  # same seed: same base on every rank
     config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=args.num_virtual_tokens,
                               prompt_tuning_init="RANDOM_UNIFORM", init_seed=args.seed)
     model = get_peft_model(base, config).to(device)
+    n_params = sum(p.numel() for p in model.parameters())  # before sharding
     initial = model.prompt_encoder["default"].embedding.weight.detach().to("cpu", copy=True)
 
     blocks = {T5Block}
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         wrapped = model
     trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    local = [getattr(p, "_local_tensor", p) for p in wrapped.parameters()]  # this rank's shards (FSDP2: DTensor)
+    local_param_mib = sum(t.numel() * t.element_size() for t in local) / 2**20
     optimizer, _ = paper_optimizer(wrapped)  # the paper's Adafactor over what this rank holds of the prompt
 
     encoded = [(tokenizer(s)["input_ids"], tokenizer(t)["input_ids"]) for s, t in PAIRS]
@@ -141,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         losses.append(token_loss.item())
 
+    rss_end = _rss_mib()  # after sharding and training: what this rank keeps
     final = gather_prompt(wrapped)
     os.makedirs(args.output_dir, exist_ok=True)
     save_file({"initial": initial.contiguous(), "final": final.contiguous()},
@@ -151,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         "backend": dist.get_backend() if distributed else None,
         "losses": losses, "trainable_shapes": [list(p.shape) for p in trainable],
         "trainable_types": sorted({type(p).__name__ for p in trainable}),
+        "rss_start_mib": rss_start, "rss_end_mib": rss_end,
+        "params": n_params, "local_param_mib": local_param_mib,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
     }
@@ -158,6 +168,15 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(facts, handle, indent=2)
     if distributed:
         dist.destroy_process_group()
+
+
+def _rss_mib() -> float:
+    """This process's resident set size now (Linux `VmRSS`), in MiB."""
+    with open("/proc/self/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _pad(torch, pairs, device):
