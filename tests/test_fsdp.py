@@ -57,9 +57,9 @@ def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def _train(tmp_path: Path, name: str, mode: str, processes: int, device: str = "cpu") -> Path:
+def _train(tmp_path: Path, name: str, mode: str, processes: int, device: str = "cpu", extra=()) -> Path:
     out = tmp_path / name
-    args = ["--output_dir", str(out), "--mode", mode, "--precision", "fp32", "--device", device]
+    args = ["--output_dir", str(out), "--mode", mode, "--precision", "fp32", "--device", device, *extra]
     if processes == 1:
         _run([sys.executable, str(SCRIPT), *args], tmp_path)
     else:
@@ -115,6 +115,22 @@ def test_two_process_fsdp_gives_the_single_process_prompt(tmp_path, single, mode
 
     loaded = PeftModel.from_pretrained(build_t5(len(build_tokenizer()), seed=0), str(out / "adapter"))
     assert torch.equal(loaded.prompt_encoder["default"].embedding.weight.detach(), prompts[0]["final"])
+
+
+@pytest.mark.slow
+def test_fsdp_run_resumed_from_a_checkpoint_continues_exactly(tmp_path, single):
+    # 2 steps, checkpoint (prompt + Adafactor state + step, rank 0), a new 2-process launch resumes for 2 more:
+    # the 4-step one-process prompt, as for the uninterrupted run.
+    state = tmp_path / "state.pt"
+    _train(tmp_path, "first", "fsdp1-ignored", 2, extra=["--max_steps", "2", "--save_state", str(state)])
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 2 and saved["prompt"].shape == single["final"].shape
+    assert saved["optimizer"]["state"]  # Adafactor's factored moments travelled
+    out = _train(tmp_path, "resumed", "fsdp1-ignored", 2, extra=["--max_steps", "4", "--resume_state", str(state)])
+    facts = json.loads((out / "rank0.json").read_text(encoding="utf-8"))
+    assert len(facts["losses"]) == 2  # only the remaining steps ran
+    final = load_file(str(out / "prompt_rank0.safetensors"))["final"]
+    torch.testing.assert_close(final, single["final"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.slow
@@ -227,6 +243,25 @@ def test_helpers_are_plain_on_one_process(tmp_path):
     assert save_prompt_adapter(model, tmp_path / "adapter") is True
     assert torch.equal(load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))["prompt_embeddings"],
                        weight.detach())
+
+
+def test_prompt_checkpoint_round_trip_and_refusal(tmp_path):
+    from softprompt_ext.training.distributed import load_prompt_checkpoint, save_prompt_checkpoint
+    from softprompt_ext.training.recipe import paper_optimizer
+
+    model = _tiny_peft()
+    optimizer, _ = paper_optimizer(model)
+    model.prompt_encoder["default"].embedding.weight.grad = torch.ones(3, 16)
+    optimizer.step()
+    assert save_prompt_checkpoint(model, optimizer, tmp_path / "state.pt", step=7) is True
+    other = _tiny_peft()
+    other_optimizer, _ = paper_optimizer(other)
+    assert load_prompt_checkpoint(other, other_optimizer, tmp_path / "state.pt") == 7
+    assert torch.equal(other.prompt_encoder["default"].embedding.weight, model.prompt_encoder["default"].embedding.weight)
+    assert other_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+    sliced = torch.optim.SGD([torch.nn.Parameter(torch.zeros(48))], lr=0.1)  # what a sharded prompt gives
+    with pytest.raises(ValueError, match="whole prompt"):
+        save_prompt_checkpoint(model, sliced, tmp_path / "bad.pt", step=1)
 
 
 def test_prompt_modules_refuses_a_model_without_a_prompt():

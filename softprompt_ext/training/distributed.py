@@ -20,6 +20,8 @@ module is the small fix for each:
    the full `[P, d]` tensor on every rank whatever the wrapper (none, DDP, FSDP1, FSDP2, ignored or not);
    `save_prompt_adapter(model, dir)` writes an ordinary PEFT adapter from the main rank only, with the
    gathered tensor, so `PeftModel.from_pretrained` loads it on one device.
+4. **Resuming.** `save_prompt_checkpoint` / `load_prompt_checkpoint`: the whole prompt, its optimizer state
+   and the step in one file (written atomically by rank 0), for a hand-written FSDP loop.
 
 Everything here is a no-op without an initialised process group, so single-process code can call it.
 """
@@ -140,6 +142,51 @@ def save_prompt_adapter(
     if _dist_ready():
         torch.distributed.barrier()
     return main
+
+
+def save_prompt_checkpoint(
+    model: Any, optimizer: torch.optim.Optimizer, path: str | os.PathLike, step: int, adapter_name: str = "default"
+) -> bool:
+    """Write the whole prompt, the optimizer state and the step to `path` (one file, atomically, rank 0 only).
+
+    For a prompt kept out of the shards (`prompt_modules` ignored), whose optimizer state is then the same on
+    every rank; a sharded prompt's optimizer holds per-rank slices, refused here. Call it on every rank.
+    Resume with `load_prompt_checkpoint`. Returns whether this rank wrote the file.
+    """
+    from ..adapters.atomic import atomic_write
+
+    prompt = gather_prompt(model, adapter_name)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if tuple(param.shape) != tuple(prompt.shape):
+                raise ValueError(
+                    f"the optimizer steps a tensor of shape {tuple(param.shape)}, not the whole prompt "
+                    f"{tuple(prompt.shape)}: keep the prompt out of the FSDP shards (prompt_modules) to checkpoint it"
+                )
+    main = not _dist_ready() or torch.distributed.get_rank() == 0
+    if main:
+        state = {"prompt": prompt, "optimizer": optimizer.state_dict(), "step": int(step)}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    if _dist_ready():
+        torch.distributed.barrier()
+    return main
+
+
+def load_prompt_checkpoint(
+    model: Any, optimizer: torch.optim.Optimizer, path: str | os.PathLike, adapter_name: str = "default"
+) -> int:
+    """Put a `save_prompt_checkpoint` file's prompt and optimizer state back on this rank; returns its step.
+
+    The prompt must be whole on this rank (not wrapped yet, or FSDP-ignored). Tensors only (`weights_only`).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weight = unwrap(model).prompt_encoder[adapter_name].embedding.weight
+    if tuple(weight.shape) != tuple(state["prompt"].shape):
+        raise ValueError(f"checkpoint prompt {tuple(state['prompt'].shape)} does not fit {tuple(weight.shape)}")
+    with torch.no_grad():
+        weight.copy_(state["prompt"].to(weight.device, weight.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
 
 
 def _callback_base() -> type:

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (softprompt_ext.precision)")
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save_state", help="after training, write prompt + optimizer + step here")
+    parser.add_argument("--resume_state", help="start from a --save_state file (prompt, optimizer, step)")
     return parser.parse_args(argv)
 
 
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     from softprompt_ext.training.distributed import (
         all_reduce_prompt_grads,
         gather_prompt,
+        load_prompt_checkpoint,
         prompt_modules,
         save_prompt_adapter,
+        save_prompt_checkpoint,
     )
     from softprompt_ext.training.recipe import paper_optimizer
 
@@ -127,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     local_param_mib = sum(t.numel() * t.element_size() for t in local) / 2**20
     optimizer, _ = paper_optimizer(wrapped)  # the paper's Adafactor over what this rank holds of the prompt
 
+    first = load_prompt_checkpoint(wrapped, optimizer, args.resume_state) if args.resume_state else 0
     encoded = [(tokenizer(s)["input_ids"], tokenizer(t)["input_ids"]) for s, t in PAIRS]
     losses = []
-    for step in range(args.max_steps):
+    for step in range(first, args.max_steps):
         start = (step * args.global_batch) % len(encoded)
         batch = [encoded[(start + i) % len(encoded)] for i in range(args.global_batch)]
         total_tokens = sum(len(t) for _, t in batch)
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         losses.append(token_loss.item())
 
+    if args.save_state:
+        save_prompt_checkpoint(wrapped, optimizer, args.save_state, step=args.max_steps)
     rss_end = _rss_mib()  # after sharding and training: what this rank keeps
     final = gather_prompt(wrapped)
     os.makedirs(args.output_dir, exist_ok=True)
