@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 
-from ..peft_internals import prompt_parameters
+from ..peft_internals import prompt_encoders, prompt_parameters, prompt_weight, replace_prompt_weight
 
 
 def unwrap(model: Any) -> Any:
     """The `PeftModel` inside DDP / FSDP1 wrappers (`.module`), or `model` itself (FSDP2 wraps in place)."""
-    while hasattr(model, "module") and not hasattr(model, "prompt_encoder"):
+    while hasattr(model, "module") and not prompt_encoders(model):
         model = model.module
     return model
 
@@ -56,10 +56,10 @@ def prompt_modules(model: Any) -> list[torch.nn.Module]:
     `fully_shard(model, ignored_params=set(prompt_parameters(model)))` (FSDP2). Then call
     `all_reduce_prompt_grads` before each optimizer step.
     """
-    encoders = getattr(unwrap(model), "prompt_encoder", None)
-    if encoders is None or not len(encoders):
+    encoders = prompt_encoders(unwrap(model))
+    if not encoders:
         raise ValueError("model has no prompt encoder: pass the PeftModel of a SoftPromptConfig adapter")
-    return list(encoders.values())
+    return encoders
 
 
 def all_reduce_prompt_grads(model: Any) -> int:
@@ -95,21 +95,21 @@ def full_prompt(model: Any, adapter_name: str = "default") -> Iterator[Any]:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     peft_model = unwrap(model)
-    embedding = peft_model.prompt_encoder[adapter_name].embedding
-    if isinstance(model, FSDP) and embedding.weight.dim() != 2:  # a view into a sharded flat parameter
+    weight = prompt_weight(peft_model, adapter_name)
+    if isinstance(model, FSDP) and weight.dim() != 2:  # a view into a sharded flat parameter
         with FSDP.summon_full_params(model, writeback=False, recurse=True):
             yield peft_model
         return
-    full_tensor = getattr(embedding.weight, "full_tensor", None)  # FSDP2: a DTensor
+    full_tensor = getattr(weight, "full_tensor", None)  # FSDP2: a DTensor
     if not callable(full_tensor):
         yield peft_model
         return
-    sharded = embedding.weight
-    embedding._parameters["weight"] = torch.nn.Parameter(full_tensor().detach(), requires_grad=False)
+    whole = torch.nn.Parameter(full_tensor().detach(), requires_grad=False)
+    sharded = replace_prompt_weight(peft_model, adapter_name, whole)
     try:
         yield peft_model
     finally:
-        embedding._parameters["weight"] = sharded
+        replace_prompt_weight(peft_model, adapter_name, sharded)
 
 
 def gather_prompt(model: Any, adapter_name: str = "default") -> torch.Tensor:
@@ -119,7 +119,7 @@ def gather_prompt(model: Any, adapter_name: str = "default") -> torch.Tensor:
     under FSDP (see `full_prompt`): call it on every rank.
     """
     with full_prompt(model, adapter_name) as peft_model:
-        return peft_model.prompt_encoder[adapter_name].embedding.weight.detach().to("cpu", copy=True)
+        return prompt_weight(peft_model, adapter_name).detach().to("cpu", copy=True)
 
 
 def save_prompt_adapter(
@@ -136,7 +136,7 @@ def save_prompt_adapter(
         if main:
             # An explicit state_dict: PEFT would otherwise call `model.state_dict()`, which under FSDP is a
             # collective (all-gathers in the state-dict hooks) and, entered on rank 0 alone, hangs.
-            weight = peft_model.prompt_encoder[adapter_name].embedding.weight.detach()
+            weight = prompt_weight(peft_model, adapter_name).detach()
             save_kwargs.setdefault("state_dict", {"prompt_embeddings": weight})
             peft_model.save_pretrained(str(save_directory), selected_adapters=[adapter_name], **save_kwargs)
     if _dist_ready():
@@ -180,7 +180,7 @@ def load_prompt_checkpoint(
     The prompt must be whole on this rank (not wrapped yet, or FSDP-ignored). Tensors only (`weights_only`).
     """
     state = torch.load(path, map_location="cpu", weights_only=True)
-    weight = unwrap(model).prompt_encoder[adapter_name].embedding.weight
+    weight = prompt_weight(unwrap(model), adapter_name)
     if tuple(weight.shape) != tuple(state["prompt"].shape):
         raise ValueError(f"checkpoint prompt {tuple(state['prompt'].shape)} does not fit {tuple(weight.shape)}")
     with torch.no_grad():
