@@ -23,9 +23,11 @@ timeout 330 python -m pytest -q -rs -m gpu tests/test_fsdp.py tests/test_distrib
 # 2. the shipped accelerate config through the stock Trainer script (tests/scripts/ddp_train.py), ~1-2 min
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 procs=$(( gpus >= 2 ? 2 : 1 ))
+# the prompt out of the shards as the config file says, its gradient averaged by PromptGradSyncCallback
+FSDP_IGNORED_MODULES='(.*\.)?prompt_encoder' \
 timeout 150 python -m accelerate.commands.launch --config_file examples/accelerate/fsdp.yaml \
   --num_processes "$procs" --mixed_precision no --main_process_port 29677 \
-  tests/scripts/ddp_train.py --output_dir "$OUT/accelerate_fsdp" --max_steps 6 \
+  tests/scripts/ddp_train.py --output_dir "$OUT/accelerate_fsdp" --max_steps 6 --sync_prompt_grads \
   > "$OUT/accelerate_fsdp.log" 2>&1 || status=1
 python - "$OUT/accelerate_fsdp" "$procs" <<'PY' 2>&1 | tee "$OUT/accelerate_fsdp_check.txt" || status=1
 import json, sys
@@ -37,5 +39,9 @@ saved = load_file(f"{out}/adapter/adapter_model.safetensors")
 print("adapter", {k: tuple(v.shape) for k, v in saved.items()})
 assert list(saved) == ["prompt_embeddings"] and saved["prompt_embeddings"].dim() == 2
 assert {f["distributed_type"] for f in facts} == {"DistributedType.FSDP"}
+finals = [load_file(f"{out}/prompt_rank{r}.safetensors")["final"] for r in range(procs)]
+print("prompt shapes", [tuple(f.shape) for f in finals], "ranks equal", all((f == finals[0]).all() for f in finals))
+assert all(f.shape == saved["prompt_embeddings"].shape for f in finals)  # whole (ignored), not a 1-D shard
+assert all((f == finals[0]).all() for f in finals) and (finals[0] == saved["prompt_embeddings"]).all()
 PY
 echo "exit status $status (0 = all passed)"; exit $status

@@ -264,6 +264,17 @@ def test_prompt_checkpoint_round_trip_and_refusal(tmp_path):
         save_prompt_checkpoint(model, sliced, tmp_path / "bad.pt", step=1)
 
 
+def test_ignored_modules_regex_picks_the_prompt_for_accelerate():
+    from accelerate.utils.fsdp_utils import get_parameters_from_modules
+
+    from softprompt_ext.peft_internals import prompt_parameters
+    from softprompt_ext.training.distributed import IGNORED_MODULES_REGEX
+
+    model = _tiny_peft()
+    picked = get_parameters_from_modules(IGNORED_MODULES_REGEX, model, "cpu")  # what accelerate's FSDP ignores
+    assert {id(p) for p in picked} == {id(p) for p in prompt_parameters(model)}
+
+
 def test_prompt_modules_refuses_a_model_without_a_prompt():
     from softprompt_ext.training.distributed import prompt_modules
 

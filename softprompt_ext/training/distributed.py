@@ -15,7 +15,8 @@ module is the small fix for each:
    parameter on every rank and the paper's Adafactor runs unchanged.
 2. **Ignored parameters get no gradient sync.** `all_reduce_prompt_grads(model)` averages the prompt's
    gradient over the ranks (one all-reduce of P x d floats) before `optimizer.step()`;
-   `PromptGradSyncCallback` does it inside a `Trainer` (`on_pre_optimizer_step`).
+   `PromptGradSyncCallback` does it inside a `Trainer` (`on_pre_optimizer_step`); there the prompt is kept out
+   of the shards with `FSDP_IGNORED_MODULES=IGNORED_MODULES_REGEX` in the environment of `accelerate launch`.
 3. **Saving.** A sharded or wrapped prompt must be gathered before it is written. `gather_prompt(model)` returns
    the full `[P, d]` tensor on every rank whatever the wrapper (none, DDP, FSDP1, FSDP2, ignored or not);
    `save_prompt_adapter(model, dir)` writes an ordinary PEFT adapter from the main rank only, with the
@@ -36,6 +37,11 @@ from typing import Any
 import torch
 
 from ..peft_internals import prompt_encoders, prompt_parameters, prompt_weight, replace_prompt_weight
+
+IGNORED_MODULES_REGEX = r"(.*\.)?prompt_encoder"
+"""For accelerate's FSDP plugin (`FullyShardedDataParallelPlugin(ignored_modules=...)`, or the environment
+variable `FSDP_IGNORED_MODULES` that `accelerate launch` / the Trainer read): the module names it fullmatches
+are the prompt encoders of a `PeftModel`, and nothing of the base model."""
 
 
 def unwrap(model: Any) -> Any:
