@@ -130,6 +130,20 @@ def has_prompt_encoder(model: Any, adapter_name: str) -> bool:
     return encoders is not None and adapter_name in encoders
 
 
+def prompt_encoders(model: Any) -> list[torch.nn.Module]:
+    """The prompt encoder modules of a PEFT model, one per adapter (`[]` without prompt adapters)."""
+    encoders = getattr(model, "prompt_encoder", None)
+    return list(encoders.values()) if encoders is not None else []
+
+
+def replace_prompt_weight(model: PeftModel, adapter_name: str, weight: torch.nn.Parameter) -> torch.nn.Parameter:
+    """Put `weight` in place of the prompt parameter of `adapter_name`; returns the one it replaced."""
+    embedding: Any = model.prompt_encoder[adapter_name].embedding
+    previous = cast(torch.nn.Parameter, embedding._parameters["weight"])
+    embedding._parameters["weight"] = weight
+    return previous
+
+
 def prompt_parameters(model: Any) -> list[torch.nn.Parameter]:
     """Every parameter of every prompt encoder of a PEFT model (`[]` for a model without prompt adapters)."""
     encoders = getattr(model, "prompt_encoder", None)

@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--use_cpu", action="store_true", help="train on CPU (gloo) even if CUDA is present")
     parser.add_argument("--world_only", action="store_true", help="report the process world and exit")
+    parser.add_argument("--sync_prompt_grads", action="store_true",
+                        help="add PromptGradSyncCallback (FSDP with FSDP_IGNORED_MODULES set to the prompt encoders)")
     return parser.parse_args(argv)
 
 
@@ -75,6 +77,7 @@ def train(args: argparse.Namespace) -> None:
 
     from softprompt_ext import SoftPromptConfig
     from softprompt_ext.tiny_models import build_t5, build_tokenizer
+    from softprompt_ext.training.distributed import PromptGradSyncCallback
 
     torch.set_num_threads(1)  # two processes share two cores
     training_args = Seq2SeqTrainingArguments(
@@ -129,6 +132,7 @@ def train(args: argparse.Namespace) -> None:
         args=training_args,
         train_dataset=data,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=base, padding=True),
+        callbacks=[PromptGradSyncCallback()] if args.sync_prompt_grads else None,
     )
     trainer.train()
     final = prompt.detach().clone()
