@@ -75,7 +75,8 @@ class Expectation:
 _GENERATE_CACHE_BUG = (
     "PeftModelForCausalLM.prepare_inputs_for_generation (peft/peft_model.py) looks for the KV cache under "
     "model_kwargs['past_key_values'], but transformers 5.x's GenerationMixin.prepare_inputs_for_generation "
-    "(transformers/generation/utils.py) returns it as model_inputs['cache']; PEFT then takes every decoding step "
+    "(transformers/generation/utils.py) returns it as model_inputs['cache'] from transformers 5.24 on (5.23 and "
+    "older still say 'past_key_values'); PEFT then takes every decoding step "
     "for the first one, keeps the full input_ids and prepends the virtual tokens again. On OPT that gives 11 "
     "input embeddings (10 virtual + 1 new token) against 0 position embeddings; other models run on and decode "
     "the wrong tokens, which PEFT's tests do not check (tests/test_peft_contract.py pins that case)."
@@ -124,6 +125,20 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         ours="the same: placement at generation is PEFT's",
         why=_GENERATE_CACHE_BUG,
         link=_GENERATE_CACHE_LINK,
+        transformers=">=5.24",
+    ),
+    Expectation(
+        case="test_decoder_models.py::TestDecoderModels::test_prompt_tuning_prepare_inputs_for_generation_4d_attention_mask",
+        kind="upstream", variants=BOTH,
+        peft="TypeError: create_masks_for_generate() missing 2 required positional arguments: 'input_embeds' and "
+        "'cache_position'",
+        ours="the same: the mask is PEFT's",
+        why="peft/utils/other.py create_attention_mask calls transformers' create_masks_for_generate with the "
+        "signature of transformers >= 5.2 (inputs_embeds=, no cache_position) whenever transformers >= 5.0; "
+        "5.0 and 5.1 still take input_embeds and cache_position",
+        link="no upstream issue found; the transformers side changed with the cache_position removal "
+        "(https://github.com/huggingface/transformers/pull/44130, https://github.com/huggingface/transformers/pull/44181)",
+        transformers="<5.2",
     ),
     # ------------------------------------------------------------------ environment (skipped)
     Expectation(

@@ -187,14 +187,22 @@ def run_matrix(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- table
 def table() -> str:
-    """The Markdown table of intended differences (CONTRIBUTING.md), from expectations.py."""
+    """CONTRIBUTING.md's two tables (intended differences; upstream bugs and environment skips), from expectations.py."""
     sys.path.insert(0, SCRIPTS)
     from peft_suite.expectations import EXPECTATIONS
 
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
     rows = ["| Case (PEFT's tests) | PEFT | softprompt-ext | Why |", "|---|---|---|---|"]
+    rows += [f"| `{e.case}` | {cell(e.peft)} | {cell(e.ours)} | {cell(e.why)} |" for e in EXPECTATIONS if e.kind == "intended"]
+    rows += ["", "| Case (PEFT's tests) | Kind, variants, transformers | What happens | Why | Link |", "|---|---|---|---|---|"]
     for e in EXPECTATIONS:
-        if e.kind == "intended":
-            rows.append(f"| `{e.case}` | {e.peft} | {e.ours} | {e.why} |")
+        if e.kind != "intended":
+            scope = f"{e.kind} ({e.requires}), " if e.requires else f"{e.kind}, "
+            scope += "both" if len(e.variants) == 2 else e.variants[0]
+            scope += f", transformers{e.transformers}" if e.transformers else ""
+            rows.append(f"| `{e.case}` | {scope} | {cell(e.peft)} | {cell(e.why)} | {cell(e.link or '-')} |")
     return "\n".join(rows)
 
 
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", action="store_true", help="run in fresh virtualenvs for the oldest and newest versions")
     parser.add_argument("--matrix_only", choices=("oldest", "newest"), help="with --matrix: one combination")
     parser.add_argument("--keep_venvs", action="store_true", help="with --matrix: keep the virtualenvs")
-    parser.add_argument("--table", action="store_true", help="print the intended-differences table and exit")
+    parser.add_argument("--table", action="store_true", help="print CONTRIBUTING.md's tables (from expectations.py) and exit")
     args = parser.parse_args(argv)
     args.variant = args.variant or list(VARIANTS)
     args.pytest_args = extra
