@@ -1,6 +1,6 @@
 """Run PEFT's own prompt-tuning test cases twice: as PEFT ships them, and with SoftPromptConfig in their place.
 
-    python scripts/peft_suite/run.py                      # both variants (about 2.5 minutes on 2 cores)
+    python scripts/peft_suite/run.py                      # both variants (3 to 4.5 minutes on 2 cores)
     python scripts/peft_suite/run.py --variant softprompt # one variant
     python scripts/peft_suite/run.py -- -x -k generate    # extra pytest arguments after --
     python scripts/peft_suite/run.py --matrix             # oldest and newest PEFT/transformers pyproject allows
