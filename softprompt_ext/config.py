@@ -370,6 +370,11 @@ class SoftPromptConfig(PromptTuningConfig):
                 f"{CONFIG_NAME} at {pretrained_model_name_or_path!r} has no 'peft_type': it is not a PEFT adapter "
                 "config."
             )
+        if plain["peft_type"] != "PROMPT_TUNING":
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} is a {plain['peft_type']} adapter; SoftPromptConfig loads "
+                "prompt-tuning adapters only. Load it with peft.PeftConfig.from_pretrained."
+            )
         plain, embedded = split_embedded_record(plain)
         record = record if record is not None else embedded
         if record is None:
@@ -478,16 +483,19 @@ def _refuse_pickled_weights(save_directory: str) -> None:
 def known_fields(config_class: type, data: dict[str, Any], source: str = "", stacklevel: int = 3) -> dict[str, Any]:
     """`data` restricted to the init fields of the config dataclass; unknown keys dropped with one warning.
 
+    The warning names `config_class` (PEFT's `PromptTuningConfig` for a plain adapter, as PEFT's own does).
+
     Both config classes load this way (`SoftPromptConfig.from_parts`, a plain `PromptTuningConfig` in
     `adapters.validation.build_config`), as PEFT does: a key a newer PEFT or softprompt-ext wrote is ignored.
     """
     known = {f.name for f in dataclasses.fields(config_class) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
-        where = f"{source}: " if source else ""
+        # the message starts as PEFT's own for the same case, so filters written for PEFT's warning still match
+        where = f" ({source})" if source else ""
         warnings.warn(
-            f"{where}Ignoring unknown adapter config keys {unknown}: the adapter was saved by a newer PEFT or "
-            "softprompt-ext; upgrade them to keep these settings.",
+            f"Unexpected keyword arguments {unknown} for class {config_class.__name__}, these are ignored.{where} "
+            "The adapter was saved by a newer PEFT or softprompt-ext: upgrade them to keep these settings.",
             stacklevel=stacklevel,
         )
     return {k: v for k, v in data.items() if k in known}

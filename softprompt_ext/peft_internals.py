@@ -247,9 +247,13 @@ def warn_if_causal_generate_is_broken() -> None:
     if _warned or not causal_generate_reinserts_prompt():
         return
     _warned.append(True)
+    import peft
+    import transformers
+
     warnings.warn(
         "This PEFT + transformers combination re-inserts a soft prompt at every step of a causal LM's "
-        "model.generate(...), so tokens after the first are wrong (PEFT 0.21 with transformers 5). Generate with "
+        f"model.generate(...), so tokens after the first are wrong (PEFT {peft.__version__} with transformers "
+        f"{transformers.__version__}). Generate with "
         "softprompt_ext.generate(model, input_ids=..., attention_mask=..., max_new_tokens=...) instead; "
         "forward passes and training are unaffected.",
         UserWarning,
@@ -281,8 +285,9 @@ def _caller_stacklevel() -> int:
 def causal_generate_reinserts_prompt() -> bool:
     """Whether this PEFT + transformers re-insert the prompt at every step of a causal LM's `generate`.
 
-    PEFT 0.21 with transformers 5.x: `PeftModelForCausalLM.prepare_inputs_for_generation` looks for the cache
-    under `past_key_values`, transformers 5 passes it as `cache`, so every decoding step prepends the prompt
+    PEFT 0.21 with transformers >= 5.24 (measured by the PEFT-suite harness over 5.0-5.24):
+    `PeftModelForCausalLM.prepare_inputs_for_generation` looks for the cache under `past_key_values`, which
+    transformers 5.24 passes as `cache`, so every decoding step prepends the prompt
     again and tokens after the first are wrong. Measured once per process on a 1-layer random GPT-2: the
     scores of the second generated token are compared with a full forward pass (no cache) of the same
     sequence. An installed PEFT that fixes the bug answers False, and the library's workaround switches off.

@@ -56,7 +56,7 @@ class PromptTuningConfigLoader(PromptTuningConfig):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # keys a newer PEFT wrote are dropped with one warning naming PromptTuningConfig, as plain PEFT does
         # (PEFT's own fallback would name this class)
-        super().__init__(*args, **known_fields(PromptTuningConfig, kwargs, "PromptTuningConfig", stacklevel=4))
+        super().__init__(*args, **known_fields(PromptTuningConfig, kwargs, stacklevel=4))
 
     def __repr__(self) -> str:  # PEFT's class name, as PEFT would print it
         text = super().__repr__()

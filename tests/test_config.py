@@ -113,7 +113,7 @@ def test_unknown_record_keys_warn_and_are_dropped(tmp_path):
     record = json.loads((tmp_path / RECORD_NAME).read_text())
     record["future_option"] = 1
     (tmp_path / RECORD_NAME).write_text(json.dumps(record))
-    with pytest.warns(UserWarning, match=r"Ignoring unknown adapter config keys \['future_option'\]"):
+    with pytest.warns(UserWarning, match=r"Unexpected keyword arguments \['future_option'\] for class SoftPromptConfig, these are ignored"):
         loaded = SoftPromptConfig.from_pretrained(str(tmp_path))
     assert loaded.num_virtual_tokens == 3
 

@@ -163,3 +163,10 @@ def test_loading_needs_nothing_the_init_needs(tmp_path, tokenizer, make_model):
     __import__("shutil").rmtree(tokenizer_dir)
     loaded = PeftModel.from_pretrained(make_model("t5"), str(tmp_path / "adapter"))
     torch.testing.assert_close(prompt(loaded), prompt(model), rtol=0, atol=0)
+
+
+def test_soft_config_from_pretrained_on_another_method_names_it(tmp_path):
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "task_type": "CAUSAL_LM"}')
+    with pytest.raises(ValueError, match="is a LORA adapter; SoftPromptConfig loads prompt-tuning adapters only"):
+        SoftPromptConfig.from_pretrained(str(tmp_path))
+    assert type(PeftConfig.from_pretrained(str(tmp_path))).__name__ == "LoraConfig"  # PEFT's entry point still works

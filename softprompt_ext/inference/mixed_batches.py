@@ -74,7 +74,7 @@ def mixed_generate(
         `return_dict_in_generate=True` the `generate` output object is returned as it is.
 
     With one name repeated B times this is also a plain single-prompt generate. For decoder-only models
-    that is worth knowing: with transformers 5.x, PEFT 0.21's own `generate` re-inserts the prompt at every
+    that is worth knowing: with transformers >= 5.24, PEFT 0.21's own `generate` re-inserts the prompt at every
     decoding step (it looks for the cache under `past_key_values`, which `generate` now calls `cache`), so
     its tokens after the first differ from greedy decoding of the model.
     """
