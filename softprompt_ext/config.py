@@ -366,9 +366,10 @@ class SoftPromptConfig(PromptTuningConfig):
         if plain is None:
             raise ValueError(f"No {CONFIG_NAME} at {pretrained_model_name_or_path!r}; is it an adapter?")
         if "peft_type" not in plain:  # PEFT raises TypeError for a JSON file that is not an adapter config
+            # worded as PEFT's own error for the same file, so code matching PEFT's message keeps working
             raise TypeError(
-                f"{CONFIG_NAME} at {pretrained_model_name_or_path!r} has no 'peft_type': it is not a PEFT adapter "
-                "config."
+                f"The {cls.__name__} config that is trying to be loaded is missing required keys: {{'peft_type'}}. "
+                f"({CONFIG_NAME} at {pretrained_model_name_or_path!r} is not a PEFT adapter config.)"
             )
         if plain["peft_type"] != "PROMPT_TUNING":
             raise ValueError(

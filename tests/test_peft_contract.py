@@ -16,8 +16,8 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType, register_peft_method
 
 from softprompt_ext import SoftPromptConfig, SoftPromptEmbedding
-from softprompt_ext.registration import PromptTuningConfigLoader
 from softprompt_ext.peft_internals import causal_generate_reinserts_prompt
+from softprompt_ext.registration import PromptTuningConfigLoader
 
 
 def test_supported_peft_version():

@@ -132,7 +132,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         peft="loads the LoRA adapter's config through PromptTuningConfig.from_pretrained (a LoraConfig) and "
         "round-trips its runtime_config",
         ours="ValueError at the first from_pretrained: a LORA adapter is not a SoftPromptConfig",
-        why="the same as test_from_pretrained above",
+        why="SoftPromptConfig.from_pretrained refuses another method's adapter, as in test_from_pretrained above",
     ),
     # ------------------------------------------------------------------ upstream bugs (both variants)
     Expectation(
