@@ -29,16 +29,8 @@ import os
 import resource
 import sys
 
-PAIRS = [
-    ("the movie was a great success and the audience loved it", "positive"),
-    ("a terrible film with a weak story and bad acting", "negative"),
-    ("this is a positive review of a wonderful book", "positive"),
-    ("this is a negative review of a boring play", "negative"),
-    ("the audience loved the wonderful story", "positive"),
-    ("a boring film with bad acting", "negative"),
-    ("a great book and a wonderful play", "positive"),
-    ("a weak story and a terrible play", "negative"),
-]
+from ddp_train import PAIRS  # the same sentiment pairs as the DDP script beside this one
+
 MODES = ("single", "fsdp1-ignored", "fsdp1-sharded", "fsdp2-ignored")
 
 
