@@ -43,9 +43,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results")
 VARIANTS = {
-    "mixed": [],
+    "continuous": [],
+    "mixed": ["--batching", "mixed"],
     "per_adapter": ["--batching", "per-adapter"],
-    "serial": ["--max-batch-size", "1"],
+    "serial": ["--max-batch-size", "1", "--batching", "mixed"],
 }
 NUM_ADAPTERS, PROMPT_LENGTHS, MAX_TOKENS = 8, (10, 20, 30), 8
 

@@ -130,10 +130,12 @@ class Server:
     def get(self, path, **kwargs):
         return httpx.get(self.url + path, timeout=30, **kwargs)
 
-    def metric(self, name: str) -> float:
-        """Sum of every sample of `name` (all label sets) in /metrics."""
+    def metric(self, name: str, kind: str | None = None) -> float:
+        """Sum of every sample of `name` (all label sets, or those with label kind=`kind`) in /metrics."""
         total = 0.0
         for line in self.get("/metrics").text.splitlines():
+            if kind is not None and f'kind="{kind}"' not in line:
+                continue
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
@@ -214,15 +216,18 @@ def test_classify_matches_rank_classify(server, reference):
 
 
 def test_mixed_concurrent_burst_equals_each_request_alone(server):
-    """Any mix of adapters in one batch: every row's tokens equal the request sent alone; with a budget of 2
-    resident adapters for 3, the burst also evicts and reloads."""
+    """Any mix of adapters in the running batch: every row's tokens equal the request sent alone; rows are
+    admitted in fewer prefill calls than rows, decoding steps mix adapters; with a budget of 2 resident
+    adapters for 3, the burst also evicts and reloads."""
     requests = [{"model": name, "prompt": text, "max_tokens": n}
                 for i, (name, text, n) in enumerate(
                     (name, text, 4 + (j % 3) * 3) for j, (name, text) in
                     enumerate((n, t) for n in ("a3", "a7", "a5") for t in TEXTS))]
     requests.append({"model": "a7", "prompt": TEXTS[::-1], "max_tokens": 8})
     alone = [server.post("/v1/completions", r).json()["choices"] for r in requests]
-    sizes_before = (server.metric("softprompt_batch_size_sum"), server.metric("softprompt_batch_size_count"))
+    before = {key: server.metric(key, kind) for key, kind in (
+        ("softprompt_batch_size_sum", "prefill"), ("softprompt_batch_size_count", "prefill"),
+        ("softprompt_batch_adapters_sum", "generate"), ("softprompt_batch_adapters_count", "generate"))}
     barrier = threading.Barrier(len(requests))
 
     def send(body):
@@ -235,9 +240,15 @@ def test_mixed_concurrent_burst_equals_each_request_alone(server):
     assert [[c["text"] for c in r.json()["choices"]] for r in burst] == [[c["text"] for c in a] for a in alone]
     assert [[c["finish_reason"] for c in r.json()["choices"]] for r in burst] == [
         [c["finish_reason"] for c in a] for a in alone]
-    rows = server.metric("softprompt_batch_size_sum") - sizes_before[0]
-    calls = server.metric("softprompt_batch_size_count") - sizes_before[1]
-    assert rows == len(requests) + 3 and calls < rows, (rows, calls)  # batched: fewer model calls than rows
+    after = {key: server.metric(key, kind) for key, kind in (
+        ("softprompt_batch_size_sum", "prefill"), ("softprompt_batch_size_count", "prefill"),
+        ("softprompt_batch_adapters_sum", "generate"), ("softprompt_batch_adapters_count", "generate"))}
+    rows = after["softprompt_batch_size_sum"] - before["softprompt_batch_size_sum"]
+    calls = after["softprompt_batch_size_count"] - before["softprompt_batch_size_count"]
+    assert rows == len(requests) + 3 and calls < rows, (rows, calls)  # batched: fewer prefill calls than rows
+    adapters = after["softprompt_batch_adapters_sum"] - before["softprompt_batch_adapters_sum"]
+    steps = after["softprompt_batch_adapters_count"] - before["softprompt_batch_adapters_count"]
+    assert adapters > steps, (adapters, steps)  # decoding steps ran rows of several adapters together
     assert server.metric("softprompt_adapter_evictions_total") > 0
     assert server.metric("softprompt_adapter_reloads_total") > 0
     assert server.metric("softprompt_adapters_loaded") <= 2

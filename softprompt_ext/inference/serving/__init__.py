@@ -6,8 +6,9 @@
     serve(adapters=["./sst2-prompt"], port=8000)                                      # the same, from Python
 
 Lester et al. (2021), section 6: a task is only its prompt, so one frozen model serves every task and one
-batch may mix them. The server queues requests, forms mixed batches (`scheduler.py`) and runs them through
-`mixed_generate` / `score_label_ids` (`engine.py`); adapters live in an LRU store with a memory budget
+batch may mix them. The server queues requests and decodes them in one running batch that rows of any adapter join and
+leave between decoding steps (`scheduler.py`, `decoding.py`; classification runs `score_label_ids` on mixed
+batches, `engine.py`); adapters live in an LRU store with a memory budget
 (`registry.py`), each read through `validate_adapter` / `load_adapter_safely`. Modules: `schemas.py`
 (request and response bodies), `app.py` (FastAPI endpoints), `metrics.py` (Prometheus). Needs the `serve`
 extra: `pip install "softprompt-ext[serve]"` (FastAPI, uvicorn, prometheus_client).
@@ -28,7 +29,8 @@ _log = logging.getLogger("softprompt_ext.serve")
 
 def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: str | None = None,
               admin_token: str | None = None, max_adapters: int = 64, max_adapter_bytes: int | None = None,
-              strict: bool = False, precision: str = "auto", batching: str = "mixed", **settings):
+              strict: bool = False, precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True,
+              **settings):
     """The FastAPI app `serve` runs (for tests, or to run it under your own ASGI server).
 
     Args:
@@ -41,8 +43,12 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
         max_adapters, max_adapter_bytes: the resident-prompt budget (LRU eviction beyond it).
         strict: raise when an adapter is refused at start-up (default: log it, serve the others, and list it
             under `refused` in `GET /health`).
-        batching: "mixed" (any adapters in one batch, the default) or "per_adapter" (one adapter per batch
-            through PEFT's `set_adapter` path: the benchmark's baseline).
+        batching: "continuous" (the default: rows of any adapters join and leave the running batch between
+            decoding steps; decoder-only bases reuse each adapter's prompt keys/values), "mixed" (one batch at
+            a time, any adapters) or "per_adapter" (one adapter per batch through PEFT's `set_adapter` path:
+            the benchmark's baseline).
+        prefix_cache: decoder-only bases under continuous batching: compute each adapter's prompt keys and
+            values once and reuse them for every request (default); False recomputes them per request.
         **settings: `ServeSettings` fields (`max_batch_size`, `max_wait_ms`, `max_queue`, `max_input_tokens`,
             `max_tokens`, `request_timeout_s`, ...).
     """
@@ -58,7 +64,7 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
     specs = [pair for spec in adapters for pair in discover(spec)]
     model, tokenizer = load_base(base, device)
     engine = Engine(model, tokenizer, max_adapters=max_adapters, max_bytes=max_adapter_bytes, precision=precision,
-                    batching=batching)
+                    batching=batching, prefix_cache=prefix_cache)
     refused: dict[str, str] = {}
     for name, source in specs:
         try:

@@ -85,7 +85,8 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
     registry = engine.registry
     scheduler = Scheduler(engine.run, max_queue=settings.max_queue, max_batch_size=settings.max_batch_size,
                           max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
-                          max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters)
+                          max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters,
+                          stepper=engine if engine.batching == "continuous" else None)
     metrics = ServerMetrics(scheduler, registry)
     scheduler.on_batch = metrics.observe_batch
     state = {"draining": False}

@@ -6,13 +6,25 @@ encoded once, every label scored on it) for "classify" jobs, each row with its o
 2021, section 6). Greedy rows do not depend on each other, so a row's tokens equal the request run alone:
 the batch generates up to the largest `max_new_tokens` and every row is cut to its own.
 
-`batching="per_adapter"` is the baseline the serving benchmark compares against: the scheduler then puts one
-adapter in each batch and generation goes through PEFT's own path (`set_adapter` + `generate`, or the
-corrected `softprompt_ext.generate` for decoder-only models).
+Batching modes (`--batching`):
+
+* `"continuous"` (the default): iteration-level scheduling for generation (`decoding.RunningBatch`): the
+  worker admits queued rows before every decoding step and answers each row as soon as it is done, so a
+  request never waits for a batch's longest row; decoder-only bases reuse every adapter's prompt keys and
+  values (`decoding.PrefixCache`). `admit` / `step` / `cancel` are the scheduler's calls.
+  Used when the model's generation config makes greedy `generate` a plain argmax; with logits processors
+  (e.g. `repetition_penalty`) the engine warns and uses `"mixed"`.
+* `"mixed"`: one batch at a time through `mixed_generate`, any adapters in a batch.
+* `"per_adapter"`: the baseline the serving benchmark compares against: the scheduler puts one adapter in
+  each batch and generation goes through PEFT's own path (`set_adapter` + `generate`, or the corrected
+  `softprompt_ext.generate` for decoder-only models).
+
+Classification is one forward per batch in every mode.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +33,12 @@ from ...precision import autocast
 from ..generate import generate as generate_active
 from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
+from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
 from .scheduler import Job
+
+BATCHING = ("continuous", "mixed", "per_adapter")
+_log = logging.getLogger("softprompt_ext.serve")
 
 
 @dataclass
@@ -55,9 +71,15 @@ class Engine:
     """Base model + tokenizer + adapter store; `run` is the scheduler's batch runner (worker thread only)."""
 
     def __init__(self, model, tokenizer, *, max_adapters: int = 64, max_bytes: int | None = None,
-                 precision: str = "auto", batching: str = "mixed"):
-        if batching not in ("mixed", "per_adapter"):
-            raise ValueError(f"batching={batching!r}: use 'mixed' (any adapters in one batch) or 'per_adapter'.")
+                 precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True):
+        if batching not in BATCHING:
+            raise ValueError(f"batching={batching!r}: use 'continuous' (rows join and leave between decoding steps, "
+                             "the default), 'mixed' (one batch at a time, any adapters) or 'per_adapter'.")
+        processors = logits_processors_in(getattr(model, "generation_config", None))
+        if batching == "continuous" and processors:
+            _log.warning("the model's generation config sets %s: greedy generate is not the plain argmax, so "
+                         "continuous batching is off; serving with batching='mixed'.", ", ".join(processors))
+            batching = "mixed"
         self.batching = batching
         self.tokenizer = tokenizer
         self.registry = AdapterRegistry(model, max_adapters=max_adapters, max_bytes=max_bytes)
@@ -67,6 +89,14 @@ class Engine:
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
         self.eos = eos
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+        self.prefix_cache: PrefixCache | None = None
+        self.running: RunningBatch | None = None
+        if batching == "continuous":
+            if prefix_cache and not self.encoder_decoder:
+                self.prefix_cache = PrefixCache(self.registry.model)
+                self.registry.on_evict.append(self.prefix_cache.drop)
+            self.running = RunningBatch(self.registry.model, eos_token_id=eos, pad_token_id=self.pad,
+                                        encoder_decoder=self.encoder_decoder, prefix_cache=self.prefix_cache)
 
     @property
     def model(self):
@@ -102,6 +132,60 @@ class Engine:
                 return [scores.scores[i, : len(labels[i])].float().cpu().tolist() for i in range(len(jobs))]
         raise ValueError(f"unknown job kind {kind!r}")
 
+    # ------------------------------------------------------------------------------------------ continuous
+    @property
+    def active(self) -> int:
+        """Rows in the running batch (continuous batching)."""
+        return len(self.running) if self.running is not None else 0
+
+    @property
+    def active_tokens(self) -> int:
+        """Summed token cost of the running batch's rows (the scheduler's `max_batch_tokens` bound)."""
+        return sum(row.job.cost for row in self.running.rows) if self.running is not None else 0
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        return [row.job for row in self.running.rows] if self.running is not None else []
+
+    def admit(self, jobs: list[Job]) -> list[tuple[Job, Completion]]:
+        """Prefill `jobs` into the running batch; returns the jobs already finished, with their completions."""
+        assert self.running is not None, "admit() needs batching='continuous'"
+        self.registry.ensure([job.adapter for job in jobs])
+        rows = [Row(job, job.adapter, job.max_new_tokens) for job in jobs]
+        with torch.no_grad(), autocast(self.device, self.precision):
+            done = self.running.admit(rows, [job.input_ids for job in jobs])
+        return [(row.job, self._completion(row.tokens)) for row in done]
+
+    def step(self) -> list[tuple[Job, Completion]]:
+        """One decoding step of the running batch; returns the jobs that finished."""
+        assert self.running is not None, "step() needs batching='continuous'"
+        with torch.no_grad(), autocast(self.device, self.precision):
+            done = self.running.step()
+        return [(row.job, self._completion(row.tokens)) for row in done]
+
+    def drop(self, keep) -> list[Job]:
+        """Remove the running rows whose job fails `keep(job)` (a cancelled request); returns their jobs."""
+        if self.running is None:
+            return []
+        gone = [row for row in self.running.rows if not keep(row.job)]
+        self.running.remove(gone)
+        return [row.job for row in gone]
+
+    def reset(self) -> list[Job]:
+        """Empty the running batch (after a failed step); returns the jobs it held."""
+        if self.running is None:
+            return []
+        jobs = [row.job for row in self.running.rows]
+        self.running.remove(list(self.running.rows))
+        return jobs
+
+    def _completion(self, row: list[int]) -> Completion:
+        if self.eos in row:
+            stop = row.index(self.eos)
+            return Completion(row[:stop], True, stop + 1)
+        return Completion(row, False, len(row))
+
+    # ------------------------------------------------------------------------------------------ batch mode
     def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:
         most = max(job.max_new_tokens for job in jobs)
         options = dict(max_new_tokens=most, do_sample=False, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos)
@@ -114,15 +198,7 @@ class Engine:
             out = mixed_generate(self.model, ids, mask, names, **options)
         if self.encoder_decoder:
             out = out[:, 1:]  # drop the decoder start token
-        results = []
-        for row, job in zip(out.tolist(), jobs, strict=True):
-            row = row[: job.max_new_tokens]
-            if self.eos in row:
-                stop = row.index(self.eos)
-                results.append(Completion(row[:stop], True, stop + 1))
-            else:
-                results.append(Completion(row, False, len(row)))
-        return results
+        return [self._completion(row[: job.max_new_tokens]) for row, job in zip(out.tolist(), jobs, strict=True)]
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

@@ -1,7 +1,9 @@
 """Prometheus metrics of `softprompt serve` (`GET /metrics`), in a registry of their own per server.
 
 * `softprompt_queue_depth` -- rows waiting for a batch (gauge).
-* `softprompt_batch_size` -- rows per model call (histogram, label `kind`: generate | classify).
+* `softprompt_batch_size` -- rows per model call (histogram, label `kind`: generate | prefill | classify;
+  under continuous batching a "generate" call is one decoding step of the running batch and a "prefill" call
+  admits new rows).
 * `softprompt_batch_adapters` -- distinct adapters per model call (histogram).
 * `softprompt_batch_seconds` -- wall time of one model call (histogram).
 * `softprompt_request_seconds` -- request latency, arrival to response (histogram, label `endpoint`).

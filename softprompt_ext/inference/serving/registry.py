@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class AdapterRegistry:
         self.loaded: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self.evictions = 0
         self.reloads = 0
+        self.on_evict: list[Callable[[str], None]] = []  # called with the name of every evicted/unloaded adapter
 
     # ------------------------------------------------------------------------------------------ queries
     def __contains__(self, name: str) -> bool:
@@ -198,6 +200,8 @@ class AdapterRegistry:
         self.model.set_adapter(ANCHOR)  # never delete the active adapter
         self.model.delete_adapter(name)
         del self.loaded[name]
+        for callback in self.on_evict:
+            callback(name)
         if counted:
             self.evictions += 1
 

@@ -14,6 +14,12 @@ batch, in order. Each job gets exactly its own row back through its `Future`.
 * Control calls (`call(fn)`: loading and unloading adapters) run on the same thread between batches, so the
   model is never changed while it runs.
 * `stop(drain=True)` refuses new jobs (`ShuttingDown`, HTTP 503) and returns once every accepted job is done.
+
+With a `stepper` (the engine under continuous batching), generation is iteration-level: the worker keeps a
+running batch, admits queued "generate" jobs before every decoding step (up to `max_batch_size` rows and
+`max_batch_tokens` in the running batch; the `max_wait_s` window applies only when nothing is running),
+resolves each job as soon as its row finishes, and drops rows whose client gave up. "classify" jobs still run
+as whole batches between steps.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class QueueFull(RuntimeError):
@@ -57,12 +63,28 @@ class Job:
 Runner = Callable[[str, list[Job]], list[Any]]
 
 
+class Stepper(Protocol):
+    """Iteration-level generation (`Engine` under continuous batching)."""
+
+    @property
+    def active(self) -> int: ...
+    @property
+    def active_tokens(self) -> int: ...
+    @property
+    def running_jobs(self) -> list[Job]: ...
+
+    def admit(self, jobs: list[Job]) -> list[tuple[Job, Any]]: ...
+    def step(self) -> list[tuple[Job, Any]]: ...
+    def drop(self, keep: Callable[[Job], bool]) -> list[Job]: ...
+    def reset(self) -> list[Job]: ...
+
+
 class Scheduler:
     """The queue and its worker. `runner(kind, jobs)` returns one result per job, in order."""
 
     def __init__(self, runner: Runner, *, max_queue: int = 256, max_batch_size: int = 32,
                  max_batch_tokens: int = 16384, max_wait_s: float = 0.005, max_adapters: int = 64,
-                 on_batch: Callable[[str, list[Job], float], None] | None = None):
+                 on_batch: Callable[[str, list[Job], float], None] | None = None, stepper: Stepper | None = None):
         for name, value in (("max_queue", max_queue), ("max_batch_size", max_batch_size),
                             ("max_batch_tokens", max_batch_tokens), ("max_adapters", max_adapters)):
             if value < 1:
@@ -73,6 +95,7 @@ class Scheduler:
         self.max_queue, self.max_batch_size = max_queue, max_batch_size
         self.max_batch_tokens, self.max_wait_s, self.max_adapters = max_batch_tokens, max_wait_s, max_adapters
         self.on_batch = on_batch
+        self.stepper = stepper
         self._jobs: deque[Job] = deque()
         self._control: deque[tuple[Callable[[], Any], Future]] = deque()
         self._cond = threading.Condition()
@@ -130,6 +153,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------ worker side
     def _loop(self) -> None:
+        if self.stepper is not None:
+            return self._continuous_loop(self.stepper)
         while True:
             with self._cond:
                 while not self._jobs and not self._control and not self._stopping:
@@ -144,17 +169,70 @@ class Scheduler:
             if batch:
                 self._run(batch)
 
-    def _form_batch(self) -> list[Job]:
+    def _continuous_loop(self, stepper: Stepper) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._control and not self._stopping and not stepper.active:
+                    self._cond.wait()
+                control = self._control.popleft() if self._control else None
+                if control is None and not self._jobs and not stepper.active:  # stopping and nothing left
+                    return
+            if control is not None:
+                _run_into(control[1], control[0])
+                continue
+            if self._jobs:
+                room = self.max_batch_size - stepper.active
+                batch = self._form_batch(wait=not stepper.active, room=room, tokens=stepper.active_tokens)
+                if batch and batch[0].kind == "generate":
+                    self._admit(stepper, batch)
+                elif batch:
+                    self._run(batch)
+            stepper.drop(lambda job: not job.future.cancelled())  # a client that gave up: its row leaves
+            if stepper.active:
+                start = time.perf_counter()
+                running = stepper.running_jobs
+                try:
+                    finished = stepper.step()
+                except BaseException as exc:  # noqa: BLE001 -- fail the running rows, keep serving
+                    for job in stepper.reset():
+                        _settle(job, exception=exc)
+                    continue
+                for job, result in finished:
+                    _settle(job, result=result)
+                if self.on_batch is not None:
+                    self.on_batch("generate", running, time.perf_counter() - start)
+
+    def _admit(self, stepper: Stepper, batch: list[Job]) -> None:
+        start = time.perf_counter()
+        try:
+            finished = stepper.admit(batch)
+        except BaseException as exc:  # noqa: BLE001 -- isolate the failing row(s)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:
+                for job in batch:
+                    self._admit(stepper, [job])
+            return
+        for job, result in finished:
+            _settle(job, result=result)
+        if self.on_batch is not None:
+            self.on_batch("prefill", batch, time.perf_counter() - start)
+
+    def _form_batch(self, wait: bool = True, room: int | None = None, tokens: int = 0) -> list[Job]:
+        """Take the next batch off the queue: jobs of one kind, in order, within the bounds. `room`: most
+        "generate" rows (continuous batching: the free rows of the running batch); `tokens`: tokens already
+        running."""
+        room = self.max_batch_size if room is None else room
         with self._cond:
             first = self._jobs[0]
-            wait_until = first.enqueued + self.max_wait_s
+            wait_until = first.enqueued + self.max_wait_s if wait else 0.0
             while (not self._stopping and not self._control and len(self._jobs) < self.max_batch_size
                    and time.monotonic() < wait_until):
                 self._cond.wait(max(0.0, wait_until - time.monotonic()))
             now = time.monotonic()
             batch: list[Job] = []
             kept: deque[Job] = deque()
-            kind, tokens, adapters = None, 0, set[str]()
+            kind, batch_tokens, adapters = None, 0, set[str]()
             while self._jobs:
                 job = self._jobs.popleft()
                 if job.future.cancelled():  # its client gave up
@@ -163,10 +241,11 @@ class Scheduler:
                     if job.future.set_running_or_notify_cancel():
                         job.future.set_exception(TimeoutError("the request timed out in the queue."))
                     continue
+                used = batch_tokens + (tokens if job.kind == "generate" else 0)  # running rows count for generate
                 fits = (
-                    len(batch) < self.max_batch_size
+                    len(batch) < (room if job.kind == "generate" else self.max_batch_size)
                     and (kind is None or job.kind == kind)
-                    and (not batch or tokens + job.cost <= self.max_batch_tokens)
+                    and (used == 0 or used + job.cost <= self.max_batch_tokens)
                     and (job.adapter in adapters or len(adapters) < self.max_adapters)
                 )
                 if not fits:
@@ -175,7 +254,7 @@ class Scheduler:
                 if not job.future.set_running_or_notify_cancel():
                     continue
                 batch.append(job)
-                kind, tokens = job.kind, tokens + job.cost
+                kind, batch_tokens = job.kind, batch_tokens + job.cost
                 adapters.add(job.adapter)
             kept.extend(self._jobs)
             self._jobs = kept
@@ -196,6 +275,16 @@ class Scheduler:
             job.future.set_result(result)
         if self.on_batch is not None:
             self.on_batch(batch[0].kind, batch, time.perf_counter() - start)
+
+
+def _settle(job: Job, result: Any = None, exception: BaseException | None = None) -> None:
+    """Give `job` its result (or exception) unless its client already gave up."""
+    if job.future.done():
+        return
+    if exception is not None:
+        job.future.set_exception(exception)
+    else:
+        job.future.set_result(result)
 
 
 def _run_into(future: Future, fn: Callable[[], Any]) -> None:
