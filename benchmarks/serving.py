@@ -1,10 +1,15 @@
-"""Benchmark: `softprompt serve` under concurrent load, mixed-adapter batches against two baselines.
+"""Benchmark: `softprompt serve` under concurrent load, continuous mixed-adapter batching against baselines.
 
-Lester et al. (2021), section 6: one frozen model serves many tasks, and a batch may mix them. Three real
-server processes (uvicorn on 127.0.0.1) serve the embedded LM-adapted T5 with the same K=8 prompt adapters
-(random-uniform prompts, P cycling 10/20/30; nothing is downloaded):
+Lester et al. (2021), section 6: one frozen model serves many tasks, and a batch may mix them. Real server
+processes (uvicorn on 127.0.0.1, loopback only) serve K=8 prompt adapters (random-uniform prompts, P cycling
+10/20/30; nothing is downloaded) on two bases: the embedded LM-adapted T5, and a decoder-only Llama-shaped
+model with random weights built here (d_model 256, 4 layers, the offline tiny tokenizer). Variants:
 
-* `mixed` -- the default: each batch takes whatever is queued, any mix of adapters (`mixed_generate`).
+* `continuous` -- the default: iteration-level batching (rows of any adapters join and leave the running
+  batch between decoding steps); on the decoder-only base each adapter's prompt keys/values are computed once
+  (prefix cache).
+* `no_prefix_cache` (decoder-only only) -- `--no-prefix-cache`: the same, with the prompt prefilled per request.
+* `mixed` -- `--batching mixed`: one batch at a time, any adapters (`mixed_generate`).
 * `per_adapter` -- `--batching per-adapter`: each batch holds one adapter and runs PEFT's own
   `set_adapter` + `generate` (grouping by adapter, the way PEFT serves several adapters).
 * `serial` -- `--max-batch-size 1`: one request at a time.
@@ -13,14 +18,20 @@ Each round sends the same N requests (adapters in a seeded random order, greedy,
 concurrent closed-loop clients (one keep-alive HTTP connection each) to each server in turn, the order
 rotating between rounds so machine load hits every variant alike. Reported per variant: throughput
 (requests/s), p50 and p99 client-side latency, the server process's CPU seconds, medians over rounds; and the
-ratios of each baseline to `mixed` paired within a round. Every request's text must be identical across
-variants and rounds (greedy rows do not depend on their batch): the script fails otherwise.
+ratio of each variant's time to `continuous`, paired within a round. Every request's text must be identical
+across variants and rounds (greedy rows do not depend on their batch): the script fails otherwise.
 
-Servers run one torch thread (`OMP_NUM_THREADS=1`), as the other benchmarks here, so that the three idle
-servers do not fight over a 2-core machine; only one server is under load at a time.
+Then, on the decoder-only base: the server's resident memory over `--memory-requests` (10,000) requests of
+`continuous`; memory per adapter (server RSS with 8 adapters vs `--many-adapters` (1,000) more, and the bytes
+of prompt weights and cached prefixes); and the cost of a cold adapter (one client, requests alternating
+between two adapters with `--max-adapters 1`, so every request reloads its adapter from disk, against
+requests to one resident adapter). A PNG of throughput per variant is written when matplotlib is installed.
 
-    python benchmarks/serving.py            # N=64 requests, C=16 clients, 3 rounds (about 2 minutes on 2 cores)
-    python benchmarks/serving.py --quick    # N=16, C=8, 1 round
+Servers run one torch thread (`OMP_NUM_THREADS=1`), as the other benchmarks here, so that the idle servers do
+not fight over a 2-core machine; only one server is under load at a time.
+
+    python benchmarks/serving.py            # N=64 requests, C=16 clients, 3 rounds, 10,000-request memory run
+    python benchmarks/serving.py --quick    # N=16, C=8, 1 round, 500-request memory run, 100 extra adapters
 """
 
 from __future__ import annotations
@@ -44,30 +55,69 @@ sys.path.insert(0, os.path.dirname(HERE))
 RESULTS = os.path.join(HERE, "results")
 VARIANTS = {
     "continuous": [],
+    "no_prefix_cache": ["--no-prefix-cache"],
     "mixed": ["--batching", "mixed"],
     "per_adapter": ["--batching", "per-adapter"],
     "serial": ["--max-batch-size", "1", "--batching", "mixed"],
 }
+BASES = {"t5": "embedded LM-adapted T5 (t5-wordnet-lm-adapt)", "decoder": "Llama-shaped, random weights, d_model 256, 4 layers"}
 NUM_ADAPTERS, PROMPT_LENGTHS, MAX_TOKENS = 8, (10, 20, 30), 8
 
 
-def make_adapters(root: str) -> list[str]:
-    """K prompt adapters for the embedded T5 under `root`; returns their names."""
+def variants_for(base: str) -> list[str]:
+    return [v for v in VARIANTS if base == "decoder" or v != "no_prefix_cache"]
+
+
+def make_decoder_base(root: str) -> str:
+    """A Llama-shaped causal LM (random weights, scaled so that it does not repeat one token) and the offline
+    tiny tokenizer, saved under `root`; returns the directory."""
+    import torch
+
+    from softprompt_ext import tiny_models
+
+    tokenizer = tiny_models.build_tokenizer()
+    model = tiny_models.build_llama(len(tokenizer), d_model=256, num_layers=4, num_heads=4, seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(3.0)
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def load_base(base: str, folder: str | None):
+    import torch
+
+    if base == "t5":
+        from softprompt_ext import default_model_and_tokenizer
+
+        return default_model_and_tokenizer()[0], "SEQ_2_SEQ_LM"
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), "CAUSAL_LM"
+
+
+def make_adapters(root: str, base: str, base_folder: str | None, count: int = NUM_ADAPTERS,
+                  prefix: str = "task") -> list[str]:
+    """`count` prompt adapters for `base` under `root`; returns their names."""
     from peft import get_peft_model
 
-    from softprompt_ext import SoftPromptConfig, default_model_and_tokenizer
+    from softprompt_ext import SoftPromptConfig
 
-    base, _ = default_model_and_tokenizer()
-    names = [f"task{k}" for k in range(NUM_ADAPTERS)]
-    model = None
+    model, task = load_base(base, base_folder)
+    names = [f"{prefix}{k}" for k in range(count)]
+    peft_model = None
     for k, name in enumerate(names):
-        config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=PROMPT_LENGTHS[k % 3],
-                                  prompt_tuning_init="RANDOM_UNIFORM", init_range=0.5, init_seed=k)
-        if model is None:
-            model = get_peft_model(base, config, adapter_name=name)
+        config = SoftPromptConfig(task_type=task, num_virtual_tokens=PROMPT_LENGTHS[k % 3],
+                                  prompt_tuning_init="RANDOM_UNIFORM", init_range=0.5, init_seed=k,
+                                  warn_if_not_lm_adapted=False)
+        if peft_model is None:
+            peft_model = get_peft_model(model, config, adapter_name=name)
         else:
-            model.add_adapter(name, config)
-    model.save_pretrained(root, selected_adapters=names)
+            peft_model.add_adapter(name, config)
+    assert peft_model is not None
+    peft_model.save_pretrained(root, selected_adapters=names)
     return names
 
 
@@ -91,16 +141,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def start_server(folder: str, extra: list[str], log_path: str) -> tuple[subprocess.Popen, str]:
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(adapters: list[str], extra: list[str], log_path: str, base_folder: str | None = None,
+                 timeout: float = 300) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--adapter", folder, "--port", str(port),
-                             "--max-wait-ms", "5", "--log-level", "warning", *extra],
-                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    command = [sys.executable, "-m", "softprompt_ext", "serve", "--port", str(port), "--max-wait-ms", "5",
+               "--log-level", "warning"]
+    for folder in adapters:
+        command += ["--adapter", folder]
+    if base_folder is not None:
+        command += ["--base", base_folder]
+    proc = subprocess.Popen(command + extra, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {open(log_path).read()[-2000:]}")
@@ -113,14 +176,26 @@ def start_server(folder: str, extra: list[str], log_path: str) -> tuple[subproce
     raise RuntimeError("server did not start")
 
 
-def run_load(url: str, requests: list[dict], clients: int) -> dict:
-    """Send `requests` from `clients` closed-loop threads; texts in request order and latencies."""
+def stop_servers(servers) -> None:
+    for proc, _ in servers:
+        proc.send_signal(signal.SIGTERM)
+    for proc, _ in servers:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_load(url: str, requests: list[dict], clients: int, on_done=None) -> dict:
+    """Send `requests` from `clients` closed-loop threads; texts in request order and latencies. `on_done(k)`
+    is called (under a lock) after the k-th response."""
     import httpx
 
     texts: list[str | None] = [None] * len(requests)
     latencies: list[float] = [0.0] * len(requests)
     cursor = iter(range(len(requests)))
     lock = threading.Lock()
+    done = [0]
 
     def client() -> None:
         with httpx.Client(timeout=120) as http:
@@ -134,6 +209,10 @@ def run_load(url: str, requests: list[dict], clients: int) -> dict:
                 latencies[i] = time.perf_counter() - start
                 response.raise_for_status()
                 texts[i] = response.json()["choices"][0]["text"]
+                if on_done is not None:
+                    with lock:
+                        done[0] += 1
+                        on_done(done[0])
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -150,17 +229,164 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
+def compare_variants(base: str, folder: str, base_folder: str | None, requests: list[dict], clients: int,
+                     rounds: int, work: str) -> dict:
+    """Every variant's server on `base`, the same requests in interleaved rounds; summary, ratios, identity."""
+    names = variants_for(base)
+    servers = {}
+    try:
+        for variant in names:
+            servers[variant] = start_server([folder], VARIANTS[variant], os.path.join(work, f"{base}-{variant}.log"),
+                                            base_folder)
+        for _, url in servers.values():  # warm-up: first calls build kernels and allocator pools
+            run_load(url, requests[: min(8, len(requests))], clients)
+        samples: dict[str, list[dict]] = {v: [] for v in names}
+        for r in range(rounds):
+            for variant in names[r % len(names):] + names[: r % len(names)]:
+                proc, url = servers[variant]
+                cpu0 = _cpu_seconds(proc.pid)
+                result = run_load(url, requests, clients)
+                result["server_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+                samples[variant].append(result)
+                print(f"{base:8} round {r + 1} {variant:16} {result['throughput_rps']:7.1f} req/s  p50 "
+                      f"{result['p50_s']:.3f} s  p99 {result['p99_s']:.3f} s  server CPU {result['server_cpu_s']:.2f} s",
+                      flush=True)
+    finally:
+        stop_servers(servers.values())
+    reference = samples["continuous"][0]["texts"]
+    identical = all(s["texts"] == reference for runs in samples.values() for s in runs)
+    summary = {variant: {key: statistics.median(s[key] for s in runs)
+                         for key in ("throughput_rps", "p50_s", "p99_s", "wall_s", "server_cpu_s")}
+               for variant, runs in samples.items()}
+    ratios = {}
+    for variant in names[1:]:
+        paired = [b["wall_s"] / m["wall_s"] for b, m in zip(samples[variant], samples["continuous"], strict=True)]
+        cpu = [b["server_cpu_s"] / m["server_cpu_s"] for b, m in zip(samples[variant], samples["continuous"], strict=True)]
+        p99 = [b["p99_s"] / m["p99_s"] for b, m in zip(samples[variant], samples["continuous"], strict=True)]
+        ratios[f"{variant}/continuous"] = {"time": statistics.median(paired), "min": min(paired), "max": max(paired),
+                                           "server_cpu": statistics.median(cpu), "p99": statistics.median(p99)}
+    return {"summary": summary, "ratios": ratios, "identical_tokens": identical,
+            "rounds": {v: [{k: x for k, x in s.items() if k != "texts"} for s in runs] for v, runs in samples.items()}}
+
+
+def memory_over_requests(folder: str, base_folder: str, names: list[str], total: int, clients: int, work: str) -> dict:
+    """Server RSS (MB) every `total // 10` requests of the continuous server."""
+    proc, url = start_server([folder], [], os.path.join(work, "memory.log"), base_folder)
+    try:
+        run_load(url, workload(names, 32, seed=1), clients)  # warm-up
+        every = max(1, total // 10)
+        samples = [(0, _rss_mb(proc.pid))]
+
+        def on_done(k: int) -> None:
+            if k % every == 0:
+                samples.append((k, _rss_mb(proc.pid)))
+
+        result = run_load(url, workload(names, total, seed=2), clients, on_done)
+    finally:
+        stop_servers([(proc, url)])
+    rss = [mb for _, mb in samples]
+    return {"requests": total, "rss_mb": samples, "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
+            "growth_mb": rss[-1] - rss[0], "growth_second_half_mb": rss[-1] - rss[len(rss) // 2],
+            "throughput_rps": result["throughput_rps"], "all_answered": all(t is not None for t in result["texts"])}
+
+
+def adapter_memory(folder: str, base_folder: str, names: list[str], many: int, work: str) -> dict:
+    """RSS of a server with the 8 adapters against one with `many` more (all resident), per adapter; plus what
+    /metrics counts (prompt bytes) and the prefix-cache bytes after every adapter has been used."""
+    import httpx
+
+    many_root = os.path.join(work, "many-adapters")
+    extra_names = make_adapters(many_root, "decoder", base_folder, count=many, prefix="extra")
+    rows = {}
+    for label, folders in (("few", [folder]), ("many", [folder, many_root])):
+        proc, url = start_server(folders, ["--max-adapters", str(many + len(names) + 1)],
+                                 os.path.join(work, f"adapters-{label}.log"), base_folder, timeout=900)
+        try:
+            served = names + (extra_names if label == "many" else [])
+            run_load(url, [{"model": n, "prompt": "the cat", "max_tokens": 1} for n in served], 4)
+            metrics = httpx.get(url + "/metrics").text
+            rows[label] = {"adapters": len(served), "rss_mb": _rss_mb(proc.pid),
+                           "prompt_bytes": _metric(metrics, "softprompt_adapter_bytes_loaded"),
+                           "prefix_cache_bytes": _metric(metrics, "softprompt_prefix_cache_bytes")}
+        finally:
+            stop_servers([(proc, url)])
+    added = rows["many"]["adapters"] - rows["few"]["adapters"]
+    return {**rows, "rss_kb_per_adapter": (rows["many"]["rss_mb"] - rows["few"]["rss_mb"]) * 1024 / added,
+            "prompt_kb_per_adapter": (rows["many"]["prompt_bytes"] - rows["few"]["prompt_bytes"]) / 1024 / added,
+            "prefix_kb_per_adapter": (rows["many"]["prefix_cache_bytes"] - rows["few"]["prefix_cache_bytes"]) / 1024 / added}
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def cold_adapter_cost(folder: str, base_folder: str, names: list[str], n: int, work: str) -> dict:
+    """One client, sequential requests: alternating two adapters under `--max-adapters 1` (every request reads
+    its adapter again) against the same resident adapter."""
+    import httpx
+
+    proc, url = start_server([folder], ["--max-adapters", "1"], os.path.join(work, "cold.log"), base_folder)
+    try:
+        with httpx.Client(timeout=60) as http:
+            def timed(name: str) -> float:
+                start = time.perf_counter()
+                http.post(url + "/v1/completions", json={"model": name, "prompt": "the cat", "max_tokens": 1})
+                return time.perf_counter() - start
+
+            for _ in range(4):
+                timed(names[0]), timed(names[1])
+            warm = [timed(names[0]) for _ in range(n)]
+            cold = [timed(names[(i + 1) % 2]) for i in range(n)]
+            reloads = _metric(http.get(url + "/metrics").text, "softprompt_adapter_reloads_total")
+    finally:
+        stop_servers([(proc, url)])
+    return {"requests": n, "warm_p50_ms": statistics.median(warm) * 1000, "cold_p50_ms": statistics.median(cold) * 1000,
+            "cold_cost_ms": (statistics.median(cold) - statistics.median(warm)) * 1000, "reloads": reloads}
+
+
+def plot(report: dict, path: str) -> str | None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
+    figure = Figure(figsize=(8, 3.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    for i, base in enumerate(BASES):
+        axis = figure.add_subplot(1, 2, i + 1)
+        summary = report["bases"][base]["summary"]
+        names = list(summary)
+        axis.barh(names[::-1], [summary[v]["throughput_rps"] for v in names[::-1]], color="#4c72b0")
+        axis.set_title(f"{base}: requests/s (K={NUM_ADAPTERS})", fontsize=9)
+        axis.tick_params(labelsize=8)
+    figure.savefig(path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int)
     parser.add_argument("--clients", type=int)
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--memory-requests", type=int)
+    parser.add_argument("--many-adapters", type=int)
+    parser.add_argument("--bases", default="t5,decoder")
     parser.add_argument("--out", default=os.path.join(RESULTS, "serving.json"))
     args = parser.parse_args(argv)
     n = args.requests or (16 if args.quick else 64)
     clients = args.clients or (8 if args.quick else 16)
     rounds = args.rounds or (1 if args.quick else 3)
+    memory_requests = args.memory_requests if args.memory_requests is not None else (500 if args.quick else 10_000)
+    many = args.many_adapters if args.many_adapters is not None else (100 if args.quick else 1000)
+    bases = [b for b in args.bases.split(",") if b]
+    for b in bases:
+        if b not in BASES:
+            parser.error(f"--bases: {b!r} is not one of {sorted(BASES)}")
 
     import torch
 
@@ -169,67 +395,45 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="serving-bench-")
-    names = make_adapters(os.path.join(work, "adapters"))
-    requests = workload(names, n)
-    servers = {}
     load_before = load_average()
-    try:
-        for variant, extra in VARIANTS.items():
-            servers[variant] = start_server(os.path.join(work, "adapters"), extra, os.path.join(work, f"{variant}.log"))
-        for _, url in servers.values():  # warm-up: first calls build kernels and allocator pools
-            run_load(url, requests[: min(8, n)], clients)
-        samples: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-        order = list(VARIANTS)
-        for r in range(rounds):
-            for variant in order[r % len(order):] + order[: r % len(order)]:
-                proc, url = servers[variant]
-                cpu0 = _cpu_seconds(proc.pid)
-                result = run_load(url, requests, clients)
-                result["server_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
-                samples[variant].append(result)
-                print(f"round {r + 1} {variant:12} {result['throughput_rps']:7.1f} req/s  p50 {result['p50_s']:.3f} s  "
-                      f"p99 {result['p99_s']:.3f} s  server CPU {result['server_cpu_s']:.2f} s", flush=True)
-    finally:
-        for proc, _ in servers.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc, _ in servers.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    decoder_folder = make_decoder_base(os.path.join(work, "decoder-base"))
+    report: dict = {"bases": {}}
+    adapters = {}
+    for base in bases:
+        folder = os.path.join(work, f"{base}-adapters")
+        names = make_adapters(folder, base, decoder_folder if base == "decoder" else None)
+        adapters[base] = (folder, names)
+        report["bases"][base] = compare_variants(base, folder, decoder_folder if base == "decoder" else None,
+                                                 workload(names, n), clients, rounds, work)
+    if "decoder" in bases:
+        folder, names = adapters["decoder"]
+        if memory_requests:
+            report["memory_over_requests"] = memory_over_requests(folder, decoder_folder, names, memory_requests,
+                                                                  clients, work)
+            print("memory over requests:", {k: v for k, v in report["memory_over_requests"].items() if k != "rss_mb"})
+        if many:
+            report["adapter_memory"] = adapter_memory(folder, decoder_folder, names, many, work)
+            print("adapter memory:", report["adapter_memory"])
+        report["cold_adapter"] = cold_adapter_cost(folder, decoder_folder, names, 10 if args.quick else 30, work)
+        print("cold adapter:", report["cold_adapter"])
 
-    reference = samples["mixed"][0]["texts"]
-    identical = all(s["texts"] == reference for runs in samples.values() for s in runs)
-    summary = {}
-    for variant, runs in samples.items():
-        summary[variant] = {key: statistics.median(s[key] for s in runs)
-                            for key in ("throughput_rps", "p50_s", "p99_s", "wall_s", "server_cpu_s")}
-    ratios = {}
-    for baseline in ("per_adapter", "serial"):
-        paired = [b["wall_s"] / m["wall_s"] for b, m in zip(samples[baseline], samples["mixed"], strict=True)]
-        cpu = [b["server_cpu_s"] / m["server_cpu_s"] for b, m in zip(samples[baseline], samples["mixed"], strict=True)]
-        p99 = [b["p99_s"] / m["p99_s"] for b, m in zip(samples[baseline], samples["mixed"], strict=True)]
-        ratios[f"{baseline}/mixed"] = {"throughput": statistics.median(paired), "min": min(paired), "max": max(paired),
-                                       "server_cpu": statistics.median(cpu), "p99": statistics.median(p99)}
     machine = describe(torch.device("cpu"), sys.argv[1:], "quick" if args.quick else "full", "serving")
     machine["command"] = ("python benchmarks/serving.py " + " ".join(sys.argv[1:])).strip()
     machine["load_average_before"], machine["load_average_after"] = load_before, load_average()
-    report = {
-        "machine": machine,
-        "setup": {"base": "embedded t5-wordnet-lm-adapt", "adapters": NUM_ADAPTERS, "prompt_lengths": PROMPT_LENGTHS,
-                  "requests": n, "clients": clients, "rounds": rounds, "max_tokens": MAX_TOKENS,
-                  "server_torch_threads": 1, "variants": {k: " ".join(v) or "(default)" for k, v in VARIANTS.items()}},
-        "summary": summary,
-        "ratios": ratios,
-        "identical_tokens": identical,
-        "rounds": {v: [{k: x for k, x in s.items() if k != "texts"} for s in runs] for v, runs in samples.items()},
-    }
+    report["machine"] = machine
+    report["setup"] = {"bases": {b: BASES[b] for b in bases}, "adapters": NUM_ADAPTERS, "prompt_lengths": PROMPT_LENGTHS,
+                       "requests": n, "clients": clients, "rounds": rounds, "max_tokens": MAX_TOKENS,
+                       "server_torch_threads": 1, "variants": {k: " ".join(v) or "(default)" for k, v in VARIANTS.items()}}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
-    for key, value in ratios.items():
-        print(f"{key}: wall {value['throughput']:.2f}x ({value['min']:.2f}x-{value['max']:.2f}x), "
-              f"server CPU {value['server_cpu']:.2f}x, p99 {value['p99']:.2f}x")
+    if set(bases) == set(BASES):
+        report["plot"] = plot(report, os.path.splitext(args.out)[0] + ".png")
+    identical = all(report["bases"][b]["identical_tokens"] for b in bases)
+    for base in bases:
+        for key, value in report["bases"][base]["ratios"].items():
+            print(f"{base:8} {key:28} time {value['time']:.2f}x ({value['min']:.2f}x-{value['max']:.2f}x), "
+                  f"server CPU {value['server_cpu']:.2f}x, p99 {value['p99']:.2f}x")
     print(f"identical tokens across variants and rounds: {identical}; wrote {args.out}")
     return 0 if identical else 1
 

@@ -202,6 +202,43 @@ def test_openai_client(server, reference):
         client.completions.create(model="nope", prompt="x", max_tokens=2)
 
 
+def _events(response) -> list:
+    """The `data:` payloads of a server-sent event stream, JSON-decoded (`[DONE]` kept as the string)."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    payloads = [line[len("data: "):] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    return [p if p == "[DONE]" else json.loads(p) for p in payloads]
+
+
+def test_streamed_completion_is_the_completion_in_pieces(server, reference):
+    """`stream: true`: chunks per choice whose texts add up to the unstreamed completion, several chunks per
+    choice (one per decoding step whose text grew), the finish reason on each choice's last chunk, then [DONE]."""
+    body = {"model": "a7", "prompt": TEXTS[2:4], "max_tokens": 8}
+    plain = server.post("/v1/completions", body).json()["choices"]
+    events = _events(server.post("/v1/completions", {**body, "stream": True}))
+    assert events[-1] == "[DONE]" and all(isinstance(e, dict) and "error" not in e for e in events[:-1])
+    for choice in plain:
+        chunks = [c for e in events[:-1] for c in e["choices"] if c["index"] == choice["index"]]
+        assert "".join(c["text"] for c in chunks) == choice["text"] == reference["generate"](
+            "a7", TEXTS[2 + choice["index"]], 8)
+        assert [c["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+        assert chunks[-1]["finish_reason"] == choice["finish_reason"]
+    longest = max(plain, key=lambda c: len(c["text"]))
+    assert len(longest["text"].split()) >= 2  # a completion of several words ...
+    assert len([c for e in events[:-1] for c in e["choices"] if c["index"] == longest["index"]]) >= 2  # ... streamed
+    assert all(e["object"] == "text_completion" and e["model"] == "a7" for e in events[:-1])
+    assert len({e["id"] for e in events[:-1]}) == 1
+    refused = server.post("/v1/completions", {**body, "model": "nope", "stream": True})
+    assert refused.status_code == 404 and "not served" in refused.json()["error"]["message"]
+
+
+def test_openai_client_streams(server, reference):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    pieces = [c.choices[0].text for c in client.completions.create(model="a3", prompt=TEXTS[2], max_tokens=6,
+                                                                      stream=True)]
+    assert "".join(pieces) == reference["generate"]("a3", TEXTS[2], 6)
+
+
 def test_classify_matches_rank_classify(server, reference):
     labels = ["positive", "negative", "the cat"]
     body = server.post("/v1/classify", {"model": "a5", "input": TEXTS, "labels": labels}).json()
@@ -271,7 +308,6 @@ def test_metrics(server):
     ({"model": "a3", "prompt": "x", "temperature": 0.7}, "temperature=0.7 is not served"),
     ({"model": "a3", "prompt": "x", "top_p": 0.5}, "top_p=0.5 is not served"),
     ({"model": "a3", "prompt": "x", "n": 2}, "n=2 is not served"),
-    ({"model": "a3", "prompt": "x", "stream": True}, "stream=true is not served"),
     ({"model": "a3", "prompt": 3}, "prompt"),
 ])
 def test_malformed_completion_is_422(server, body, needle):

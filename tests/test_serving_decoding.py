@@ -156,8 +156,8 @@ def test_a_cancelled_row_leaves_and_a_failed_step_fails_only_the_running_rows(ma
     ids = engine.encode(TEXTS[:3])
     jobs = [Job("generate", name, row, max_new_tokens=50) for name, row in zip(("p3", "p7", "p5"), ids, strict=True)]
     engine.admit(jobs)
-    jobs[1].future.cancel()
-    assert [j.adapter for j in engine.drop(lambda job: not job.future.cancelled())] == ["p7"]
+    jobs[1].abandon()
+    assert [j.adapter for j in engine.drop(lambda job: not job.abandoned)] == ["p7"]
     assert engine.active == 2 and engine.running_jobs == [jobs[0], jobs[2]]
     engine.reset()
 
@@ -193,3 +193,25 @@ def test_logits_processors_turn_continuous_batching_off(make_model, tokenizer, c
     assert "repetition_penalty=1.3" in caplog.text and "batching='mixed'" in caplog.text
     with pytest.raises(ValueError, match="batching='rows'.*'continuous'"):
         Engine(_scaled(make_model, "t5"), tokenizer, batching="rows")
+
+
+def test_an_abandoned_running_row_stops_decoding(make_model, tokenizer, tmp_path):
+    """A request whose client gave up (timeout, disconnect) while its row decodes leaves the running batch at
+    the next step: nothing keeps computing for it and its future gets no result."""
+    engine, _ = _engine(make_model, tokenizer, tmp_path, "gpt2")
+    steps: list[int] = []
+    scheduler = Scheduler(engine.run, stepper=engine, on_batch=lambda kind, jobs, s: steps.append(len(jobs)))
+    scheduler.start()
+    try:
+        job = Job("generate", "p3", engine.encode(TEXTS[:1])[0], max_new_tokens=200)
+        (future,) = scheduler.submit([job])
+        deadline = time.monotonic() + 30
+        while len(steps) < 3 and time.monotonic() < deadline:  # the row is decoding
+            time.sleep(0.001)
+        assert engine.active == 1 and not future.done()
+        job.abandon()
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert engine.active == 0 and not future.done() and len(steps) < 150
+    finally:
+        scheduler.stop()

@@ -2,7 +2,9 @@
 
 Endpoints (OpenAI-compatible where OpenAI has one):
 
-* `POST /v1/completions` -- greedy completion; `model` is the adapter name, `prompt` a string or a list.
+* `POST /v1/completions` -- greedy completion; `model` is the adapter name, `prompt` a string or a list;
+  `stream: true` answers with server-sent events (OpenAI's chunks, then `data: [DONE]`), a chunk per
+  decoding step under continuous batching.
 * `POST /v1/classify` -- rank classification: the log-likelihood of each given label, the best one.
 * `GET /v1/models` -- the served adapters.  `GET /health` -- 200 while serving, 503 while draining.
 * `GET /metrics` -- Prometheus text format (see `metrics.py`).
@@ -19,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...adapters.reader import AdapterError
 from .engine import Engine
@@ -39,10 +43,12 @@ from .schemas import (
     ClassifyRequest,
     ClassifyResponse,
     CompletionChoice,
+    CompletionChunk,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
+    StreamChoice,
     Usage,
 )
 
@@ -75,6 +81,12 @@ def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
                         headers=headers)
 
 
+def _event_error(status: int, message: str, kind: str) -> str:
+    """An error inside a started event stream: one `error` event (the JSON body of `_error`), then `[DONE]`."""
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}})
+    return f"data: {body}\n\ndata: [DONE]\n\n"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -87,7 +99,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                           max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
                           max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters,
                           stepper=engine if engine.batching == "continuous" else None)
-    metrics = ServerMetrics(scheduler, registry)
+    metrics = ServerMetrics(scheduler, registry, engine.prefix_cache)
     scheduler.on_batch = metrics.observe_batch
     state = {"draining": False}
 
@@ -147,7 +159,8 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                                f"{settings.max_input_tokens} (--max-input-tokens); shorten it.")
         return ids
 
-    async def run(jobs: list[Job]) -> list:
+    def submit(jobs: list[Job]) -> list:
+        """Queue `jobs` (all or none) with the request's deadline; their futures. Raises the ApiError."""
         if len(jobs) > settings.max_queue:
             raise ApiError(400, f"the request holds {len(jobs)} prompts, more than this server queues at once "
                            f"({settings.max_queue}, --max-queue); split it.")
@@ -155,25 +168,98 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         for job in jobs:
             job.deadline = deadline
         try:
-            futures = scheduler.submit(jobs)
+            return scheduler.submit(jobs)
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(settings.retry_after_s)}) from None
         except ShuttingDown as exc:
             raise ApiError(503, str(exc), "server_error") from None
+
+    def failure(exc: BaseException) -> ApiError:
+        """The ApiError for a job's exception."""
+        if isinstance(exc, UnknownAdapter):
+            return ApiError(404, str(exc), "not_found_error")
+        if isinstance(exc, ShuttingDown):
+            return ApiError(503, str(exc), "server_error")
+        if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+            return ApiError(504, f"the request did not finish within {settings.request_timeout_s:g} s "
+                            "(--request-timeout); retry, or send fewer or shorter prompts.", "timeout_error")
+        if isinstance(exc, (ValueError, TypeError)):
+            return ApiError(400, _one_line(exc))
+        raise exc
+
+    async def run(jobs: list[Job]) -> list:
+        futures = submit(jobs)
         waiting = [asyncio.wrap_future(f) for f in futures]
         try:
             return await asyncio.wait_for(asyncio.gather(*waiting), settings.request_timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
-            for f in futures:
-                f.cancel()
-            raise ApiError(504, f"the request did not finish within {settings.request_timeout_s:g} s "
-                           "(--request-timeout); retry, or send fewer or shorter prompts.", "timeout_error") from None
-        except UnknownAdapter as exc:
-            raise ApiError(404, str(exc), "not_found_error") from None
-        except ShuttingDown as exc:
-            raise ApiError(503, str(exc), "server_error") from None
-        except (ValueError, TypeError) as exc:
-            raise ApiError(400, _one_line(exc)) from None
+        except BaseException as exc:
+            for job in jobs:  # timed out, failed or disconnected: nothing keeps computing for this request
+                job.abandon()
+            if isinstance(exc, (UnknownAdapter, ShuttingDown, TimeoutError, asyncio.TimeoutError, ValueError,
+                                TypeError)):
+                raise failure(exc) from None
+            raise
+
+    def stream(body: CompletionRequest, jobs: list[Job]) -> StreamingResponse:
+        """`stream: true`: server-sent events, one chunk per choice whenever its decoded text grows (every
+        decoding step under continuous batching; once at the end otherwise), the finish reason on its last
+        chunk, then `data: [DONE]`. An error after the stream started is an `{"error": ...}` event."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def post(i: int, tokens: list[int] | None) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, (i, tokens))
+
+        for i, job in enumerate(jobs):
+            job.on_tokens = lambda tokens, i=i: post(i, tokens)
+        futures = submit(jobs)  # refusals (429, 503, 400) are plain error responses: nothing was sent yet
+        for i, f in enumerate(futures):
+            f.add_done_callback(lambda _, i=i: post(i, None))
+        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def event(i: int, text: str, finish: Literal["stop", "length"] | None) -> str:
+            chunk = CompletionChunk(id=ident, created=created, model=body.model,
+                                    choices=[StreamChoice(text=text, index=i, finish_reason=finish)])
+            return f"data: {chunk.model_dump_json()}\n\n"
+
+        async def events():
+            sent, left = [""] * len(jobs), len(jobs)
+            deadline = time.monotonic() + settings.request_timeout_s
+            try:
+                while left:
+                    try:
+                        i, tokens = await asyncio.wait_for(updates.get(), max(0.0, deadline - time.monotonic()))
+                    except (TimeoutError, asyncio.TimeoutError):
+                        raise failure(TimeoutError()) from None
+                    if tokens is None:  # the row is done
+                        left -= 1
+                        if futures[i].cancelled():
+                            raise failure(TimeoutError())
+                        if futures[i].exception() is not None:
+                            raise failure(futures[i].exception())
+                        result = futures[i].result()
+                        text = engine.decode(result.token_ids)
+                        rest = text[len(sent[i]):] if text.startswith(sent[i]) else text
+                        yield event(i, rest, "stop" if result.finished else "length")
+                        continue
+                    if futures[i].done():
+                        continue
+                    text = engine.decode(tokens)
+                    # a text that is not an extension of what was sent (or ends in half a character) waits
+                    if len(text) > len(sent[i]) and text.startswith(sent[i]) and not text.endswith("\ufffd"):
+                        yield event(i, text[len(sent[i]):], None)
+                        sent[i] = text
+                yield "data: [DONE]\n\n"
+            except ApiError as exc:
+                yield _event_error(exc.status, exc.message, exc.kind)
+            except Exception as exc:  # noqa: BLE001 -- the stream has started: report it in the stream
+                yield _event_error(500, _one_line(f"{type(exc).__name__}: {exc}"), "server_error")
+            finally:
+                for job in jobs:
+                    if not job.future.done():
+                        job.abandon()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def card(name: str) -> ModelCard:
         entry = registry.sources[name]
@@ -189,6 +275,8 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                            f"{settings.max_tokens} (--max-tokens).")
         ids = encode_inputs(body.texts, "prompt")
         jobs = [Job("generate", body.model, row, max_new_tokens=body.max_tokens) for row in ids]
+        if body.stream:
+            return stream(body, jobs)
         results = await run(jobs)
         choices = [CompletionChoice(text=engine.decode(r.token_ids), index=i,
                                     finish_reason="stop" if r.finished else "length")

@@ -156,7 +156,7 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() * 2 for *_, layers in self._entries.values() for k, _ in layers)
+        return sum(k.numel() * k.element_size() * 2 for *_, layers in list(self._entries.values()) for k, _ in layers)
 
     def drop(self, name: str) -> None:
         self._entries.pop(name, None)

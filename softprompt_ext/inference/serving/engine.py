@@ -161,6 +161,9 @@ class Engine:
         assert self.running is not None, "step() needs batching='continuous'"
         with torch.no_grad(), autocast(self.device, self.precision):
             done = self.running.step()
+        for row in self.running.rows:  # streaming requests see their tokens after every step
+            if row.job.on_tokens is not None:
+                row.job.on_tokens(list(row.tokens))
         return [(row.job, self._completion(row.tokens)) for row in done]
 
     def drop(self, keep) -> list[Job]:

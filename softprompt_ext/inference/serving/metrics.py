@@ -11,6 +11,9 @@
 * `softprompt_adapters_loaded` / `softprompt_adapters_registered` / `softprompt_adapter_bytes_loaded` --
   resident prompts, known prompts, bytes of resident prompt weights (gauges).
 * `softprompt_adapter_evictions_total` / `softprompt_adapter_reloads_total` -- LRU evictions and reloads.
+* `softprompt_prefix_cache_entries` / `softprompt_prefix_cache_bytes` / `softprompt_prefix_cache_hits_total` /
+  `softprompt_prefix_cache_misses_total` -- decoder-only bases: adapters whose prompt keys/values are cached,
+  their bytes, and how often a new row reused them (0 for seq2seq bases and without continuous batching).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     """All metrics of one server; `scheduler` and `registry` are read when `/metrics` is scraped."""
 
-    def __init__(self, scheduler, registry):
+    def __init__(self, scheduler, registry, prefix_cache=None):
         self.registry = CollectorRegistry()
         self.batch_size = Histogram("softprompt_batch_size", "Rows per model call", ["kind"], buckets=_SIZES,
                                     registry=self.registry)
@@ -41,6 +44,7 @@ class ServerMetrics:
         depth = Gauge("softprompt_queue_depth", "Rows waiting for a batch", registry=self.registry)
         depth.set_function(lambda: scheduler.depth)
         self.registry.register(_AdapterCollector(registry))
+        self.registry.register(_PrefixCacheCollector(prefix_cache))
 
     def observe_batch(self, kind: str, jobs, seconds: float) -> None:
         self.batch_size.labels(kind).observe(len(jobs))
@@ -72,3 +76,21 @@ class _AdapterCollector:
         yield CounterMetricFamily("softprompt_adapter_evictions", "LRU evictions", self.store.evictions)
         yield CounterMetricFamily("softprompt_adapter_reloads", "Adapters read again after an eviction",
                                   self.store.reloads)
+
+
+class _PrefixCacheCollector:
+    """The decoder-only prefix cache's counts (zeros when there is none), read at scrape time."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def collect(self):
+        cache = self.cache
+        yield GaugeMetricFamily("softprompt_prefix_cache_entries", "Adapters with cached prompt keys/values",
+                                len(cache) if cache is not None else 0)
+        yield GaugeMetricFamily("softprompt_prefix_cache_bytes", "Bytes of cached prompt keys/values",
+                                cache.nbytes if cache is not None else 0)
+        yield CounterMetricFamily("softprompt_prefix_cache_hits", "New rows that reused cached prompt keys/values",
+                                  cache.hits if cache is not None else 0)
+        yield CounterMetricFamily("softprompt_prefix_cache_misses", "Prompt keys/values computed",
+                                  cache.misses if cache is not None else 0)

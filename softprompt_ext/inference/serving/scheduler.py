@@ -53,6 +53,13 @@ class Job:
     deadline: float = float("inf")
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    on_tokens: Callable[[list[int]], None] | None = None  # streaming: the row's tokens after every step
+    abandoned: bool = False
+
+    def abandon(self) -> None:
+        """The client gave up (timeout, disconnect): the job is skipped if queued, its row dropped if running."""
+        self.abandoned = True
+        self.future.cancel()  # succeeds only while queued; a running job is dropped through `abandoned`
 
     @property
     def cost(self) -> int:
@@ -187,7 +194,7 @@ class Scheduler:
                     self._admit(stepper, batch)
                 elif batch:
                     self._run(batch)
-            stepper.drop(lambda job: not job.future.cancelled())  # a client that gave up: its row leaves
+            stepper.drop(lambda job: not job.abandoned)  # a client that gave up: its row leaves the batch
             if stepper.active:
                 start = time.perf_counter()
                 running = stepper.running_jobs
@@ -235,7 +242,7 @@ class Scheduler:
             kind, batch_tokens, adapters = None, 0, set[str]()
             while self._jobs:
                 job = self._jobs.popleft()
-                if job.future.cancelled():  # its client gave up
+                if job.abandoned or job.future.cancelled():  # its client gave up
                     continue
                 if now > job.deadline:
                     if job.future.set_running_or_notify_cancel():

@@ -62,13 +62,6 @@ class CompletionRequest(_Strict):
             raise ValueError(f"n={value} is not served: greedy decoding gives one completion per prompt (n 1)")
         return value
 
-    @field_validator("stream")
-    @classmethod
-    def _stream(cls, value):
-        if value:
-            raise ValueError("stream=true is not served; omit it or pass false")
-        return value
-
     @field_validator("echo")
     @classmethod
     def _echo(cls, value):
@@ -86,6 +79,25 @@ class CompletionChoice(BaseModel):
     index: int
     logprobs: None = None
     finish_reason: Literal["stop", "length"]
+
+
+class StreamChoice(BaseModel):
+    """One choice of a streamed chunk: the text added since the previous chunk; `finish_reason` on its last."""
+
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a `stream: true` completion (OpenAI's streamed `text_completion`)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[StreamChoice]
 
 
 class Usage(BaseModel):
