@@ -215,3 +215,25 @@ def test_an_abandoned_running_row_stops_decoding(make_model, tokenizer, tmp_path
         assert engine.active == 0 and not future.done() and len(steps) < 150
     finally:
         scheduler.stop()
+
+
+def test_demo_adapter_serves_on_the_embedded_model_in_process():
+    """`softprompt serve --demo`: the embedded T5 and an untrained class-label prompt answer a completion and
+    a classification at once (no adapter to train first); --demo with another base is refused."""
+    from fastapi.testclient import TestClient
+
+    from softprompt_ext.inference.serving import DEMO_ADAPTER, build_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # building the demo prompt warns about nothing of ours
+        app = build_app(demo=True, device="cpu")
+    with TestClient(app) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [DEMO_ADAPTER]
+        body = {"model": DEMO_ADAPTER, "prompt": "corn syrup: syrup prepared from corn", "max_tokens": 4}
+        out = client.post("/v1/completions", json=body)
+        assert out.status_code == 200 and out.json()["usage"]["completion_tokens"] >= 1
+        labels = ["food", "plant", "animal"]
+        ranked = client.post("/v1/classify", json={"model": DEMO_ADAPTER, "input": body["prompt"], "labels": labels})
+        assert ranked.status_code == 200 and ranked.json()["data"][0]["label"] in labels
+    with pytest.raises(ValueError, match="demo=True serves a prompt for the embedded T5"):
+        build_app(base="some/model", demo=True)

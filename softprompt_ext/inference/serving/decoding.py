@@ -203,6 +203,9 @@ class RunningBatch:
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.enc_mask: torch.Tensor | None = None
         self.enc_states: torch.Tensor | None = None
+        # The transformers cache object of the current rows, kept across steps (the forward extends it in
+        # place); rebuilt from `layers` / `cross` only when rows join or leave (building one copies every tensor).
+        self._cache: Any = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -301,6 +304,7 @@ class RunningBatch:
         return out.logits[:, -1].argmax(-1), state
 
     def _merge(self, state: dict) -> None:
+        self._cache = None  # rows change: the next step builds a cache of the merged tensors
         if not self.rows:
             self.layers, self.mask = state["layers"], state["mask"]
             if self.encoder_decoder:
@@ -331,16 +335,21 @@ class RunningBatch:
         ids = self.next_ids[:, None]  # [B, 1]
         self.mask = torch.cat((self.mask, self.mask.new_ones(len(self.rows), 1)), dim=1)
         if self.encoder_decoder:
-            started = [(k, v) for k, v in self.layers if k.shape[-2] > 0]
-            cache = EncoderDecoderCache(_dynamic(started), _dynamic(self.cross))
+            if self._cache is None:
+                started = [(k, v) for k, v in self.layers if k.shape[-2] > 0]
+                self._cache = EncoderDecoderCache(_dynamic(started), _dynamic(self.cross))
             out = self.base(encoder_outputs=(self.enc_states,), attention_mask=self.enc_mask, decoder_input_ids=ids,
-                            decoder_attention_mask=self.mask, use_cache=True, **{self.cache_kwarg: cache})
-            self.layers = _layers(_out_cache(out).self_attention_cache)
+                            decoder_attention_mask=self.mask, use_cache=True, **{self.cache_kwarg: self._cache})
+            self._cache = _out_cache(out)
+            self.layers = _layers(self._cache.self_attention_cache)  # the cache's own tensors, not copies
         else:
             assert self.positions is not None
+            if self._cache is None:
+                self._cache = _dynamic(self.layers)
             out = self.base(input_ids=ids, attention_mask=self.mask, position_ids=self.positions[:, None],
-                            use_cache=True, logits_to_keep=1, **{self.cache_kwarg: _dynamic(self.layers)})
-            self.layers = _layers(_out_cache(out))
+                            use_cache=True, logits_to_keep=1, **{self.cache_kwarg: self._cache})
+            self._cache = _out_cache(out)
+            self.layers = _layers(self._cache)
             self.positions = self.positions + 1
         self.next_ids = out.logits[:, -1].argmax(-1)
         return self._record(self.next_ids, start=0)
@@ -363,6 +372,7 @@ class RunningBatch:
         return finished
 
     def _select(self, keep: list[int]) -> None:
+        self._cache = None
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self.layers, self.cross, self.mask, self.positions = [], [], None, None
