@@ -244,19 +244,21 @@ def compare_variants(base: str, folder: str, base_folder: str | None, requests: 
         for r in range(rounds):
             for variant in names[r % len(names):] + names[: r % len(names)]:
                 proc, url = servers[variant]
-                cpu0 = _cpu_seconds(proc.pid)
+                cpu0, busy0 = _cpu_seconds(proc.pid), _busy_seconds(url)
                 result = run_load(url, requests, clients)
                 result["server_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+                result["worker_busy"] = (_busy_seconds(url) - busy0) / result["wall_s"]  # model calls / wall
                 samples[variant].append(result)
                 print(f"{base:8} round {r + 1} {variant:16} {result['throughput_rps']:7.1f} req/s  p50 "
-                      f"{result['p50_s']:.3f} s  p99 {result['p99_s']:.3f} s  server CPU {result['server_cpu_s']:.2f} s",
+                      f"{result['p50_s']:.3f} s  p99 {result['p99_s']:.3f} s  server CPU {result['server_cpu_s']:.2f} s  "
+                      f"worker busy {result['worker_busy']:.0%}",
                       flush=True)
     finally:
         stop_servers(servers.values())
     reference = samples["continuous"][0]["texts"]
     identical = all(s["texts"] == reference for runs in samples.values() for s in runs)
     summary = {variant: {key: statistics.median(s[key] for s in runs)
-                         for key in ("throughput_rps", "p50_s", "p99_s", "wall_s", "server_cpu_s")}
+                         for key in ("throughput_rps", "p50_s", "p99_s", "wall_s", "server_cpu_s", "worker_busy")}
                for variant, runs in samples.items()}
     ratios = {}
     for variant in names[1:]:
@@ -316,6 +318,14 @@ def adapter_memory(folder: str, base_folder: str, names: list[str], many: int, w
             "prefix_kb_per_adapter": (rows["many"]["prefix_cache_bytes"] - rows["few"]["prefix_cache_bytes"]) / 1024 / added}
 
 
+def _busy_seconds(url: str) -> float:
+    """Seconds the server's worker spent in model calls so far (the sum of softprompt_batch_seconds)."""
+    import httpx
+
+    text = httpx.get(url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("softprompt_batch_seconds_sum"))
+
+
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -365,6 +375,64 @@ def plot(report: dict, path: str) -> str | None:
         axis.tick_params(labelsize=8)
     figure.savefig(path)
     return path
+
+
+LABELS = {
+    "continuous": "continuous batching (default)",
+    "no_prefix_cache": "continuous, no prefix cache (`--no-prefix-cache`)",
+    "mixed": "one mixed batch at a time (`--batching mixed`)",
+    "per_adapter": "grouped by adapter, `set_adapter` (`--batching per-adapter`)",
+    "serial": "one request at a time (`--max-batch-size 1`)",
+}
+
+
+def render_markdown(report: dict) -> str:
+    """The RESULTS.md section for `report` (also written next to the JSON as serving.md)."""
+    m, setup = report["machine"], report["setup"]
+    lines = [
+        f"`{m['command']}` on {m.get('date_utc', '')} ({m.get('cpu', '')}, flags {'avx512_bf16' if 'avx512_bf16' in m.get('cpu_flags', []) else 'no avx512_bf16'}, bf16 fast: {m.get('bf16_is_fast')}, so {'bf16' if m.get('bf16_is_fast') else 'fp32'}; 2 CPUs shared "
+        f"by the clients and the server; load average before / after {m['load_average_before']} / "
+        f"{m['load_average_after']}; [`results/serving.json`](results/serving.json)). {setup['requests']} greedy "
+        f"requests ({setup['max_tokens']} new tokens) over K={setup['adapters']} adapters (P 10/20/30) from "
+        f"{setup['clients']} concurrent closed-loop clients over loopback HTTP, {setup['rounds']} interleaved rounds, "
+        "medians; each server with 1 torch thread. Worker busy: the share of the wall time the server's worker spent in "
+        "model calls (prefill, decoding steps, batches).", ""]
+    for base, result in report["bases"].items():
+        lines += [f"**{setup['bases'][base]}** -- tokens identical across variants and rounds: "
+                  f"{result['identical_tokens']}.", "",
+                  "| server | requests/s | p50 latency (s) | p99 latency (s) | server CPU (s) | worker busy | time / continuous (paired) |",
+                  "|---|---|---|---|---|---|---|"]
+        for variant, row in result["summary"].items():
+            ratio = result["ratios"].get(f"{variant}/continuous")
+            paired = ("1.00x" if ratio is None else
+                      f"{ratio['time']:.2f}x ({ratio['min']:.2f}x-{ratio['max']:.2f}x); CPU {ratio['server_cpu']:.2f}x")
+            lines.append(f"| {LABELS[variant]} | {row['throughput_rps']:.1f} | {row['p50_s']:.3f} | {row['p99_s']:.3f} | "
+                         f"{row['server_cpu_s']:.2f} | {row['worker_busy']:.0%} | {paired} |")
+        lines.append("")
+    memory = report.get("memory_over_requests")
+    if memory:
+        samples = ", ".join(f"{k}: {mb:.0f}" for k, mb in memory["rss_mb"])
+        lines += [f"**Memory over {memory['requests']:,} requests** (decoder-only, continuous, {setup['clients']} "
+                  f"clients, {memory['throughput_rps']:.1f} requests/s, every request answered: "
+                  f"{memory['all_answered']}): server RSS (MB) after n requests -- {samples}; growth "
+                  f"{memory['growth_mb']:+.1f} MB overall, {memory['growth_second_half_mb']:+.1f} MB over the second half.", ""]
+    adapters = report.get("adapter_memory")
+    if adapters:
+        lines += [f"**Memory per adapter** (decoder-only, all resident): {adapters['few']['adapters']} adapters "
+                  f"{adapters['few']['rss_mb']:.0f} MB RSS, {adapters['many']['adapters']} adapters "
+                  f"{adapters['many']['rss_mb']:.0f} MB: **{adapters['rss_kb_per_adapter']:.0f} KB per adapter** of "
+                  f"process memory, of which {adapters['prompt_kb_per_adapter']:.1f} KB prompt weights (mean P 20 x 256 "
+                  f"fp32) and {adapters['prefix_kb_per_adapter']:.0f} KB cached prompt keys/values (4 layers x 2 x P x 256); "
+                  "the rest is PEFT's per-adapter modules and configs.", ""]
+    cold = report.get("cold_adapter")
+    if cold:
+        lines += [f"**Cold adapter** (one client, {cold['requests']} sequential 1-token requests each way): resident "
+                  f"adapter p50 {cold['warm_p50_ms']:.1f} ms; alternating two adapters under `--max-adapters 1` (every "
+                  f"request evicts one and reads the other from disk through the strict reader, {cold['reloads']:.0f} "
+                  f"reloads) p50 {cold['cold_p50_ms']:.1f} ms: **a cold adapter costs {cold['cold_cost_ms']:.1f} ms**.", ""]
+    if report.get("plot"):
+        lines += ["![serving throughput](results/serving.png)", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, f, indent=2)
     if set(bases) == set(BASES):
         report["plot"] = plot(report, os.path.splitext(args.out)[0] + ".png")
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(render_markdown(report) + "\n")
     identical = all(report["bases"][b]["identical_tokens"] for b in bases)
     for base in bases:
         for key, value in report["bases"][base]["ratios"].items():
