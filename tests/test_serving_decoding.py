@@ -237,3 +237,52 @@ def test_demo_adapter_serves_on_the_embedded_model_in_process():
         assert ranked.status_code == 200 and ranked.json()["data"][0]["label"] in labels
     with pytest.raises(ValueError, match="demo=True serves a prompt for the embedded T5"):
         build_app(base="some/model", demo=True)
+
+
+def test_a_client_that_leaves_a_stream_stops_its_row(make_model, tokenizer, tmp_path):
+    """A real uvicorn server (in a thread, decoding slowed to 20 ms a step): closing the connection after the
+    first streamed chunk abandons the request, so its row leaves the running batch long before its 200 tokens,
+    and the server keeps serving."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from softprompt_ext.inference.serving.app import ServeSettings, create_app
+
+    engine, model = _engine(make_model, tokenizer, tmp_path, "gpt2")
+    alone = _alone(model, tokenizer, "p3", engine.encode([TEXTS[0]])[0], 200, False)
+    assert len(alone) == 200 and tokenizer.eos_token_id not in alone  # left alone it runs all 200 steps
+    original, steps = engine.step, []
+
+    def slow_step():
+        time.sleep(0.02)
+        steps.append(engine.active)
+        return original()
+
+    engine.step = slow_step  # type: ignore[method-assign]
+    app = create_app(engine, ServeSettings(max_tokens=200))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        body = {"model": "p3", "prompt": TEXTS[0], "max_tokens": 200, "stream": True}
+        with httpx.Client(timeout=30) as client, client.stream("POST", url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            assert next(r.iter_lines()).startswith("data: ")
+        while engine.active and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.active == 0 and 0 < len(steps) < 100, len(steps)  # 200 steps would take 4 s
+        done = httpx.post(url + "/v1/completions", json={"model": "p7", "prompt": "x", "max_tokens": 2}, timeout=30)
+        assert done.status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -99,7 +99,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                           max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
                           max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters,
                           stepper=engine if engine.batching == "continuous" else None)
-    metrics = ServerMetrics(scheduler, registry, engine.prefix_cache)
+    metrics = ServerMetrics(scheduler, registry, engine.prefix_cache, engine.running)
     scheduler.on_batch = metrics.observe_batch
     state = {"draining": False}
 

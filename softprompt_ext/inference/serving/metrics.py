@@ -1,6 +1,7 @@
 """Prometheus metrics of `softprompt serve` (`GET /metrics`), in a registry of their own per server.
 
 * `softprompt_queue_depth` -- rows waiting for a batch (gauge).
+* `softprompt_running_rows` -- rows in the running batch (gauge; continuous batching).
 * `softprompt_batch_size` -- rows per model call (histogram, label `kind`: generate | prefill | classify;
   under continuous batching a "generate" call is one decoding step of the running batch and a "prefill" call
   admits new rows).
@@ -29,7 +30,7 @@ _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     """All metrics of one server; `scheduler` and `registry` are read when `/metrics` is scraped."""
 
-    def __init__(self, scheduler, registry, prefix_cache=None):
+    def __init__(self, scheduler, registry, prefix_cache=None, running=None):
         self.registry = CollectorRegistry()
         self.batch_size = Histogram("softprompt_batch_size", "Rows per model call", ["kind"], buckets=_SIZES,
                                     registry=self.registry)
@@ -43,6 +44,8 @@ class ServerMetrics:
                                 registry=self.registry)
         depth = Gauge("softprompt_queue_depth", "Rows waiting for a batch", registry=self.registry)
         depth.set_function(lambda: scheduler.depth)
+        rows = Gauge("softprompt_running_rows", "Rows in the running batch", registry=self.registry)
+        rows.set_function(lambda: len(running) if running is not None else 0)
         self.registry.register(_AdapterCollector(registry))
         self.registry.register(_PrefixCacheCollector(prefix_cache))
 
