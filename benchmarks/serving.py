@@ -271,6 +271,70 @@ def compare_variants(base: str, folder: str, base_folder: str | None, requests: 
             "rounds": {v: [{k: x for k, x in s.items() if k != "texts"} for s in runs] for v, runs in samples.items()}}
 
 
+def in_process(base: str, folder: str, base_folder: str | None, names: list[str], requests: list[dict],
+               clients: int, rounds: int) -> dict:
+    """The same comparison without HTTP: an `Engine` and its `Scheduler` in this process, `clients` threads
+    submitting jobs (closed loop). What batching alone buys, without the HTTP server's per-request cost."""
+    import torch
+
+    from softprompt_ext.inference.serving.engine import Engine, load_base as load_served
+    from softprompt_ext.inference.serving.scheduler import Job, Scheduler
+
+    model, tokenizer = load_served(base_folder, "cpu")
+    engines = {}
+    for variant in variants_for(base):
+        batching = {"continuous": "continuous", "no_prefix_cache": "continuous", "per_adapter": "per_adapter"}.get(
+            variant, "mixed")
+        engine = Engine(model, tokenizer, batching=batching, prefix_cache=variant != "no_prefix_cache")
+        for name in names:
+            engine.registry.register(name, os.path.join(folder, name))
+        engines[variant] = engine
+    inputs = [tokenizer(r["prompt"])["input_ids"] for r in requests]
+
+    def run(variant: str) -> dict:
+        engine = engines[variant]
+        scheduler = Scheduler(engine.run, max_batch_size=1 if variant == "serial" else 32,
+                              max_adapters=1 if variant == "per_adapter" else 64,
+                              stepper=engine if engine.batching == "continuous" else None)
+        scheduler.start()
+        tokens: list = [None] * len(requests)
+        cursor, lock = iter(range(len(requests))), threading.Lock()
+
+        def client() -> None:
+            while True:
+                with lock:
+                    i = next(cursor, None)
+                if i is None:
+                    return
+                (future,) = scheduler.submit([Job("generate", requests[i]["model"], inputs[i], MAX_TOKENS)])
+                tokens[i] = future.result().token_ids
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            for f in [pool.submit(client) for _ in range(clients)]:
+                f.result()
+        wall = time.perf_counter() - start
+        scheduler.stop()
+        return {"wall_s": wall, "throughput_rps": len(requests) / wall, "tokens": tokens}
+
+    with torch.no_grad():
+        for variant in engines:
+            run(variant)  # warm-up
+        samples: dict[str, list[dict]] = {v: [] for v in engines}
+        order = list(engines)
+        for r in range(rounds):
+            for variant in order[r % len(order):] + order[: r % len(order)]:
+                samples[variant].append(run(variant))
+    identical = all(s["tokens"] == samples["continuous"][0]["tokens"] for runs in samples.values() for s in runs)
+    summary = {v: {"throughput_rps": statistics.median(s["throughput_rps"] for s in runs)} for v, runs in samples.items()}
+    ratios = {f"{v}/continuous": statistics.median(b["wall_s"] / m["wall_s"] for b, m in
+                                                  zip(samples[v], samples["continuous"], strict=True))
+              for v in order[1:]}
+    for v in order:
+        print(f"{base:8} in process {v:16} {summary[v]['throughput_rps']:7.1f} req/s", flush=True)
+    return {"summary": summary, "ratios": ratios, "identical_tokens": identical}
+
+
 def memory_over_requests(folder: str, base_folder: str, names: list[str], total: int, clients: int, work: str) -> dict:
     """Server RSS (MB) every `total // 10` requests of the continuous server."""
     proc, url = start_server([folder], [], os.path.join(work, "memory.log"), base_folder)
@@ -395,19 +459,24 @@ def render_markdown(report: dict) -> str:
         f"{m['load_average_after']}; [`results/serving.json`](results/serving.json)). {setup['requests']} greedy "
         f"requests ({setup['max_tokens']} new tokens) over K={setup['adapters']} adapters (P 10/20/30) from "
         f"{setup['clients']} concurrent closed-loop clients over loopback HTTP, {setup['rounds']} interleaved rounds, "
+        "and the same jobs submitted in process to the engine's scheduler by as many threads (no HTTP), "
         "medians; each server with 1 torch thread. Worker busy: the share of the wall time the server's worker spent in "
         "model calls (prefill, decoding steps, batches).", ""]
     for base, result in report["bases"].items():
         lines += [f"**{setup['bases'][base]}** -- tokens identical across variants and rounds: "
                   f"{result['identical_tokens']}.", "",
-                  "| server | requests/s | p50 latency (s) | p99 latency (s) | server CPU (s) | worker busy | time / continuous (paired) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| server | requests/s | p50 latency (s) | p99 latency (s) | server CPU (s) | worker busy | time / continuous (paired) | in process, no HTTP: requests/s, time / continuous |",
+                  "|---|---|---|---|---|---|---|---|"]
         for variant, row in result["summary"].items():
             ratio = result["ratios"].get(f"{variant}/continuous")
             paired = ("1.00x" if ratio is None else
                       f"{ratio['time']:.2f}x ({ratio['min']:.2f}x-{ratio['max']:.2f}x); CPU {ratio['server_cpu']:.2f}x")
+            local = result.get("in_process", {})
+            here = local.get("summary", {}).get(variant)
+            here_ratio = local.get("ratios", {}).get(f"{variant}/continuous", 1.0)
+            local_cell = f"{here['throughput_rps']:.1f}, {here_ratio:.2f}x" if here else "-"
             lines.append(f"| {LABELS[variant]} | {row['throughput_rps']:.1f} | {row['p50_s']:.3f} | {row['p99_s']:.3f} | "
-                         f"{row['server_cpu_s']:.2f} | {row['worker_busy']:.0%} | {paired} |")
+                         f"{row['server_cpu_s']:.2f} | {row['worker_busy']:.0%} | {paired} | {local_cell} |")
         lines.append("")
     memory = report.get("memory_over_requests")
     if memory:
@@ -473,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         adapters[base] = (folder, names)
         report["bases"][base] = compare_variants(base, folder, decoder_folder if base == "decoder" else None,
                                                  workload(names, n), clients, rounds, work)
+        report["bases"][base]["in_process"] = in_process(base, folder, decoder_folder if base == "decoder" else None,
+                                                         names, workload(names, n), clients, rounds)
     if "decoder" in bases:
         folder, names = adapters["decoder"]
         if memory_requests:
@@ -499,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         report["plot"] = plot(report, os.path.splitext(args.out)[0] + ".png")
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(render_markdown(report) + "\n")
-    identical = all(report["bases"][b]["identical_tokens"] for b in bases)
+    identical = all(report["bases"][b]["identical_tokens"] and report["bases"][b]["in_process"]["identical_tokens"]
+                    for b in bases)
     for base in bases:
         for key, value in report["bases"][base]["ratios"].items():
             print(f"{base:8} {key:28} time {value['time']:.2f}x ({value['min']:.2f}x-{value['max']:.2f}x), "
