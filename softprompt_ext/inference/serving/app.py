@@ -81,6 +81,30 @@ def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
                         headers=headers)
 
 
+class _ObserveRequests:
+    """ASGI middleware: every HTTP response's route, status and latency into the metrics (for a stream, the
+    latency runs to the end of its body)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def observed_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe_request(getattr(route, "path", "other"), status[0], time.perf_counter() - start)
+
+
 def _event_error(status: int, message: str, kind: str) -> str:
     """An error inside a started event stream: one `error` event (the JSON body of `_error`), then `[DONE]`."""
     body = json.dumps({"error": {"message": message, "type": kind, "code": status}})
@@ -126,13 +150,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
             parts.append(f"{where}: {err.get('msg', 'invalid')}".replace("Value error, ", ""))
         return _error(422, "; ".join(parts), "invalid_request_error")
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe_request(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(_ObserveRequests, metrics=metrics)  # a plain ASGI middleware: no per-request task
 
     def admin(authorization: str | None = Header(default=None)) -> None:
         token = settings.admin_token
