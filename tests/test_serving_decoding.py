@@ -158,7 +158,7 @@ def test_a_cancelled_row_leaves_and_a_failed_step_fails_only_the_running_rows(ma
     engine.admit(jobs)
     jobs[1].abandon()
     assert [j.adapter for j in engine.drop(lambda job: not job.abandoned)] == ["p7"]
-    assert engine.active == 2 and engine.running_jobs == [jobs[0], jobs[2]]
+    assert engine.active == 2 and {id(j) for j in engine.running_jobs} == {id(jobs[0]), id(jobs[2])}
     engine.reset()
 
     scheduler = Scheduler(engine.run, stepper=engine)
