@@ -335,6 +335,24 @@ def test_accumulation_token_counts_are_checked_and_named(make_model, tokenizer):
     torch.testing.assert_close(shared, alone / 2)
 
 
+def test_trainer_names_a_micro_batch_it_cannot_count(make_model, tokenizer, tmp_path):
+    from softprompt_ext import PaperTrainingArguments
+    from softprompt_ext.training.multitask import MultiTaskTrainer
+
+    args = PaperTrainingArguments(str(tmp_path), gradient_accumulation_steps=2, eval_strategy="no", report_to=[],
+                                  use_cpu=True)
+    trainer = MultiTaskTrainer(model=build_multitask_model(make_model("t5"), configs("t5")), args=args,
+                               tasks=["animals", "food"])
+    batch = dict(collate(tokenizer, "t5", encode(tokenizer, "t5", DATA["verbs"][:1] + DATA["food"][:1])),
+                 task_names=["verbs", "food"])
+    with pytest.raises(ValueError, match=r"micro-batch 1 holds examples of tasks \['verbs'\], which are not among"):
+        trainer.get_batch_samples(iter([{**batch, "task_names": ["food", "food"]}, batch]), 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="micro-batch 0 has no 'task_names'"):
+        trainer.get_batch_samples(iter([{k: v for k, v in batch.items() if k != "task_names"}]), 1, "cpu")
+    with pytest.raises(ValueError, match="micro-batch 0 has no 'labels'"):
+        trainer.get_batch_samples(iter([{k: v for k, v in batch.items() if k != "labels"}]), 1, "cpu")
+
+
 @pytest.mark.parametrize("kind", ["t5", "gpt2"])
 def test_label_token_counts_match_the_forward(make_model, tokenizer, kind):
     from softprompt_ext.training.multitask import label_token_counts

@@ -325,6 +325,11 @@ class MultiTaskTrainer(Seq2SeqTrainer):
                     f"micro-batch {number} has no {TASK_NAMES!r}; pass data_collator=MultiTaskCollator(collator) "
                     f"and give every example a {TASK_COLUMN!r} column."
                 )
+            if "labels" not in batch:
+                raise ValueError(
+                    f"micro-batch {number} has no 'labels' (keys: {sorted(batch)}); multi-task training needs "
+                    "the target ids of every example (-100 where no loss is wanted)."
+                )
             unknown = sorted(set(names) - set(index))
             if unknown:
                 raise ValueError(
