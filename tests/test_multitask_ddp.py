@@ -45,8 +45,14 @@ def _run(command: list[str], tmp_path: Path) -> None:
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if result.returncode != 0 and "--main_process_port" in command and "address already in use" in result.stderr.lower():
+        # the free port was taken between _free_port() and the launcher binding it: once more, on a new port
+        command = list(command)
+        command[command.index("--main_process_port") + 1] = str(_free_port())
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if result.returncode != 0:
-        pytest.fail(f"{command[:4]} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+        pytest.fail(f"{command[:4]} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
+                    f"{result.stderr[-6000:]}")
 
 
 def _train(tmp_path: Path, processes: int, batch: int, accumulation: int) -> Path:
