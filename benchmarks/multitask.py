@@ -1,7 +1,9 @@
 """Benchmark: K prompts trained in one multi-task run against K single-task runs, at equal steps per task.
 
-Four binary tasks cut from the bundled WordNet supersense data (animal/artifact, body/food,
-location/person, plant/substance; each task's train and dev rows are the rows with its two labels), on the
+K = 4 or 8 (`--tasks`) binary tasks cut from the bundled WordNet supersense data (each task's train and dev
+rows are the rows with its two labels): K=4 animal/artifact, body/food, location/person, plant/substance; K=8
+adds animal/plant, artifact/substance, body/person, food/location (the data has 8 supersenses, so every label
+is in two of the 8 tasks; the tasks are still separate prompts and separate binary problems). On the
 embedded LM-adapted T5 (8.4M parameters). Each prompt: P=20, class-label init, seed = task index; the paper's
 Adafactor (lr 0.3). Both sides see, for every task, the same `--steps` batches of `--per_task_batch` examples
 in the same order:
@@ -14,8 +16,9 @@ Each variant runs in its own fresh process (so its peak RSS is its own), one aft
 invocation. Reported: wall time of the training steps, process peak RSS, per-task dev accuracy (rank
 classification over the task's two labels) and the largest prompt difference between the two sides.
 
-    python benchmarks/multitask.py                # 150 steps per task, batch 8 per task
-    python benchmarks/multitask.py --quick        # 5 steps, batch 4 (smoke)
+    python benchmarks/multitask.py                # K=4, 150 steps per task, batch 8 per task
+    python benchmarks/multitask.py --tasks 8      # K=8 (writes results/multitask_k8.json)
+    python benchmarks/multitask.py --quick        # 5 steps, batch 4 (smoke; writes nothing)
 """
 
 from __future__ import annotations
@@ -31,16 +34,32 @@ import tempfile
 import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-PAIRS = (("animal", "artifact"), ("body", "food"), ("location", "person"), ("plant", "substance"))
+PAIRS = (("animal", "artifact"), ("body", "food"), ("location", "person"), ("plant", "substance"),
+         ("animal", "plant"), ("artifact", "substance"), ("body", "person"), ("food", "location"))
+TASK_COUNTS = (4, 8)  # --tasks: the first K pairs
+
+
+def result_name(k: int) -> str:
+    """benchmarks/results/ file of a K-task run (K=4 keeps the original name)."""
+    return "multitask.json" if k == 4 else f"multitask_k{k}.json"
 PROMPT_LENGTH = 20
+
+
+def cpu_model_name() -> str | None:
+    """`lscpu`'s "Model name" (from /proc/cpuinfo), None where it is not there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def task_name(pair) -> str:
     return f"{pair[0]}_{pair[1]}"
 
 
-def build_tasks():
-    """name -> (ClassificationTask with the pair's labels, train rows, dev rows)."""
+def build_tasks(k: int):
+    """name -> (ClassificationTask with the pair's labels, train rows, dev rows) for the first `k` pairs."""
     import dataclasses
 
     from softprompt_ext import get_task
@@ -48,7 +67,7 @@ def build_tasks():
 
     base = get_task("supersense")
     out = {}
-    for pair in PAIRS:
+    for pair in PAIRS[:k]:
         task = dataclasses.replace(base, name=task_name(pair), label_names=pair)
         train = [r for r in read_supersense("train") if r["label"] in pair]
         dev = [r for r in read_supersense("dev") if r["label"] in pair]
@@ -75,7 +94,7 @@ def accuracy(model, tokenizer, task, dev) -> float:
     return task.compute_metrics(ranked.predicted_labels, formatted)["accuracy"]
 
 
-def run_variant(variant: str, steps: int, per_task_batch: int, out_path: str) -> None:
+def run_variant(variant: str, k: int, steps: int, per_task_batch: int, out_path: str) -> None:
     import torch
     from peft import get_peft_model
 
@@ -94,7 +113,7 @@ def run_variant(variant: str, steps: int, per_task_batch: int, out_path: str) ->
     )
 
     torch.set_num_threads(1)
-    tasks = build_tasks()
+    tasks = build_tasks(k)
     base, tokenizer = default_model_and_tokenizer()
     tok_dir = base.name_or_path
 
@@ -156,25 +175,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--per_task_batch", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=4, help=f"number of tasks K, one of {TASK_COUNTS}")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variant", choices=("single", "multi"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tasks not in TASK_COUNTS:
+        parser.error(f"--tasks must be one of {TASK_COUNTS}, got {args.tasks}: the bundled supersense data has "
+                     f"{len(PAIRS)} label pairs defined here (benchmarks/multitask.py PAIRS)")
+    for field in ("steps", "per_task_batch"):
+        if getattr(args, field) < 1:
+            parser.error(f"--{field} must be >= 1, got {getattr(args, field)}")
     if args.quick:
         args.steps, args.per_task_batch = 5, 4
     if args.variant:
-        run_variant(args.variant, args.steps, args.per_task_batch, args.out)
+        run_variant(args.variant, args.tasks, args.steps, args.per_task_batch, args.out)
         return
 
     import torch
 
     from softprompt_ext.precision import bf16_is_fast
 
+    load_start = list(os.getloadavg())
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ("single", "multi"):
             path = os.path.join(tmp, f"{variant}.json")
-            subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
+            subprocess.run([sys.executable, __file__, "--variant", variant, "--tasks", str(args.tasks),
+                            "--steps", str(args.steps),
                             "--per_task_batch", str(args.per_task_batch), "--out", path], check=True)
             with open(path) as f:
                 runs[variant] = json.load(f)
@@ -193,9 +221,11 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/multitask.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "bf16_is_fast": bf16_is_fast(),
-                    "cores": os.cpu_count(), "load_average": list(os.getloadavg())},
+                    "cores": os.cpu_count(), "model_name": cpu_model_name(),
+                    "load_average_start": load_start, "load_average": list(os.getloadavg())},
         "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")},
-        "torch_threads": 1, "tasks": [task_name(p) for p in PAIRS], "prompt_length": PROMPT_LENGTH,
+        "torch_threads": 1, "num_tasks": args.tasks, "tasks": [task_name(p) for p in PAIRS[: args.tasks]],
+        "prompt_length": PROMPT_LENGTH,
         "steps_per_task": args.steps, "per_task_batch": args.per_task_batch,
         "runs": runs,
         "speedup_train_wall": runs["single"]["train_seconds"] / runs["multi"]["train_seconds"],
@@ -205,7 +235,7 @@ def main() -> None:
     print(json.dumps(record, indent=2))
     if not args.quick:
         os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "multitask.json"), "w") as f:
+        with open(os.path.join(RESULTS, result_name(args.tasks)), "w") as f:
             json.dump(record, f, indent=2)
             f.write("\n")
 

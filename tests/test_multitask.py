@@ -186,35 +186,67 @@ def test_bad_input_is_named(make_model, tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------- Trainer
-def trainer_run(make_model, tokenizer, output_dir, max_steps, resume=None):
+def uneven_steps(tokenizer, kind: str, per_step: dict[str, int], steps: int):
+    """A training set whose every step holds `per_step[t]` examples of task t (in task order), each task's
+    examples read cyclically."""
     from datasets import Dataset
-    from transformers import DataCollatorForSeq2Seq
+
+    features = {name: encode(tokenizer, kind, DATA[name]) for name in LENGTHS}
+    taken = dict.fromkeys(LENGTHS, 0)
+    rows = []
+    for _ in range(steps):
+        for name, count in per_step.items():
+            for _ in range(count):
+                rows.append(dict(features[name][taken[name] % len(features[name])], task=name))
+                taken[name] += 1
+    return Dataset.from_list(rows)
+
+
+def trainer_run(make_model, tokenizer, output_dir, max_steps, resume=None, kind="t5", batch=None,
+                accumulation=1, dtype=torch.float32, save_steps=2, train=None):
+    """`MultiTaskTrainer` on `train` (default: the equal-steps mixture, 2 examples of every task per step).
+
+    `batch` is the per-device batch (default: one step's 6 rows); `accumulation` the micro-batches per step.
+    Returns the trainer, the final prompts, and the prompts' gradients at every optimizer step (as the
+    optimizer sees them, after accumulation and any cross-process reduction)."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
     from softprompt_ext import PaperTrainingArguments
     from softprompt_ext.training.mixing import equal_steps
     from softprompt_ext.training.multitask import MultiTaskTrainer
 
-    model = build_multitask_model(make_model("t5"), configs("t5"))
-    data = {name: Dataset.from_list(encode(tokenizer, "t5", DATA[name])) for name in LENGTHS}
-    train = equal_steps(data, PER_TASK_BATCH, 4)
+    model = build_multitask_model(make_model(kind), configs(kind)).to(dtype)
+    params = task_prompt_parameters(model, list(LENGTHS))
+    if train is None:
+        data = {name: Dataset.from_list(encode(tokenizer, kind, DATA[name])) for name in LENGTHS}
+        train = equal_steps(data, PER_TASK_BATCH, 4)
     args = PaperTrainingArguments(
-        str(output_dir), max_steps=max_steps, per_device_train_batch_size=PER_TASK_BATCH * len(LENGTHS),
-        eval_strategy="no", save_steps=2, logging_steps=1, report_to=[], use_cpu=True, seed=0,
-        disable_tqdm=True,
+        str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch or PER_TASK_BATCH * len(LENGTHS),
+        gradient_accumulation_steps=accumulation, eval_strategy="no", save_steps=save_steps, logging_steps=1,
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
     )
-    trainer = MultiTaskTrainer(
-        model=model, args=args, train_dataset=train,
-        data_collator=MultiTaskCollator(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)),
-    )
+    grads: list[dict] = []
+
+    class RecordGrads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads.append({n: None if p.grad is None else p.grad.detach().clone() for n, p in params.items()})
+
+    if kind == "t5":
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
+    else:
+        collator = lambda rows: collate(tokenizer, kind, rows)  # noqa: E731
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=train, data_collator=MultiTaskCollator(collator),
+                               callbacks=[RecordGrads()])
     trainer.train(resume_from_checkpoint=resume)
-    prompts = {n: p.detach().clone() for n, p in task_prompt_parameters(model, list(LENGTHS)).items()}
-    return trainer, prompts
+    prompts = {n: p.detach().clone() for n, p in params.items()}
+    return trainer, prompts, grads
 
 
 def test_trainer_trains_every_prompt_like_the_manual_joint_loop_and_resumes(make_model, tokenizer, tmp_path):
     import test_multitask as here
 
-    trainer, prompts = trainer_run(make_model, tokenizer, tmp_path / "full", 4)
+    trainer, prompts, _ = trainer_run(make_model, tokenizer, tmp_path / "full", 4)
     assert [g["task"] for g in trainer.optimizer.param_groups] == list(LENGTHS)
     previous, here.STEPS = here.STEPS, 4
     try:
@@ -227,16 +259,107 @@ def test_trainer_trains_every_prompt_like_the_manual_joint_loop_and_resumes(make
     checkpoint = tmp_path / "full" / "checkpoint-2"
     assert all((checkpoint / name / "adapter_model.safetensors").is_file() for name in LENGTHS)
     # resume from step 2: the same prompts as the uninterrupted run
-    _, resumed = trainer_run(make_model, tokenizer, tmp_path / "full", 4, resume=str(checkpoint))
+    _, resumed, _ = trainer_run(make_model, tokenizer, tmp_path / "full", 4, resume=str(checkpoint))
     for name in LENGTHS:
         torch.testing.assert_close(resumed[name], prompts[name], rtol=0, atol=1e-6)
 
 
-def test_gradient_accumulation_is_refused(make_model, tmp_path):
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+UNEVEN = {"animals": 2, "food": 3, "verbs": 1}  # one step: a a f | f f v as 2 micro-batches of 3
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_gradient_accumulation_equals_the_full_batch(make_model, tokenizer, tmp_path, kind):
+    """2 micro-batches of 3 per step == 1 batch of 6, for every prompt: gradients, prompts, logged loss.
+
+    Every step is animals, animals, food | food, food, verbs: "food" is split 1 + 2 over the micro-batches, so
+    the mean of the micro-batch means weighs its examples 1/2, 1/4, 1/4 instead of 1/3 each, and
+    "animals" / "verbs" sit in one micro-batch only, so dividing by the number of micro-batches halves their
+    gradient. The controls below show that the gradient check tells both mistakes apart (the prompts alone
+    could not show the halving: Adafactor's update is nearly scale-invariant).
+    """
+    train = uneven_steps(tokenizer, kind, UNEVEN, 3)
+    full, full_prompts, full_grads = trainer_run(make_model, tokenizer, tmp_path / "full", 3, kind=kind, batch=6,
+                                                 save_steps=10, train=train)
+    acc, acc_prompts, acc_grads = trainer_run(make_model, tokenizer, tmp_path / "acc", 3, kind=kind, batch=3,
+                                              accumulation=2, save_steps=10, train=train)
+    assert full.state.global_step == acc.state.global_step == 3
+    assert len(full_grads) == len(acc_grads) == 3
+    for step, (g_full, g_acc) in enumerate(zip(full_grads, acc_grads, strict=True)):
+        # step 0: the same prompts, so only the summation order differs; later steps start from prompts that
+        # already differ by round-off (relative to the gradient's largest entry, measured at most 8e-6)
+        tolerance = 1e-5 if step == 0 else 1e-4
+        for name in LENGTHS:
+            assert g_full[name] is not None and g_acc[name] is not None, (step, name)
+            error = float((g_acc[name] - g_full[name]).abs().max())
+            assert error <= tolerance * float(g_full[name].abs().max()), (step, name, error)
+    for name in LENGTHS:  # float32 round-off through 3 Adafactor steps (measured up to 5e-6; entries ~1)
+        torch.testing.assert_close(acc_prompts[name], full_prompts[name], rtol=0, atol=5e-5)
+    torch.testing.assert_close(torch.tensor(losses(acc)), torch.tensor(losses(full)), rtol=1e-5, atol=0)
+
+    # the controls, on step 0's food examples (f0 | f1 f2) and verbs example (v0, second micro-batch only)
+    model = build_multitask_model(make_model(kind), configs(kind))
+    params = task_prompt_parameters(model, list(LENGTHS))
+
+    def grad_of_mean(name, rows):
+        b = collate(tokenizer, kind, rows)
+        out = mixed_forward(model, b["input_ids"], b["attention_mask"], [name] * len(rows), labels=b["labels"])
+        return torch.autograd.grad(out.loss, params[name])[0]
+
+    food = encode(tokenizer, kind, DATA["food"][:3])
+    right = grad_of_mean("food", food)
+    assert float((right - full_grads[0]["food"]).abs().max()) <= 1e-5 * float(right.abs().max())
+    naive = 0.5 * grad_of_mean("food", food[:1]) + 0.5 * grad_of_mean("food", food[1:])
+    verbs = grad_of_mean("verbs", encode(tokenizer, kind, DATA["verbs"][:1]))
+    assert float((verbs - full_grads[0]["verbs"]).abs().max()) <= 1e-5 * float(verbs.abs().max())
+    for wrong, correct in ((naive, right), (verbs / 2, verbs)):
+        assert (wrong - correct).abs().max() > 1e-2 * correct.abs().max(), "the control must differ"
+
+
+def test_accumulation_token_counts_are_checked_and_named(make_model, tokenizer):
+    model = build_multitask_model(make_model("t5"), configs("t5"))
+    rows = encode(tokenizer, "t5", DATA["food"][:2])
+    batch = collate(tokenizer, "t5", rows)
+    out = mixed_forward(model, batch["input_ids"], batch["attention_mask"], ["food", "food"], labels=batch["labels"])
+    with pytest.raises(ValueError, match=r"token_counts\['food'\] = 1 but this batch alone holds"):
+        multitask_loss(out, ["food", "food"], {"food": 1})
+    with pytest.raises(ValueError, match=r"token_counts\['food'\] = None"):
+        multitask_loss(out, ["food", "food"], {"animals": 10})
+    # a window count twice this batch's halves the task's loss: its share of the window mean
+    alone, _ = multitask_loss(out, ["food", "food"])
+    tokens = int(out.num_label_tokens.sum())
+    shared, _ = multitask_loss(out, ["food", "food"], {"food": 2 * tokens})
+    torch.testing.assert_close(shared, alone / 2)
+
+
+def test_trainer_names_a_micro_batch_it_cannot_count(make_model, tokenizer, tmp_path):
     from softprompt_ext import PaperTrainingArguments
     from softprompt_ext.training.multitask import MultiTaskTrainer
 
-    args = PaperTrainingArguments(str(tmp_path), gradient_accumulation_steps=2, eval_strategy="no",
-                                  report_to=[], use_cpu=True)
-    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
-        MultiTaskTrainer(model=build_multitask_model(make_model("t5"), configs("t5")), args=args)
+    args = PaperTrainingArguments(str(tmp_path), gradient_accumulation_steps=2, eval_strategy="no", report_to=[],
+                                  use_cpu=True)
+    trainer = MultiTaskTrainer(model=build_multitask_model(make_model("t5"), configs("t5")), args=args,
+                               tasks=["animals", "food"])
+    batch = dict(collate(tokenizer, "t5", encode(tokenizer, "t5", DATA["verbs"][:1] + DATA["food"][:1])),
+                 task_names=["verbs", "food"])
+    with pytest.raises(ValueError, match=r"micro-batch 1 holds examples of tasks \['verbs'\], which are not among"):
+        trainer.get_batch_samples(iter([{**batch, "task_names": ["food", "food"]}, batch]), 2, torch.device("cpu"))
+    with pytest.raises(ValueError, match="micro-batch 0 has no 'task_names'"):
+        trainer.get_batch_samples(iter([{k: v for k, v in batch.items() if k != "task_names"}]), 1, "cpu")
+    with pytest.raises(ValueError, match="micro-batch 0 has no 'labels'"):
+        trainer.get_batch_samples(iter([{k: v for k, v in batch.items() if k != "labels"}]), 1, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+def test_label_token_counts_match_the_forward(make_model, tokenizer, kind):
+    from softprompt_ext.training.multitask import label_token_counts
+
+    model = build_multitask_model(make_model(kind), configs(kind))
+    rows = encode(tokenizer, kind, DATA["animals"][:3] + DATA["verbs"][:2])
+    batch = collate(tokenizer, kind, rows)
+    names = ["animals"] * 3 + ["verbs"] * 2
+    out = mixed_forward(model, batch["input_ids"], batch["attention_mask"], names, labels=batch["labels"])
+    assert torch.equal(label_token_counts(batch, kind == "t5"), out.num_label_tokens)

@@ -29,26 +29,41 @@ Design decisions
 * **Order.** `MultiTaskTrainer` reads the training set in its stored order (no extra shuffle): the order is
   the mixture's, built with `softprompt_ext.training.mixing` (proportional, uniform, temperature, or equal
   steps per task); a resumed run skips the batches already seen, in the same order.
-* Not supported: `gradient_accumulation_steps > 1` (each task's mean would need its token count over all
-  micro-batches) and `predict_with_generate` during training (PEFT's generate uses one active adapter);
-  evaluate per task afterwards (`softprompt_ext.inference.per_task.evaluate_per_task`).
+* **Accumulation and processes.** With M micro-batches per optimizer step (`gradient_accumulation_steps`)
+  and W processes (DDP: `accelerate launch` / torchrun), the step's batch is the union of all M x W
+  micro-batches, and the loss must still be sum_t L_t with L_t task t's summed NLL over that whole batch
+  divided by its label tokens there (what one process with the whole batch computes). `MultiTaskTrainer`
+  counts every task's label tokens over the step's micro-batches before the first forward
+  (`get_batch_samples`; `label_token_counts` counts as `mixed_forward` does, and the counts the forwards
+  report are checked against it), all-reduces the counts over processes, and each micro-batch's loss is
+  sum_t (its summed NLL of task t) / (task t's count over the step); `loss_is_scaled_for_ga = True` stops the
+  Trainer from dividing it by M again. The forward places the K prompts itself and so does not go through
+  the DDP wrapper, which therefore does not reduce; after the step's last backward every prompt's gradient
+  is summed over the processes (a task with no label token in the step keeps no gradient, as before). The
+  logged loss is the global one. Tested: M=2 equals M=1 with the doubled batch (`tests/test_multitask.py`),
+  2 CPU processes equal 1 process with the global batch (`tests/test_multitask_ddp.py`).
+* Not supported: `predict_with_generate` during training (PEFT's generate uses one active adapter);
+  evaluate per task afterwards (`softprompt_ext.inference.per_task.evaluate_per_task`). FSDP and DeepSpeed
+  are not tested with `MultiTaskTrainer`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import Seq2SeqTrainer
+from transformers import Seq2SeqTrainer, Trainer
 from transformers.optimization import Adafactor, get_constant_schedule
 
 from ..adapters.reader import read_prompt
 from ..config import SoftPromptConfig
 from ..peft_internals import prompt_weight
-from ..placement import MixedOutput, mixed_forward
+from ..placement import MixedOutput, _is_encoder_decoder, mixed_forward
+from ..special_tokens import IGNORE_INDEX
 from .recipe import PAPER_DECAY_RATE, PAPER_LEARNING_RATE, PAPER_WEIGHT_DECAY_RATE, transformers_weight_decay
 
 TASK_COLUMN = "task"  # the dataset column holding each example's task (= adapter) name
@@ -108,12 +123,19 @@ def task_prompt_parameters(model: PeftModel, tasks: Sequence[str]) -> dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def multitask_loss(output: MixedOutput, task_names: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`(sum_t L_t, {t: L_t})`: L_t is task t's token-mean loss over its examples in the batch.
+def multitask_loss(
+    output: MixedOutput,
+    task_names: Sequence[str],
+    token_counts: Mapping[str, torch.Tensor | int] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`(sum_t L_t, {t: L_t})`: L_t is task t's summed NLL in the batch over its label-token count.
 
-    `output` is `mixed_forward(..., labels=...)`'s result; `task_names` the B task names. See the module
-    docstring for why each prompt's gradient is then its separate-run gradient. Tasks whose examples hold
-    no label token are left out.
+    `output` is `mixed_forward(..., labels=...)`'s result; `task_names` the B task names. Without
+    `token_counts` the count is task t's label tokens in this batch (L_t its token mean). With `token_counts`
+    (task -> count) the given count is the denominator instead: the tokens of the whole accumulation window
+    (and of every process), so that summing the micro-batch losses gives each task's mean over the full
+    batch. See the module docstring for why each prompt's gradient is then its separate-run gradient. Tasks
+    whose examples hold no label token are left out.
     """
     if output.num_label_tokens is None or output.loss_per_example is None:
         raise ValueError("multitask_loss needs mixed_forward(..., labels=...)'s output: it has no per-example loss.")
@@ -123,13 +145,43 @@ def multitask_loss(output: MixedOutput, task_names: Sequence[str]) -> tuple[torc
     for name in dict.fromkeys(task_names):
         rows = torch.tensor([n == name for n in task_names], device=summed.device)  # [B]
         tokens = counts[rows].sum()
-        if int(tokens) > 0:
+        if int(tokens) == 0:
+            continue
+        if token_counts is None:
             per_task[name] = summed[rows].sum() / tokens
+            continue
+        if name not in token_counts or int(token_counts[name]) < int(tokens):
+            raise ValueError(
+                f"token_counts[{name!r}] = {token_counts.get(name)!r} but this batch alone holds {int(tokens)} "
+                f"label tokens of task {name!r}; token_counts must count the task's label tokens over the whole "
+                "accumulation window (every micro-batch, every process), this batch included."
+            )
+        per_task[name] = summed[rows].sum() / token_counts[name]
     return torch.stack(list(per_task.values())).sum(), per_task
 
 
-def multitask_step_loss(model: PeftModel, batch: Mapping[str, Any]) -> tuple[torch.Tensor, MixedOutput]:
-    """The multi-task loss of one collated batch (`input_ids`, `attention_mask`, `labels`, `task_names`)."""
+def label_token_counts(batch: Mapping[str, Any], encoder_decoder: bool) -> torch.Tensor:
+    """`[B]` label tokens per example of a collated batch, as `mixed_forward` counts them (`num_label_tokens`).
+
+    Seq2seq: labels other than -100. Decoder-only: labels other than -100 at positions with
+    `attention_mask == 1` (mixed_forward ignores labels on padding; with a prompt of P >= 1 rows in front,
+    every real token is predicted, the first one by the prompt's last row).
+    """
+    labels = batch["labels"]
+    valid = labels != IGNORE_INDEX
+    mask = batch.get("attention_mask")
+    if not encoder_decoder and mask is not None:
+        valid = valid & mask.to(valid.device).bool()
+    return valid.sum(1)
+
+
+def multitask_step_loss(
+    model: PeftModel, batch: Mapping[str, Any], token_counts: Mapping[str, torch.Tensor | int] | None = None
+) -> tuple[torch.Tensor, MixedOutput]:
+    """The multi-task loss of one collated batch (`input_ids`, `attention_mask`, `labels`, `task_names`).
+
+    `token_counts`: see `multitask_loss` (None: each task's mean over this batch).
+    """
     names = batch.get(TASK_NAMES)
     if names is None:
         raise ValueError(
@@ -144,7 +196,7 @@ def multitask_step_loss(model: PeftModel, batch: Mapping[str, Any]) -> tuple[tor
         labels=batch["labels"],
         decoder_input_ids=batch.get("decoder_input_ids"),
     )
-    loss, _ = multitask_loss(output, names)
+    loss, _ = multitask_loss(output, names, token_counts)
     return loss, output
 
 
@@ -207,6 +259,22 @@ class MultiTaskCollator:
 
 
 # ---------------------------------------------------------------------------------------------- trainer
+@dataclass
+class _Window:
+    """One optimizer step's micro-batches: `local` / `total` `[K]` label tokens per task (this process / all
+    processes), `seen` the tokens the forwards counted so far, `remaining` the micro-batches still to run."""
+
+    local: torch.Tensor
+    total: torch.Tensor
+    seen: torch.Tensor
+    remaining: int
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 class MultiTaskTrainer(Seq2SeqTrainer):
     """`Seq2SeqTrainer` that trains every task's prompt at once (works for causal LMs as well).
 
@@ -214,20 +282,101 @@ class MultiTaskTrainer(Seq2SeqTrainer):
     `task` column in the order to train in (`softprompt_ext.training.mixing`). `tasks` defaults to every
     adapter of the model. Checkpoints hold every prompt (PEFT's layout: one sub-folder per adapter) and one
     optimizer with a param group per task; `train(resume_from_checkpoint=...)` restores all of them.
+
+    Gradient accumulation and DDP (`accelerate launch` / torchrun, several processes): each optimizer step's
+    loss is, for every task, its summed NLL over all micro-batches of all processes divided by its label
+    tokens there -- the loss of one process with the whole global batch (module docstring, "Accumulation and
+    processes").
     """
+
+    # compute_loss already divides by the whole window's token counts: the Trainer must not divide by the
+    # number of micro-batches again (transformers >= 5 reads this attribute in training_step)
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, tasks: Sequence[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model: Any  # a PeftModel holding the task prompts (Trainer types it as any module)
         self.tasks = list(tasks) if tasks is not None else list(self.model.peft_config)
         task_prompt_parameters(self.model, self.tasks)
-        if self.args.gradient_accumulation_steps != 1:
-            raise ValueError(
-                f"gradient_accumulation_steps={self.args.gradient_accumulation_steps}: multi-task training needs 1 "
-                "(each task's mean loss would need its token count over all micro-batches); raise "
-                "per_device_train_batch_size instead."
-            )
         self.model_accepts_loss_kwargs = False  # the loss is our per-task mean, not the model's
+        self._window: _Window | None = None
+        if self.args.gradient_accumulation_steps > 1 and not hasattr(Trainer, "loss_is_scaled_for_ga"):
+            raise ValueError(
+                f"gradient_accumulation_steps={self.args.gradient_accumulation_steps} needs a transformers whose "
+                "Trainer reads `loss_is_scaled_for_ga` (this one would divide the already-normalised loss by the "
+                "number of micro-batches again); upgrade transformers or set gradient_accumulation_steps=1 and "
+                "raise per_device_train_batch_size instead."
+            )
+
+    # -- accumulation window: count every task's label tokens over the step's micro-batches (and processes)
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._window = self._count_window(batch_samples, device) if batch_samples else None
+        return batch_samples, num_items_in_batch
+
+    def _count_window(self, batch_samples: Sequence[Mapping[str, Any]], device: torch.device) -> _Window:
+        index = {t: i for i, t in enumerate(self.tasks)}
+        encoder_decoder = _is_encoder_decoder(self.model)
+        local = torch.zeros(len(self.tasks), dtype=torch.long)
+        for number, batch in enumerate(batch_samples):
+            names = batch.get(TASK_NAMES)
+            if names is None:
+                raise ValueError(
+                    f"micro-batch {number} has no {TASK_NAMES!r}; pass data_collator=MultiTaskCollator(collator) "
+                    f"and give every example a {TASK_COLUMN!r} column."
+                )
+            if "labels" not in batch:
+                raise ValueError(
+                    f"micro-batch {number} has no 'labels' (keys: {sorted(batch)}); multi-task training needs "
+                    "the target ids of every example (-100 where no loss is wanted)."
+                )
+            unknown = sorted(set(names) - set(index))
+            if unknown:
+                raise ValueError(
+                    f"micro-batch {number} holds examples of tasks {unknown}, which are not among the trained "
+                    f"tasks {self.tasks}; add them to MultiTaskTrainer(tasks=...) (and build_multitask_model) or "
+                    "drop those examples."
+                )
+            rows = torch.tensor([index[n] for n in names])
+            local.index_add_(0, rows, label_token_counts(batch, encoder_decoder).cpu().long())
+        total = local.clone()
+        if _world_size() > 1:  # every task's count over the global batch
+            total = total.to(device)
+            torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+            total = total.cpu()
+        return _Window(local=local, total=total, seen=torch.zeros_like(local), remaining=len(batch_samples))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        window = self._window
+        if window is not None:
+            window.remaining -= 1
+            if window.remaining == 0:
+                self._window = None
+                self._finish_window(window)
+        # This process's share of the step's loss; the Trainer logs the mean over processes, so scale the
+        # logged value by the world size to log the global loss (the backward above used the unscaled loss).
+        return loss * _world_size()
+
+    def _finish_window(self, window: _Window) -> None:
+        """After the window's last backward: check the counts, and sum every prompt's gradient over processes."""
+        if not torch.equal(window.seen, window.local):
+            raise RuntimeError(
+                f"label tokens per task {dict(zip(self.tasks, window.local.tolist(), strict=True))} were counted "
+                f"from the batches, but the forwards averaged over {dict(zip(self.tasks, window.seen.tolist(), strict=True))}; "
+                "label_token_counts no longer matches mixed_forward's num_label_tokens (a bug: please report it)."
+            )
+        if _world_size() == 1:
+            return
+        # The forward bypasses DDP's wrapper (it places K prompts itself), so DDP does not reduce: each process
+        # holds d(its share)/d(prompt); the global gradient is their sum. Same task order on every process;
+        # a task with no label token anywhere keeps grad None (Adafactor skips it, as a separate run would).
+        for i, param in enumerate(task_prompt_parameters(self.model, self.tasks).values()):
+            if int(window.total[i]) == 0:
+                continue
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
+            param.grad = grad
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -240,7 +389,14 @@ class MultiTaskTrainer(Seq2SeqTrainer):
         return torch.utils.data.SequentialSampler(dataset)  # the mixture's order (module docstring)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, output = multitask_step_loss(self.model, inputs)
+        window = self._window  # set for a training micro-batch, None in evaluation
+        counts = None if window is None else dict(zip(self.tasks, window.total, strict=True))
+        loss, output = multitask_step_loss(self.model, inputs, counts)
+        if window is not None:
+            index = {t: i for i, t in enumerate(self.tasks)}
+            rows = torch.tensor([index[n] for n in inputs[TASK_NAMES]])
+            assert output.num_label_tokens is not None
+            window.seen.index_add_(0, rows, output.num_label_tokens.detach().cpu().long())
         return (loss, {"loss": loss, "logits": output.logits}) if return_outputs else loss
 
     def create_optimizer(self, model=None):
