@@ -281,40 +281,18 @@ def scoring_section(markdown_dir: str) -> list[str]:
 
 
 def serving_section(markdown_dir: str) -> list[str]:
-    """The `softprompt serve` load test (`python benchmarks/serving.py`, its own run) when `results/serving.json`
-    exists."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving.json")
+    """The `softprompt serve` load test (`python benchmarks/serving.py`, its own run): the section that run
+    rendered into `results/serving.md`, links made relative to `markdown_dir`."""
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    path = os.path.join(results, "serving.md")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        saved = json.load(f)
-    machine, setup, summary, ratios = saved["machine"], saved["setup"], saved["summary"], saved["ratios"]
-    rel = os.path.relpath(path, markdown_dir)
-    lines = [
-        "## Serving: mixed-adapter batches under concurrent load",
-        "",
-        f"`{machine['command']}` on {machine['date_utc']} ({machine['cpu']}, flags "
-        f"{', '.join(machine['cpu_flags']) or 'none'}, bf16 fast: {machine['bf16_is_fast']}, so fp32; "
-        f"{machine['cpu_count']} CPUs shared by the client and the server; load average before / after "
-        f"{machine['load_average_before']} / {machine['load_average_after']}; [`{rel}`]({rel})). "
-        f"{setup['requests']} greedy requests ({setup['max_tokens']} new tokens) over K={setup['adapters']} adapters "
-        f"(P {'/'.join(map(str, setup['prompt_lengths']))}) on the {setup['base']} from {setup['clients']} concurrent "
-        f"clients over loopback HTTP, {setup['rounds']} interleaved rounds, medians; server with "
-        f"{setup['server_torch_threads']} torch thread. Tokens identical across variants and rounds: "
-        f"{saved['identical_tokens']}.",
-        "",
-        "| server | requests/s | p50 latency (s) | p99 latency (s) | server CPU (s) | time / mixed (paired) |",
-        "|---|---|---|---|---|---|",
-    ]
-    labels = {"mixed": "mixed batches (default)", "per_adapter": "grouped by adapter, `set_adapter` (`--batching per-adapter`)",
-              "serial": "one request at a time (`--max-batch-size 1`)"}
-    for variant, row in summary.items():
-        ratio = ratios.get(f"{variant}/mixed")
-        cell = "1.00x" if ratio is None else (f"{_x(ratio['throughput'])} ({_x(ratio['min'])}-{_x(ratio['max'])}); "
-                                              f"CPU {_x(ratio['server_cpu'])}")
-        lines.append(f"| {labels.get(variant, variant)} | {row['throughput_rps']:.1f} | {row['p50_s']:.3f} | "
-                     f"{row['p99_s']:.3f} | {row['server_cpu_s']:.2f} | {cell} |")
-    return [*lines, ""]
+        text = f.read().strip()
+    rel = os.path.relpath(results, markdown_dir)
+    text = text.replace("](results/", f"]({rel}/").replace("(results/", f"({rel}/")
+    return ["## Serving: continuous mixed-adapter batching under concurrent load", "",
+            "(From `results/serving.md`, which `python benchmarks/serving.py` writes.)", "", text, ""]
 
 
 def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir: str) -> str:

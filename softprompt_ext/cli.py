@@ -281,15 +281,45 @@ def _check(args: argparse.Namespace) -> None:
           f"{str(report.prompt.dtype).removeprefix('torch.')}, finite{fits}")
 
 
+DEMO_ADAPTER = "supersense-init"
+
+
+def demo_adapter(directory: str | None = None) -> str:
+    """`softprompt serve --demo`'s adapter: 20 virtual tokens on the embedded T5, initialised from the 8 labels
+    of the bundled supersense task (class-label init, paper section 3.2), untrained, written to `directory`
+    (default: a new temporary directory); returns the directory."""
+    import tempfile
+
+    from peft import get_peft_model
+
+    from .config import SoftPromptConfig
+    from .embedded import default_model_and_tokenizer, default_model_path
+    from .tasks.supersense import SUPERSENSE_LABELS
+
+    directory = directory or tempfile.mkdtemp(prefix="softprompt-demo-")
+    model, _ = default_model_and_tokenizer()
+    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=20, prompt_tuning_init="CLASS_LABELS",
+                              class_labels=list(SUPERSENSE_LABELS), tokenizer_name_or_path=default_model_path(),
+                              sample_vocab_size=1000, init_seed=0)  # as examples/supersense.py
+    get_peft_model(model, config).save_pretrained(directory)
+    return directory
+
+
 def _serve(args: argparse.Namespace) -> None:
     try:
         from .inference.serving import serve
     except ModuleNotFoundError as exc:  # the optional extra is missing
         raise ImportError(f"softprompt serve needs the package {exc.name!r}: pip install 'softprompt-ext[serve]'") from None
-    serve(args.base, args.adapter, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
+    adapters = list(args.adapter)
+    if args.demo:
+        if args.base is not None:
+            raise ValueError(f"--demo serves a prompt for the embedded T5, but --base {args.base!r} was given; "
+                             "drop one of them.")
+        adapters.append(f"{DEMO_ADAPTER}={demo_adapter()}")
+    serve(args.base, adapters, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
           admin_token=args.admin_token, max_adapters=args.max_adapters, max_adapter_bytes=args.max_adapter_bytes,
           strict=args.strict, precision=args.precision, batching=args.batching.replace("-", "_"),
-          prefix_cache=not args.no_prefix_cache, demo=args.demo, max_batch_size=args.max_batch_size,
+          prefix_cache=not args.no_prefix_cache, max_batch_size=args.max_batch_size,
           max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
           max_input_tokens=args.max_input_tokens, max_tokens=args.max_tokens,
           request_timeout_s=args.request_timeout)

@@ -218,15 +218,16 @@ def test_an_abandoned_running_row_stops_decoding(make_model, tokenizer, tmp_path
 
 
 def test_demo_adapter_serves_on_the_embedded_model_in_process():
-    """`softprompt serve --demo`: the embedded T5 and an untrained class-label prompt answer a completion and
-    a classification at once (no adapter to train first); --demo with another base is refused."""
+    """`softprompt serve --demo`'s adapter: the embedded T5 and an untrained class-label prompt answer a
+    completion and a classification at once (no adapter to train first)."""
     from fastapi.testclient import TestClient
 
-    from softprompt_ext.inference.serving import DEMO_ADAPTER, build_app
+    from softprompt_ext.cli import DEMO_ADAPTER, demo_adapter
+    from softprompt_ext.inference.serving import build_app
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # building the demo prompt warns about nothing of ours
-        app = build_app(demo=True, device="cpu")
+        app = build_app(adapters=[f"{DEMO_ADAPTER}={demo_adapter()}"], device="cpu", strict=True)
     with TestClient(app) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == [DEMO_ADAPTER]
         body = {"model": DEMO_ADAPTER, "prompt": "corn syrup: syrup prepared from corn", "max_tokens": 4}
@@ -235,54 +236,10 @@ def test_demo_adapter_serves_on_the_embedded_model_in_process():
         labels = ["food", "plant", "animal"]
         ranked = client.post("/v1/classify", json={"model": DEMO_ADAPTER, "input": body["prompt"], "labels": labels})
         assert ranked.status_code == 200 and ranked.json()["data"][0]["label"] in labels
-    with pytest.raises(ValueError, match="demo=True serves a prompt for the embedded T5"):
-        build_app(base="some/model", demo=True)
 
 
-def test_a_client_that_leaves_a_stream_stops_its_row(make_model, tokenizer, tmp_path):
-    """A real uvicorn server (in a thread, decoding slowed to 20 ms a step): closing the connection after the
-    first streamed chunk abandons the request, so its row leaves the running batch long before its 200 tokens,
-    and the server keeps serving."""
-    import socket
-    import threading
+def test_demo_with_another_base_is_refused(capsys):
+    from softprompt_ext.cli import main
 
-    import httpx
-    import uvicorn
-
-    from softprompt_ext.inference.serving.app import ServeSettings, create_app
-
-    engine, model = _engine(make_model, tokenizer, tmp_path, "gpt2")
-    alone = _alone(model, tokenizer, "p3", engine.encode([TEXTS[0]])[0], 200, False)
-    assert len(alone) == 200 and tokenizer.eos_token_id not in alone  # left alone it runs all 200 steps
-    original, steps = engine.step, []
-
-    def slow_step():
-        time.sleep(0.02)
-        steps.append(engine.active)
-        return original()
-
-    engine.step = slow_step  # type: ignore[method-assign]
-    app = create_app(engine, ServeSettings(max_tokens=200))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        body = {"model": "p3", "prompt": TEXTS[0], "max_tokens": 200, "stream": True}
-        with httpx.Client(timeout=30) as client, client.stream("POST", url + "/v1/completions", json=body) as r:
-            assert r.status_code == 200
-            assert next(r.iter_lines()).startswith("data: ")
-        while engine.active and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert engine.active == 0 and 0 < len(steps) < 100, len(steps)  # 200 steps would take 4 s
-        done = httpx.post(url + "/v1/completions", json={"model": "p7", "prompt": "x", "max_tokens": 2}, timeout=30)
-        assert done.status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    assert main(["serve", "--demo", "--base", "some/model"]) == 2
+    assert "--demo serves a prompt for the embedded T5, but --base 'some/model' was given" in capsys.readouterr().err

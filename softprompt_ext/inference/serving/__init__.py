@@ -24,14 +24,13 @@ import os
 from collections.abc import Sequence
 
 ADMIN_TOKEN_ENV = "SOFTPROMPT_ADMIN_TOKEN"
-DEMO_ADAPTER = "supersense-init"
 _log = logging.getLogger("softprompt_ext.serve")
 
 
 def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: str | None = None,
               admin_token: str | None = None, max_adapters: int = 64, max_adapter_bytes: int | None = None,
               strict: bool = False, precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True,
-              demo: bool = False, **settings):
+              **settings):
     """The FastAPI app `serve` runs (for tests, or to run it under your own ASGI server).
 
     Args:
@@ -50,9 +49,6 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
             the benchmark's baseline).
         prefix_cache: decoder-only bases under continuous batching: compute each adapter's prompt keys and
             values once and reuse them for every request (default); False recomputes them per request.
-        demo: also serve `DEMO_ADAPTER`, an untrained prompt for the embedded T5 initialised from the bundled
-            supersense task's class labels (paper section 3.2), written to a temporary directory; only with
-            the embedded base.
         **settings: `ServeSettings` fields (`max_batch_size`, `max_wait_ms`, `max_queue`, `max_input_tokens`,
             `max_tokens`, `request_timeout_s`, ...).
     """
@@ -65,11 +61,7 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
-    if demo and base is not None:
-        raise ValueError(f"demo=True serves a prompt for the embedded T5, but base={base!r}; drop --demo or --base.")
     specs = [pair for spec in adapters for pair in discover(spec)]
-    if demo:
-        specs.append((DEMO_ADAPTER, demo_adapter()))
     model, tokenizer = load_base(base, device)
     engine = Engine(model, tokenizer, max_adapters=max_adapters, max_bytes=max_adapter_bytes, precision=precision,
                     batching=batching, prefix_cache=prefix_cache)
@@ -84,26 +76,6 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
             _log.error("adapter %r from %r refused: %s", name, source, refused[name])
     config = ServeSettings(admin_token=token, base_model=base or "embedded", refused=refused, **settings)
     return create_app(engine, config)
-
-
-def demo_adapter(directory: str | None = None) -> str:
-    """Write the demo adapter (20 virtual tokens on the embedded T5, class-label init from the 8 supersense
-    labels, untrained) to `directory` (default: a new temporary directory); returns the directory."""
-    import tempfile
-
-    from peft import get_peft_model
-
-    from ...config import SoftPromptConfig
-    from ...embedded import default_model_and_tokenizer, default_model_path
-    from ...tasks.supersense import SUPERSENSE_LABELS
-
-    directory = directory or tempfile.mkdtemp(prefix="softprompt-demo-")
-    model, _ = default_model_and_tokenizer()
-    config = SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=20, prompt_tuning_init="CLASS_LABELS",
-                              class_labels=list(SUPERSENSE_LABELS), tokenizer_name_or_path=default_model_path(),
-                              sample_vocab_size=1000, init_seed=0)  # as examples/supersense.py
-    get_peft_model(model, config).save_pretrained(directory)
-    return directory
 
 
 def serve(base: str | None = None, adapters: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8000,
@@ -121,4 +93,4 @@ def serve(base: str | None = None, adapters: Sequence[str] = (), *, host: str = 
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-__all__ = ["ADMIN_TOKEN_ENV", "DEMO_ADAPTER", "build_app", "demo_adapter", "serve"]
+__all__ = ["ADMIN_TOKEN_ENV", "build_app", "serve"]
