@@ -62,6 +62,7 @@ def test_build_writes_corpus_and_manifest_and_refuses_copyleft(tmp_path):
     manifest = tc.build([source], str(out), str(tmp_path / "cache"), [str(held)], roots={"demo": str(tmp_path / "pkg")})
     assert (out / "corpus.txt").read_text().splitlines() == [
         "This page explains how the library stores every record on disk."]
+    assert {(out / f).stat().st_mode & 0o777 for f in ("corpus.txt", "manifest.json")} == {0o644}
     written = json.loads((out / "manifest.json").read_text())
     assert written == manifest
     counts = written["sources"]["demo"]
