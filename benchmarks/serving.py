@@ -386,15 +386,13 @@ def _busy_seconds(url: str) -> float:
     """Seconds the server's worker spent in model calls so far (the sum of softprompt_batch_seconds)."""
     import httpx
 
-    text = httpx.get(url + "/metrics").text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("softprompt_batch_seconds_sum"))
+    return _metric(httpx.get(url + "/metrics").text, "softprompt_batch_seconds_sum")
 
 
 def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
+    """The sum of every sample of `name` (all label sets) in a Prometheus text; NaN when it has none."""
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+    return sum(values) if values else float("nan")
 
 
 def cold_adapter_cost(folder: str, base_folder: str, names: list[str], n: int, work: str) -> dict:
