@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-prefix-cache", action="store_true",
                        help="decoder-only bases: recompute every adapter's prompt keys/values per request instead "
                        "of once per adapter (for the benchmark's comparison)")
+    serve.add_argument("--engine-in-process", action="store_true",
+                       help="run the model in a worker thread of the HTTP process instead of a process of its own "
+                       "(the default keeps HTTP work and the model from taking turns for one interpreter lock)")
     serve.add_argument("--demo", action="store_true",
                        help="also serve 'supersense-init': an untrained prompt on the embedded T5, initialised from "
                        "the bundled task's class labels (try the server without training one first)")
@@ -319,7 +322,8 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.base, adapters, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
           admin_token=args.admin_token, max_adapters=args.max_adapters, max_adapter_bytes=args.max_adapter_bytes,
           strict=args.strict, precision=args.precision, batching=args.batching.replace("-", "_"),
-          prefix_cache=not args.no_prefix_cache, max_batch_size=args.max_batch_size,
+          prefix_cache=not args.no_prefix_cache, engine_process=not args.engine_in_process,
+          max_batch_size=args.max_batch_size,
           max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
           max_input_tokens=args.max_input_tokens, max_tokens=args.max_tokens,
           request_timeout_s=args.request_timeout)

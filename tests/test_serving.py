@@ -425,6 +425,11 @@ def test_queue_full_429_and_timeout_504(assets):
             assert response.headers["Retry-After"] == "1"
             _error(full.result(), 504, "did not finish within 1.5 s")
         assert _wait_for(lambda: srv.get("/health").json()["queue_depth"] == 0)
+        # the timed-out rows were abandoned across the process boundary: the engine stops decoding them
+        assert _wait_for(lambda: srv.metric("softprompt_running_rows") == 0)
+        steps = srv.metric("softprompt_batch_size_count", kind="generate")
+        time.sleep(0.5)  # ~0.6 s per row: an engine still decoding them would run about 400 steps meanwhile
+        assert srv.metric("softprompt_batch_size_count", kind="generate") == steps
     finally:
         srv.stop()
 
@@ -536,3 +541,120 @@ def test_engine_mixed_batch_equals_each_row_alone_on_a_decoder_only_model(make_m
         assert out.token_ids == expected and out.finished == (eos in alone)
     scores = engine.run("classify", [Job("classify", "p7", rows[0], label_ids=engine.encode_labels(["a ship", "rain"]))])
     assert len(scores[0]) == 2 and all(s < 0 for s in scores[0])
+
+
+# ---------------------------------------------------------------------------------------------- engine process
+def _engine_pids(pid: int) -> list[int]:
+    """The server's engine process: its child processes running multiprocessing's spawn entry point."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as cmd:
+                    if b"spawn_main" in cmd.read():
+                        found.append(int(child))
+    return found
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # exited, not yet reaped
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the engine process")
+def test_the_model_runs_in_its_own_process_and_answers_as_in_process(server, assets):
+    """`serve`'s default puts the engine in a child process; `--engine-in-process` keeps it in a worker thread.
+    Both answer the same requests with the same tokens."""
+    assert server.get("/health").json()["engine"] == "process"
+    assert len(_engine_pids(server.proc.pid)) == 1
+    srv = Server(["--base", assets["base"], "--adapter", assets["folder"], "--engine-in-process", "--max-tokens", "32"],
+                 assets["root"] / "thread.log")
+    try:
+        assert srv.get("/health").json()["engine"] == "thread" and _engine_pids(srv.proc.pid) == []
+        for name in ("a3", "a7"):
+            body = {"model": name, "prompt": TEXTS, "max_tokens": 12}
+            texts = [c["text"] for c in srv.post("/v1/completions", body).json()["choices"]]
+            assert texts == [c["text"] for c in server.post("/v1/completions", body).json()["choices"]]
+    finally:
+        assert srv.stop() in CLEAN_EXIT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the engine process")
+def test_a_dead_engine_fails_requests_with_503_and_health_says_so(assets):
+    """The engine process killed (out of memory, a crash): the waiting request and every later one get 503
+    naming the engine process, `/health` turns 503, and the HTTP process still shuts down cleanly."""
+    srv = Server(["--base", assets["base"], "--adapter", assets["folder"], "--max-batch-size", "1",
+                  "--request-timeout", "120"], assets["root"] / "dead.log")
+    try:
+        (engine,) = _engine_pids(srv.proc.pid)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(srv.post, "/v1/completions", {"model": "a3", "prompt": TEXTS, "max_tokens": 200})
+            assert _wait_for(lambda: srv.get("/health").json()["queue_depth"] >= 1, 30)
+            os.kill(engine, signal.SIGKILL)
+            _error(waiting.result(), 503, "engine process exited")
+        _error(srv.post("/v1/completions", {"model": "a3", "prompt": "x", "max_tokens": 2}), 503, "engine process")
+        health = srv.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "engine_exited"
+    finally:
+        assert srv.stop() in CLEAN_EXIT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the engine process")
+def test_the_engine_process_never_outlives_the_server(assets):
+    """The HTTP process killed without a chance to clean up: the engine sees its pipe close and exits."""
+    srv = Server(["--base", assets["base"], "--adapter", assets["folder"]], assets["root"] / "orphan.log")
+    (engine,) = _engine_pids(srv.proc.pid)
+    srv.proc.kill()
+    srv.proc.wait()
+    assert _gone(engine, 30)
+
+
+def test_ctrl_c_drains_the_engine_too(assets):
+    """Ctrl-C reaches the whole process group, engine included: the engine ignores it and the HTTP process
+    drains it, so the request in flight still gets its answer."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    log = assets["root"] / "sigint.log"
+    proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(port), "--base",
+                             assets["base"], "--adapter", assets["folder"], "--max-batch-size", "1"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert _wait_for(lambda: _healthy(url), 120), log.read_text()[-3000:]
+        with ThreadPoolExecutor(2) as pool:
+            inflight = [pool.submit(httpx.post, url + "/v1/completions", timeout=60,
+                                    json={"model": m, "prompt": TEXTS[0], "max_tokens": 120}) for m in ("a3", "a7")]
+            assert _wait_for(lambda: httpx.get(url + "/health").json()["queue_depth"] >= 1, 30)
+            os.killpg(proc.pid, signal.SIGINT)
+            results = [f.result() for f in inflight]
+        assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+        assert proc.wait(60) in (0, -signal.SIGINT)
+        assert "Application shutdown complete" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_base_that_fails_to_load_ends_the_server_with_its_message(tmp_path):
+    """The engine process cannot load the base model: `serve` exits non-zero with the loader's message."""
+    missing = tmp_path / "no-such-model"
+    out = subprocess.run([sys.executable, "-m", "softprompt_ext", "serve", "--base", str(missing), "--port", "1"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert out.returncode != 0
+    assert str(missing) in out.stderr + out.stdout

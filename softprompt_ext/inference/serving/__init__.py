@@ -9,9 +9,12 @@ Lester et al. (2021), section 6: a task is only its prompt, so one frozen model 
 batch may mix them. The server queues requests and decodes them in one running batch that rows of any adapter join and
 leave between decoding steps (`scheduler.py`, `decoding.py`; classification runs `score_label_ids` on mixed
 batches, `engine.py`); adapters live in an LRU store with a memory budget
-(`registry.py`), each read through `validate_adapter` / `load_adapter_safely`. Modules: `schemas.py`
-(request and response bodies), `app.py` (FastAPI endpoints), `metrics.py` (Prometheus). Needs the `serve`
-extra: `pip install "softprompt-ext[serve]"` (FastAPI, uvicorn, prometheus_client).
+(`registry.py`), each read through `validate_adapter` / `load_adapter_safely`. `serve` runs the model in a
+process of its own (`engine_process.py`) so that HTTP work never waits for it; `build_app` keeps it in this
+process unless asked (`backend.py` holds the interface both placements share). Modules: `schemas.py`
+(request and response bodies), `tokens.py` (tokenising), `app.py` (FastAPI endpoints), `metrics.py`
+(Prometheus). Needs the `serve` extra: `pip install "softprompt-ext[serve]"` (FastAPI, uvicorn,
+prometheus_client).
 
 The server keeps no per-client state: every replica started with the same base model and adapters answers
 every request the same, so replicas scale out behind any HTTP load balancer (`GET /health` for its checks).
@@ -30,7 +33,7 @@ _log = logging.getLogger("softprompt_ext.serve")
 def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: str | None = None,
               admin_token: str | None = None, max_adapters: int = 64, max_adapter_bytes: int | None = None,
               strict: bool = False, precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True,
-              **settings):
+              engine_process: bool = False, **settings):
     """The FastAPI app `serve` runs (for tests, or to run it under your own ASGI server).
 
     Args:
@@ -49,44 +52,49 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, device: 
             the benchmark's baseline).
         prefix_cache: decoder-only bases under continuous batching: compute each adapter's prompt keys and
             values once and reuse them for every request (default); False recomputes them per request.
+        engine_process: run the model, adapter store and scheduler in a child process (`serve`'s default);
+            False (here the default): a worker thread in this process.
         **settings: `ServeSettings` fields (`max_batch_size`, `max_wait_ms`, `max_queue`, `max_input_tokens`,
             `max_tokens`, `request_timeout_s`, ...).
     """
     import torch
 
-    from ...adapters.reader import AdapterError
     from .app import ServeSettings, create_app
-    from .engine import Engine, load_base
+    from .backend import LocalBackend
+    from .engine import BATCHING
+    from .engine_process import EngineOptions, EngineProcess, build_engine
     from .registry import discover
 
+    if batching not in BATCHING:
+        raise ValueError(f"batching={batching!r}: use 'continuous' (rows join and leave the running batch between "
+                         "decoding steps, the default), 'mixed' (one batch at a time, any adapters) or 'per_adapter'.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
-    specs = [pair for spec in adapters for pair in discover(spec)]
-    model, tokenizer = load_base(base, device)
-    engine = Engine(model, tokenizer, max_adapters=max_adapters, max_bytes=max_adapter_bytes, precision=precision,
-                    batching=batching, prefix_cache=prefix_cache)
-    refused: dict[str, str] = {}
-    for name, source in specs:
-        try:
-            engine.registry.register(name, source)
-        except (AdapterError, ValueError, TypeError, OSError) as exc:
-            if strict:
-                raise ValueError(f"adapter {name!r} from {source!r} was refused: {exc}") from exc
-            refused[name] = " ".join(str(exc).split())
-            _log.error("adapter %r from %r refused: %s", name, source, refused[name])
-    config = ServeSettings(admin_token=token, base_model=base or "embedded", refused=refused, **settings)
-    return create_app(engine, config)
+    config = ServeSettings(admin_token=token, base_model=base or "embedded", **settings)
+    options = EngineOptions(base=base, device=device, adapters=[pair for spec in adapters for pair in discover(spec)],
+                            strict=strict, max_adapters=max_adapters, max_adapter_bytes=max_adapter_bytes,
+                            precision=precision, batching=batching, prefix_cache=prefix_cache,
+                            scheduler=config.scheduler)
+    backend: EngineProcess | LocalBackend
+    if engine_process:
+        backend = EngineProcess(options)
+        config.refused = dict(backend.refused)
+    else:
+        engine, config.refused = build_engine(options)
+        backend = LocalBackend(engine, config.scheduler)
+    return create_app(backend, config)
 
 
 def serve(base: str | None = None, adapters: Sequence[str] = (), *, host: str = "127.0.0.1", port: int = 8000,
-          log_level: str = "info", **options) -> None:
+          log_level: str = "info", engine_process: bool = True, **options) -> None:
     """Load `base` and `adapters` and serve them over HTTP until SIGINT/SIGTERM (then finish accepted requests).
 
-    Arguments as in `build_app`, plus `host`, `port` and uvicorn's `log_level`.
+    Arguments as in `build_app` (but the engine runs in its own process unless `engine_process=False`), plus
+    `host`, `port` and uvicorn's `log_level`.
     """
     import uvicorn
 
-    app = build_app(base, adapters, **options)
+    app = build_app(base, adapters, engine_process=engine_process, **options)
     if app.state.settings.admin_token is None and host not in ("127.0.0.1", "localhost", "::1"):
         _log.warning("serving on %s without an admin token: anyone who reaches it can load and unload adapters; "
                      "pass --admin-token or set %s.", host, ADMIN_TOKEN_ENV)

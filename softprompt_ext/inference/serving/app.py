@@ -1,4 +1,5 @@
-"""The HTTP face of `softprompt serve`: a FastAPI app over an `Engine` and its `Scheduler`.
+"""The HTTP face of `softprompt serve`: a FastAPI app over an engine backend (`backend.py`): the `Engine` and its
+`Scheduler` in this process, or in a process of their own (`engine_process.py`).
 
 Endpoints (OpenAI-compatible where OpenAI has one):
 
@@ -6,7 +7,8 @@ Endpoints (OpenAI-compatible where OpenAI has one):
   `stream: true` answers with server-sent events (OpenAI's chunks, then `data: [DONE]`), a chunk per
   decoding step under continuous batching.
 * `POST /v1/classify` -- rank classification: the log-likelihood of each given label, the best one.
-* `GET /v1/models` -- the served adapters.  `GET /health` -- 200 while serving, 503 while draining.
+* `GET /v1/models` -- the served adapters.  `GET /health` -- 200 while serving, 503 while draining or when the
+  engine process exited (`status`; `engine` says where the model runs: "process" or "thread").
 * `GET /metrics` -- Prometheus text format (see `metrics.py`).
 * `POST /admin/adapters`, `DELETE /admin/adapters/{name}` -- load / unload an adapter; with an admin token
   (`--admin-token` or `SOFTPROMPT_ADMIN_TOKEN`) they need `Authorization: Bearer <token>`.
@@ -14,7 +16,7 @@ Endpoints (OpenAI-compatible where OpenAI has one):
 Every error is one JSON object `{"error": {"message", "type", "code"}}` with one clear message: 400 a limit
 exceeded, 401 a missing/wrong admin token, 404 an unknown adapter, 409 a name already served, 422 a malformed
 body or an adapter whose files were refused (the reader's message, naming the file), 429 the queue is full
-(with `Retry-After`), 503 shutting down, 504 the request timed out.
+(with `Retry-After`), 503 shutting down or the engine process gone, 504 the request timed out.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...adapters.reader import AdapterError
+from .backend import LocalBackend, SchedulerSettings
 from .engine import Engine
-from .metrics import CONTENT_TYPE, ServerMetrics
+from .engine_process import EngineGone
+from .metrics import CONTENT_TYPE, RequestMetrics
 from .registry import UnknownAdapter
-from .scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from .scheduler import Job, QueueFull, ShuttingDown
 from .schemas import (
     AdapterLoadRequest,
     Classification,
@@ -69,6 +73,11 @@ class ServeSettings:
     base_model: str = "embedded"
     refused: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def scheduler(self) -> SchedulerSettings:
+        return SchedulerSettings(max_queue=self.max_queue, max_batch_size=self.max_batch_size,
+                                 max_batch_tokens=self.max_batch_tokens, max_wait_ms=self.max_wait_ms)
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", headers=None):
@@ -85,7 +94,7 @@ class _ObserveRequests:
     """ASGI middleware: every HTTP response's route, status and latency into the metrics (for a stream, the
     latency runs to the end of its body)."""
 
-    def __init__(self, app, metrics: ServerMetrics):
+    def __init__(self, app, metrics: RequestMetrics):
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
@@ -115,27 +124,25 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI:
-    """The app; its lifespan starts the scheduler's worker and, at shutdown, drains it."""
+def create_app(backend, settings: ServeSettings | None = None) -> FastAPI:
+    """The app over `backend` (an `Engine`, run in this process, or a `backend.LocalBackend` /
+    `engine_process.EngineProcess`); its lifespan starts the engine and, at shutdown, drains it."""
     settings = settings or ServeSettings()
-    registry = engine.registry
-    scheduler = Scheduler(engine.run, max_queue=settings.max_queue, max_batch_size=settings.max_batch_size,
-                          max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
-                          max_adapters=1 if engine.batching == "per_adapter" else registry.max_adapters,
-                          stepper=engine if engine.batching == "continuous" else None)
-    metrics = ServerMetrics(scheduler, registry, engine.prefix_cache, engine.running)
-    scheduler.on_batch = metrics.observe_batch
+    if isinstance(backend, Engine):
+        backend = LocalBackend(backend, settings.scheduler)
+    codec = backend.codec
+    metrics = RequestMetrics()
     state = {"draining": False}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        await backend.start()
         yield
         state["draining"] = True
-        await asyncio.to_thread(scheduler.stop, True)  # finish every accepted request
+        await backend.stop(True)  # finish every accepted request
 
     app = FastAPI(title="softprompt-ext serve", lifespan=lifespan)
-    app.state.engine, app.state.scheduler, app.state.metrics, app.state.settings = engine, scheduler, metrics, settings
+    app.state.backend, app.state.metrics, app.state.settings = backend, metrics, settings
 
     # ------------------------------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
@@ -164,12 +171,12 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
 
     # ------------------------------------------------------------------------------------------ helpers
     def known(name: str) -> None:
-        if name not in registry:
-            raise ApiError(404, f"adapter {name!r} is not served; served adapters: {sorted(registry.sources)} "
-                           "(GET /v1/models).", "not_found_error")
+        if not backend.serves(name):
+            raise ApiError(404, f"adapter {name!r} is not served; served adapters: "
+                           f"{sorted(backend.adapters.sources)} (GET /v1/models).", "not_found_error")
 
     def encode_inputs(texts: list[str], field_name: str) -> list[list[int]]:
-        ids = engine.encode(texts)
+        ids = codec.encode(texts)
         for i, row in enumerate(ids):
             if len(row) > settings.max_input_tokens:
                 where = field_name if len(ids) == 1 else f"{field_name}[{i}]"
@@ -177,7 +184,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                                f"{settings.max_input_tokens} (--max-input-tokens); shorten it.")
         return ids
 
-    def submit(jobs: list[Job]) -> list:
+    async def submit(jobs: list[Job]) -> list:
         """Queue `jobs` (all or none) with the request's deadline; their futures. Raises the ApiError."""
         if len(jobs) > settings.max_queue:
             raise ApiError(400, f"the request holds {len(jobs)} prompts, more than this server queues at once "
@@ -186,17 +193,17 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         for job in jobs:
             job.deadline = deadline
         try:
-            return scheduler.submit(jobs)
+            return await backend.submit(jobs)
         except QueueFull as exc:
             raise ApiError(429, str(exc), "rate_limit_error", {"Retry-After": str(settings.retry_after_s)}) from None
-        except ShuttingDown as exc:
+        except (ShuttingDown, EngineGone) as exc:
             raise ApiError(503, str(exc), "server_error") from None
 
     def failure(exc: BaseException) -> ApiError:
         """The ApiError for a job's exception."""
         if isinstance(exc, UnknownAdapter):
             return ApiError(404, str(exc), "not_found_error")
-        if isinstance(exc, ShuttingDown):
+        if isinstance(exc, (ShuttingDown, EngineGone)):
             return ApiError(503, str(exc), "server_error")
         if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
             return ApiError(504, f"the request did not finish within {settings.request_timeout_s:g} s "
@@ -206,19 +213,19 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         raise exc
 
     async def run(jobs: list[Job]) -> list:
-        futures = submit(jobs)
+        futures = await submit(jobs)
         waiting = [asyncio.wrap_future(f) for f in futures]
         try:
             return await asyncio.wait_for(asyncio.gather(*waiting), settings.request_timeout_s)
         except BaseException as exc:
             for job in jobs:  # timed out, failed or disconnected: nothing keeps computing for this request
                 job.abandon()
-            if isinstance(exc, (UnknownAdapter, ShuttingDown, TimeoutError, asyncio.TimeoutError, ValueError,
-                                TypeError)):
+            if isinstance(exc, (UnknownAdapter, ShuttingDown, EngineGone, TimeoutError, asyncio.TimeoutError,
+                                ValueError, TypeError)):
                 raise failure(exc) from None
             raise
 
-    def stream(body: CompletionRequest, jobs: list[Job]) -> StreamingResponse:
+    async def stream(body: CompletionRequest, jobs: list[Job]) -> StreamingResponse:
         """`stream: true`: server-sent events, one chunk per choice whenever its decoded text grows (every
         decoding step under continuous batching; once at the end otherwise), the finish reason on its last
         chunk, then `data: [DONE]`. An error after the stream started is an `{"error": ...}` event."""
@@ -230,7 +237,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
 
         for i, job in enumerate(jobs):
             job.on_tokens = lambda tokens, i=i: post(i, tokens)
-        futures = submit(jobs)  # refusals (429, 503, 400) are plain error responses: nothing was sent yet
+        futures = await submit(jobs)  # refusals (429, 503, 400) are plain error responses: nothing was sent yet
         for i, f in enumerate(futures):
             f.add_done_callback(lambda _, i=i: post(i, None))
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -256,13 +263,13 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
                         if futures[i].exception() is not None:
                             raise failure(futures[i].exception())
                         result = futures[i].result()
-                        text = engine.decode(result.token_ids)
+                        text = codec.decode(result.token_ids)
                         rest = text[len(sent[i]):] if text.startswith(sent[i]) else text
                         yield event(i, rest, "stop" if result.finished else "length")
                         continue
                     if futures[i].done():
                         continue
-                    text = engine.decode(tokens)
+                    text = codec.decode(tokens)
                     # a text that is not an extension of what was sent (or ends in half a character) waits
                     if len(text) > len(sent[i]) and text.startswith(sent[i]) and not text.endswith("\ufffd"):
                         yield event(i, text[len(sent[i]):], None)
@@ -279,10 +286,10 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    def card(name: str) -> ModelCard:
-        entry = registry.sources[name]
+    def card(name: str, view) -> ModelCard:
+        entry = view.sources[name]
         return ModelCard(id=name, created=entry.created, source=entry.source,
-                         num_virtual_tokens=entry.num_virtual_tokens, loaded=name in registry.loaded)
+                         num_virtual_tokens=entry.num_virtual_tokens, loaded=name in view.loaded)
 
     # ------------------------------------------------------------------------------------------ endpoints
     @app.post("/v1/completions", response_model=CompletionResponse)
@@ -294,9 +301,9 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
         ids = encode_inputs(body.texts, "prompt")
         jobs = [Job("generate", body.model, row, max_new_tokens=body.max_tokens) for row in ids]
         if body.stream:
-            return stream(body, jobs)
+            return await stream(body, jobs)
         results = await run(jobs)
-        choices = [CompletionChoice(text=engine.decode(r.token_ids), index=i,
+        choices = [CompletionChoice(text=codec.decode(r.token_ids), index=i,
                                     finish_reason="stop" if r.finished else "length")
                    for i, r in enumerate(results)]
         prompt_tokens, completion_tokens = sum(map(len, ids)), sum(r.num_tokens for r in results)
@@ -309,7 +316,7 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
     async def classify(body: ClassifyRequest):
         known(body.model)
         try:
-            label_ids = engine.encode_labels(body.labels)
+            label_ids = codec.encode_labels(body.labels)
         except ValueError as exc:
             raise ApiError(422, _one_line(exc)) from None
         ids = encode_inputs(body.texts, "input")
@@ -328,46 +335,48 @@ def create_app(engine: Engine, settings: ServeSettings | None = None) -> FastAPI
 
     @app.get("/v1/models", response_model=ModelList)
     async def models():
-        return ModelList(data=[card(name) for name in sorted(registry.sources)])
+        view = await backend.snapshot()
+        return ModelList(data=[card(name, view) for name in sorted(view.sources)])
 
     @app.get("/health")
     async def health():
-        body = {"status": "draining" if state["draining"] else "ok", "base_model": settings.base_model,
-                "adapters": len(registry.sources), "adapters_loaded": len(registry.loaded),
-                "queue_depth": scheduler.depth, "refused": settings.refused}
-        return JSONResponse(body, status_code=503 if state["draining"] else 200)
+        view = await backend.snapshot()
+        status = "ok" if backend.alive and not state["draining"] else "draining" if backend.alive else "engine_exited"
+        body = {"status": status, "engine": backend.placement, "base_model": settings.base_model,
+                "adapters": len(view.sources),
+                "adapters_loaded": len(view.loaded), "queue_depth": view.queue_depth, "refused": settings.refused}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
     async def prometheus():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(metrics.render() + await backend.engine_metrics(), media_type=CONTENT_TYPE)
 
     @app.post("/admin/adapters", status_code=201, response_model=ModelCard, dependencies=[Depends(admin)])
     async def load_adapter(body: AdapterLoadRequest):
-        if body.name in registry:
+        if backend.serves(body.name):
             raise ApiError(409, f"adapter {body.name!r} is already served (from "
-                           f"{registry.sources[body.name].source!r}); DELETE /admin/adapters/{body.name} first.",
-                           "conflict_error")
+                           f"{backend.adapters.sources[body.name].source!r}); DELETE /admin/adapters/{body.name} "
+                           "first.", "conflict_error")
         try:
-            future = scheduler.call(lambda: registry.register(body.name, body.source, subfolder=body.subfolder,
-                                                              revision=body.revision))
-        except ShuttingDown as exc:
+            await backend.register(body.name, body.source, subfolder=body.subfolder, revision=body.revision)
+        except (ShuttingDown, EngineGone) as exc:
             raise ApiError(503, str(exc), "server_error") from None
-        try:
-            await asyncio.wrap_future(future)
         except (AdapterError, ValueError, TypeError, OSError) as exc:
             settings.refused[body.name] = _one_line(exc)
             raise ApiError(422, f"adapter {body.name!r} from {body.source!r} was refused: {_one_line(exc)}",
                            "invalid_adapter_error") from None
         settings.refused.pop(body.name, None)
-        return card(body.name)
+        return card(body.name, backend.adapters)
 
     @app.delete("/admin/adapters/{name}", dependencies=[Depends(admin)])
     async def unload_adapter(name: str):
         known(name)
         try:
-            await asyncio.wrap_future(scheduler.call(lambda: registry.unload(name)))
+            await backend.unload(name)
         except UnknownAdapter as exc:
             raise ApiError(404, str(exc), "not_found_error") from None
+        except (ShuttingDown, EngineGone) as exc:
+            raise ApiError(503, str(exc), "server_error") from None
         return {"id": name, "object": "model", "deleted": True}
 
     return app

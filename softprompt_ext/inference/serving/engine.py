@@ -36,6 +36,7 @@ from ..scoring import score_label_ids
 from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
 from .scheduler import Job
+from .tokens import TextCodec
 
 BATCHING = ("continuous", "mixed", "per_adapter")
 _log = logging.getLogger("softprompt_ext.serve")
@@ -89,6 +90,7 @@ class Engine:
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
         self.eos = eos
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+        self.codec = TextCodec(tokenizer, eos, self.encoder_decoder)
         self.prefix_cache: PrefixCache | None = None
         self.running: RunningBatch | None = None
         if batching == "continuous":
@@ -104,19 +106,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ tokens
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+        return self.codec.encode(texts)
 
     def encode_labels(self, labels: list[str]) -> list[list[int]]:
-        encoded = [list(ids) for ids in self.tokenizer(list(labels), add_special_tokens=False)["input_ids"]]
-        if self.encoder_decoder:  # text-to-text targets end in EOS (as rank_classify scores them)
-            encoded = [ids + [self.eos] for ids in encoded]
-        for text, ids in zip(labels, encoded, strict=True):
-            if not ids:
-                raise ValueError(f"label {text!r} has no tokens; pass non-empty label strings.")
-        return encoded
+        return self.codec.encode_labels(labels)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.codec.decode(ids)
 
     # ------------------------------------------------------------------------------------------ batches
     def run(self, kind: str, jobs: list[Job]) -> list:

@@ -1,4 +1,8 @@
-"""Prometheus metrics of `softprompt serve` (`GET /metrics`), in a registry of their own per server.
+"""Prometheus metrics of `softprompt serve` (`GET /metrics`), in registries of their own per server.
+
+Two halves, so that each lives in the process that observes it (the engine may run in a process of its own,
+`engine_process.py`): `EngineMetrics` (the scheduler, model calls and adapter store) and `RequestMetrics`
+(the HTTP side: responses and their latency). `GET /metrics` answers both texts, one after the other.
 
 * `softprompt_queue_depth` -- rows waiting for a batch (gauge).
 * `softprompt_running_rows` -- rows in the running batch (gauge; continuous batching).
@@ -27,8 +31,8 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-class ServerMetrics:
-    """All metrics of one server; `scheduler` and `registry` are read when `/metrics` is scraped."""
+class EngineMetrics:
+    """The model side's metrics; `scheduler`, `registry`, `prefix_cache` and `running` are read at scrape time."""
 
     def __init__(self, scheduler, registry, prefix_cache=None, running=None):
         self.registry = CollectorRegistry()
@@ -38,10 +42,6 @@ class ServerMetrics:
                                         buckets=_SIZES, registry=self.registry)
         self.batch_seconds = Histogram("softprompt_batch_seconds", "Wall time of one model call", ["kind"],
                                        buckets=_LATENCY, registry=self.registry)
-        self.request_seconds = Histogram("softprompt_request_seconds", "Request latency", ["endpoint"],
-                                         buckets=_LATENCY, registry=self.registry)
-        self.requests = Counter("softprompt_requests", "Responses by endpoint and status", ["endpoint", "status"],
-                                registry=self.registry)
         depth = Gauge("softprompt_queue_depth", "Rows waiting for a batch", registry=self.registry)
         depth.set_function(lambda: scheduler.depth)
         rows = Gauge("softprompt_running_rows", "Rows in the running batch", registry=self.registry)
@@ -54,12 +54,36 @@ class ServerMetrics:
         self.batch_adapters.labels(kind).observe(len({job.adapter for job in jobs}))
         self.batch_seconds.labels(kind).observe(seconds)
 
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """The HTTP side's metrics: every response's endpoint, status and latency."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.request_seconds = Histogram("softprompt_request_seconds", "Request latency", ["endpoint"],
+                                         buckets=_LATENCY, registry=self.registry)
+        self.requests = Counter("softprompt_requests", "Responses by endpoint and status", ["endpoint", "status"],
+                                registry=self.registry)
+
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         self.request_seconds.labels(endpoint).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def stable_copy(mapping) -> dict:
+    """`dict(mapping)` while another thread may change it (an OrderedDict raises when changed mid-copy)."""
+    for _ in range(100):
+        try:
+            return dict(mapping)
+        except RuntimeError:
+            continue
+    return dict(mapping)
 
 
 class _AdapterCollector:
@@ -69,7 +93,7 @@ class _AdapterCollector:
         self.store = store
 
     def collect(self):
-        loaded = dict(self.store.loaded)  # a copy: the worker thread may change it meanwhile
+        loaded = stable_copy(self.store.loaded)  # the worker thread may change it meanwhile
         yield GaugeMetricFamily("softprompt_adapters_loaded", "Prompt adapters resident in the model", len(loaded))
         yield GaugeMetricFamily("softprompt_adapters_registered", "Prompt adapters served",
                                 len(self.store.sources))

@@ -54,12 +54,15 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     on_tokens: Callable[[list[int]], None] | None = None  # streaming: the row's tokens after every step
+    on_abandon: Callable[[], None] | None = None  # an engine in another process: tell it (engine_process.py)
     abandoned: bool = False
 
     def abandon(self) -> None:
         """The client gave up (timeout, disconnect): the job is skipped if queued, its row dropped if running."""
         self.abandoned = True
         self.future.cancel()  # succeeds only while queued; a running job is dropped through `abandoned`
+        if self.on_abandon is not None:
+            self.on_abandon()
 
     @property
     def cost(self) -> int:
