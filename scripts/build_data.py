@@ -152,18 +152,19 @@ def load_or_train_tokenizer(lines: list[str], args, record: dict):
         with open(stamp_path, encoding="utf-8") as handle:
             old = json.load(handle)
     legacy = old is None and not args.corpus and not args.tokenizer_lines  # a work_dir of the WordNet-only build
+    trained_on = old["lines"] if old else None
     if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")) and (old == stamp or legacy):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         record["tokenizer_reused"] = tokenizer_dir
     else:
-        tokenizer = train_tokenizer(sample, args.vocab_size, NUM_SENTINELS)
+        tokenizer, trained_on = train_tokenizer(sample, args.vocab_size, NUM_SENTINELS), len(sample)
         tokenizer.save_pretrained(tokenizer_dir)
         atomic_write_text(stamp_path, json.dumps(stamp))
     corpus_tokens = sum(len(ids) for i in range(0, len(lines), 4096) for ids in tokenizer(lines[i : i + 4096])["input_ids"])
     record["tokenizer"] = {"kind": "Unigram (tokenizers)", "tokens": len(tokenizer),
                            "embedding_rows": build_plan.embedding_rows(len(tokenizer)), "corpus_tokens": corpus_tokens,
-                           "trained_on_lines": len(sample)}
+                           "trained_on_lines": trained_on}
     print("tokenizer", record["tokenizer"], flush=True)
     return tokenizer, tokenizer_dir
