@@ -1,107 +1,77 @@
 """Build the embedded tiny T5 (span corruption, then LM adaptation) and the WordNet supersense task, offline.
 
     python scripts/build_embedded_model.py [--pretrain_steps 3000] [--work_dir build/embedded]
+    python scripts/build_embedded_model.py --corpus build/corpus --d_model 384 --plan      # size it first
+    python scripts/build_embedded_model.py --corpus build/corpus --time_budget_s 3000      # one sitting ...
+    python scripts/build_embedded_model.py --corpus build/corpus --resume                  # ... and the next
 
 Lester et al. (2021) prompt-tune T5 1.1 checkpoints that were pretrained with span corruption and then
 "LM-adapted" for 100K more steps of prefix LM (section 3.3; ~10% on top of ~1M). This script repeats that
 recipe at CPU scale, every step seeded:
 
 1. data: Debian's `wordnet-base` (installed with apt-get when /usr/share/wordnet is missing), WordNet 3.0
-   licence. The supersense splits are drawn first; the corpus leaves their dev/test synsets out.
-2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the corpus, T5 id layout (0 pad, 1 EOS, 2 unk,
-   100 sentinels `<extra_id_i>` last).
-3. pretraining: a T5 1.1-shaped model (GeGLU, relative attention, dropout 0 as in T5 1.1 pretraining) on
-   span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans of 3), `--precision` (default
-   auto: bf16 autocast where the CPU/GPU has bf16 units, else fp32; the shipped build ran bf16), AdamW with
+   licence. The supersense splits are drawn first; the corpus leaves their dev/test synsets out. `--corpus DIR`
+   adds the paragraphs of a `scripts/text_corpus.py` output (permissive licences, leak-filtered against the
+   task's dev/test definitions; refused unless its manifest's sha256 matches corpus.txt); every source and its
+   licence goes into the build record and the model card. `--without_wordnet` trains on the corpus alone and
+   writes no task (tests, corpus experiments).
+2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the pretraining lines (`--tokenizer_lines N`:
+   N evenly spaced ones), T5 id layout (0 pad, 1 EOS, 2 unk, 100 sentinels `<extra_id_i>` last).
+3. pretraining: a T5 1.1-shaped model (GeGLU, relative attention, dropout 0 as in T5 1.1 pretraining; size
+   from `--d_model --d_ff --num_layers --num_heads --d_kv`, see `build_plan.py`: `--plan` prints parameters,
+   checkpoint sizes and tokens per step, and a shape whose two shipped fp16 checkpoints exceed 60 MB is refused
+   without `--allow_large`) on span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans
+   of 3), `--precision` through `softprompt_ext.precision` (default auto: bf16 autocast where the device has
+   bf16 units, else fp32; the shipped build ran bf16) on `--device` (auto: CUDA when available), AdamW with
    warm-up and cosine decay, a fixed step budget; documents get fresh noise each epoch. Transformers 5.x's T5
    class always ties input and output embeddings, so the model follows T5 1.0's tied convention (unit-scale
    table, decoder output scaled by d_model^-0.5) rather than T5 1.1's untied head; see `build_model`.
 4. LM adaptation: `softprompt_ext.training.lm_adapt.lm_adapt` (the library's tool, Trainer + Adafactor 1e-3 constant)
-   on the same corpus for 10% of the pretraining steps.
-5. export: fp16 safetensors, config, tokenizer and a model card into `softprompt_ext/data/embedded/`; the
-   build record (steps, tokens, loss curves, wall times) goes next to them as `build_record.json`.
+   on the same lines for 10% of the pretraining steps.
+5. export: fp16 safetensors, config, tokenizer and a model card into `--export_dir` (default
+   `softprompt_ext/data/embedded/`); the build record (steps, tokens, loss curves, wall times, sources, run
+   segments) goes next to them as `build_record.json`.
+
+Sittings (`build_sittings.py`): the training state is saved atomically into `--work_dir` every `--save_every`
+steps and when a sitting ends -- SIGINT/SIGTERM, `--sitting_steps N` steps, or `--time_budget_s` seconds of
+wall time -- and `--resume` continues pretraining, or LM adaptation (from the Trainer's checkpoint-N), exactly
+where it stopped: N steps straight and N/2 + resume give the same weights (tests/test_build_embedded.py). Each
+sitting's segments (steps, wall time, CPU, torch, device, precision) are listed in the build record.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 
 import torch
 
-from softprompt_ext.precision import autocast, resolve_precision
+from softprompt_ext.adapters.atomic import atomic_write_text
+from softprompt_ext.precision import PRECISIONS, autocast, resolve_precision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build_plan  # noqa: E402
+import build_sittings as sittings  # noqa: E402
 import model_card_text  # noqa: E402
-import wordnet_data  # noqa: E402
+from build_data import NUM_SENTINELS, data_label, load_or_train_tokenizer, pretraining_lines, write_licence  # noqa: E402
+from build_sittings import Build, precision_label  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED = os.path.join(REPO, "softprompt_ext", "data", "embedded")
-TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
-PER_CLASS = {"train": 250, "dev": 40, "test": 40}
-MODEL_SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4}
+MODEL_SHAPE = build_plan.MODEL_SHAPE
+# what decides the weights: a --resume with any of these changed is refused (build_sittings.check_fingerprint)
+FINGERPRINT_FLAGS = ("seed", "pretrain_steps", "adapt_fraction", "batch_size", "input_length", "target_length",
+                     "vocab_size", "lr", "tokenizer_lines")
 
 
-def ensure_wordnet() -> None:
-    """Install Debian's wordnet-base (needs root) unless its data files are already there."""
-    if all(os.path.isfile(os.path.join(wordnet_data.WORDNET_DIR, f)) for f in wordnet_data.DATA_FILES):
-        return
-    subprocess.run(["apt-get", "update"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "wordnet-base"], check=True)
-
-
-def write_licence(directory: str, copyright_file: str = "/usr/share/doc/wordnet-base/copyright") -> None:
-    """LICENSE = the WordNet 3.0 licence text as Debian's copyright file states it (its `Files: *` stanza)."""
-    with open(copyright_file, encoding="utf-8") as handle:
-        text = handle.read()
-    stanza = text.split("License: WordNet3.0", 1)[1].split("\nFiles:", 1)[0]
-    body = "\n".join("" if line.strip() == "." else line[1:] for line in stanza.strip("\n").splitlines())
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "LICENSE"), "w", encoding="utf-8") as handle:
-        handle.write("WordNet 3.0 license (from Debian's wordnet-base copyright file)\n\n" + body.strip() + "\n")
-
-
-def write_task(splits: dict[str, list[dict[str, str]]]) -> None:
-    os.makedirs(TASK_DIR, exist_ok=True)
-    for name, rows in splits.items():
-        with open(os.path.join(TASK_DIR, f"{name}.jsonl"), "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    with open(os.path.join(TASK_DIR, "README.md"), "w", encoding="utf-8") as handle:
-        handle.write(model_card_text.task_readme(PER_CLASS))
-    write_licence(TASK_DIR)
-
-
-def train_tokenizer(lines: list[str], vocab_size: int, num_sentinels: int = 100):
-    """Unigram tokenizer with T5's layout; `vocab_size` counts everything, sentinels included."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size - num_sentinels, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-        shrinking_factor=0.75, max_piece_length=16,
-    )
-    tok.train_from_iterator(lines, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        additional_special_tokens=[f"<extra_id_{i}>" for i in range(num_sentinels)],
-    )
-
-
-def build_model(vocab_size: int, seed: int):
+def build_model(shape: dict[str, int], vocab_rows: int, seed: int):
     """A T5 1.1-shaped model with T5 1.0's tied-embedding convention (table N(0, 1), outputs x d_model^-0.5).
 
     Transformers 5 always ties T5's output layer to the input table, so T5 1.1's untied head is not
@@ -112,14 +82,11 @@ def build_model(vocab_size: int, seed: int):
     LM-adapted decoder that ignored its input. Mesh TensorFlow's tied T5 keeps the table at unit scale and
     scales the decoder output by d_model^-0.5 instead (Transformers: `tie_word_embeddings=True`).
     """
-    from transformers import T5Config, T5ForConditionalGeneration
+    from transformers import T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab_size, **MODEL_SHAPE, feed_forward_proj="gated-gelu", tie_word_embeddings=True,
-        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )
-    return T5ForConditionalGeneration(config)  # shared table drawn from N(0, initializer_factor = 1)
+    # shared table drawn from N(0, initializer_factor = 1); built on the CPU, so every device starts alike
+    return T5ForConditionalGeneration(build_plan.t5_config(shape, vocab_rows))
 
 
 def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[dict[str, list[int]]]:
@@ -130,8 +97,13 @@ def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[di
     return rows
 
 
-def pretrain(model, tokenizer, lines: list[str], args) -> dict:
-    """Span-corruption pretraining in `args.precision`; returns the record (loss curve, tokens, wall time)."""
+def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sittings.Sitting,
+             resumed: dict | None = None, save=None) -> dict | None:
+    """Span-corruption pretraining in `args.precision` on `device`; the record, or None if the sitting stopped.
+
+    `resumed`: a `pretrain_state.pt` payload to continue from; `save(payload)` stores one (every
+    `args.save_every` steps and when the sitting stops). Without `save` (--verify_steps) nothing is stored.
+    """
     from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
     objective = LMObjective(tokenizer, objective="span_corruption", input_length=args.input_length,
@@ -147,40 +119,61 @@ def pretrain(model, tokenizer, lines: list[str], args) -> dict:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    # the data position: span examples are a pure function of (seed, epoch, line), so this restores the order
+    at = {"step": 0, "epoch": 0, "position": 0, "tokens": 0, "curve": [], "window": [], "wall_seconds": 0.0}
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        sittings.set_rng_state(resumed["rng"])
+        at = resumed["progress"]
+        print(f"resuming pretraining after step {at['step']}", flush=True)
+    cuda = device == "cuda"
     model.train()
-    curve, tokens, window, epoch, position = [], 0, [], 0, 0
-    rows = span_examples(objective, lines, epoch, args.seed)
-    start = time.time()
+    rows = span_examples(objective, lines, at["epoch"], args.seed)
+    start, spent = time.time(), at["wall_seconds"]
     last = min(args.pretrain_steps, getattr(args, "verify_steps", 0) or args.pretrain_steps)
-    for step in range(1, last + 1):
-        if position + args.batch_size > len(rows):
-            epoch, position = epoch + 1, 0
-            rows = span_examples(objective, lines, epoch, args.seed)
-        batch = collate(rows[position : position + args.batch_size])
-        position += args.batch_size
-        tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
-        with autocast("cpu", args.precision):
+
+    def payload() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": sittings.rng_state(), "progress": at}
+
+    for step in range(at["step"] + 1, last + 1):
+        if at["position"] + args.batch_size > len(rows):
+            at["epoch"], at["position"] = at["epoch"] + 1, 0
+            rows = span_examples(objective, lines, at["epoch"], args.seed)
+        batch = collate(rows[at["position"] : at["position"] + args.batch_size])
+        at["position"] += args.batch_size
+        at["tokens"] += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+        if cuda:  # pinned host memory lets the copy overlap; on the CPU both would only cost time
+            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, args.precision):
             loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        window.append(loss.item())
+        at["window"].append(loss.item())
+        at["step"], at["wall_seconds"] = step, spent + time.time() - start
         if step % args.log_every == 0 or step == 1:
-            curve.append({"step": step, "loss": sum(window) / len(window), "tokens": tokens,
-                          "seconds": round(time.time() - start, 1)})
-            window = []
-            print(f"pretrain step {step}/{args.pretrain_steps} loss {curve[-1]['loss']:.3f} "
-                  f"tokens {tokens} {curve[-1]['seconds']}s", flush=True)
-        if args.save_every and step % args.save_every == 0 and step < args.pretrain_steps:
-            model.save_pretrained(os.path.join(args.work_dir, f"span-step{step}"))  # for inspection mid-build
+            at["curve"].append({"step": step, "loss": sum(at["window"]) / len(at["window"]), "tokens": at["tokens"],
+                                "seconds": round(at["wall_seconds"], 1)})
+            at["window"] = []
+            print(f"pretrain step {step}/{args.pretrain_steps} loss {at['curve'][-1]['loss']:.3f} "
+                  f"tokens {at['tokens']} {at['curve'][-1]['seconds']}s", flush=True)
+        stop = sitting.step_done() is not None and step < last  # counted on the last step too (--sitting_steps)
+        if save is not None and (stop or (args.save_every and step % args.save_every == 0 and step < last)):
+            save(payload())
+        if stop:
+            return None
     model.eval()
     return {"objective": "span_corruption", "steps": args.pretrain_steps, "batch_size": args.batch_size,
-            "input_length": args.input_length, "target_length": args.target_length, "tokens_seen": tokens,
-            "epochs_started": epoch + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
-            "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%", "precision": precision_label(args.precision),
-            "wall_seconds": round(time.time() - start, 1), "loss_curve": curve}
+            "input_length": args.input_length, "target_length": args.target_length, "tokens_seen": at["tokens"],
+            "epochs_started": at["epoch"] + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
+            "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%",
+            "precision": precision_label(args.precision, device), "wall_seconds": round(at["wall_seconds"], 1),
+            "loss_curve": at["curve"]}
 
 
 def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> None:
@@ -195,10 +188,6 @@ def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> Non
     if with_card:
         with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(with_card)
-
-
-def precision_label(precision: str) -> str:
-    return "bf16 autocast" if resolve_precision(precision) == "bf16" else "fp32"
 
 
 def verify(curve: list[dict], steps: int, tolerance: float = 0.02) -> int:
@@ -217,103 +206,203 @@ def verify(curve: list[dict], steps: int, tolerance: float = 0.02) -> int:
     return 0 if worst <= tolerance else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+# ---------------------------------------------------------------------------------------------- the build
+def resolve_device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False here; pass --device auto (CUDA "
+                         "when available) or --device cpu, or install a CUDA build of torch.")
+    return choice
+
+
+def validate(args) -> None:
+    """User errors: ValueError naming the flag, the value and the fix."""
+    if args.vocab_size <= NUM_SENTINELS + 3:
+        raise ValueError(f"--vocab_size={args.vocab_size}: it counts 3 special tokens and {NUM_SENTINELS} "
+                         f"sentinels too, so it must be > {NUM_SENTINELS + 3} (default 4096).")
+    if args.without_wordnet and not args.corpus:
+        raise ValueError("--without_wordnet leaves no text to train on; pass --corpus DIR (a text_corpus.py output).")
+    for name in ("pretrain_steps", "batch_size", "log_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1.")
+    for name in ("sitting_steps", "tokenizer_lines"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1 (leave it out for no limit).")
+    if args.save_every < 0 or (args.time_budget_s is not None and args.time_budget_s < 0):
+        raise ValueError(f"--save_every={args.save_every} and --time_budget_s={args.time_budget_s} must be >= 0.")
+    if args.resume and args.verify_steps:
+        raise ValueError("--resume with --verify_steps: a verification reruns the first steps from scratch and "
+                         "saves nothing; drop one of them.")
+
+
+def lm_adaptation(build: Build, span_dir: str, corpus: str) -> dict | None:
+    """LM adaptation with the library's Trainer tool, resumed from its last complete checkpoint-N if any."""
+    from softprompt_ext.adapters.atomic import last_complete_checkpoint
+    from softprompt_ext.training.lm_adapt import lm_adapt
+
+    args, device = build.args, build.device
+    adapt_steps = max(1, round(args.pretrain_steps * args.adapt_fraction))
+    adapt_dir = os.path.join(args.work_dir, "lm_adapt")
+    resume = last_complete_checkpoint(adapt_dir) if os.path.isdir(adapt_dir) else None
+    build.begin("lm_adaptation", int(resume.rsplit("-", 1)[1]) if resume else 0)
+    saving = ({"save_strategy": "steps", "save_steps": args.save_every, "save_total_limit": 2} if args.save_every
+              else {"save_strategy": "no"})  # a stop still saves checkpoint-N (sittings.stop_callback)
+    result = lm_adapt(
+        span_dir, adapt_dir, train_files=[corpus], objective="prefix_lm", input_length=args.input_length,
+        target_length=args.target_length, max_steps=adapt_steps, per_device_train_batch_size=args.batch_size,
+        bf16=resolve_precision(args.precision, device) == "bf16", use_cpu=device == "cpu", seed=args.seed,
+        logging_steps=max(1, args.log_every // 2), report_to="none", dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda", include_num_input_tokens_seen="all", resume_from_checkpoint=resume,
+        callbacks=[sittings.stop_callback(build.sitting)], **saving,
+    )
+    build.save(result.global_step, finished=result.global_step >= adapt_steps)
+    if result.global_step < adapt_steps:
+        return None
+    return {
+        "objective": "prefix_lm", "steps": result.global_step, "batch_size": args.batch_size,
+        "optimizer": "Adafactor (Trainer), constant 1e-3", "precision": precision_label(args.precision, device),
+        "wall_seconds": build.phase_wall("lm_adaptation"), "training_loss": result.training_loss,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"], "tokens": h.get("num_input_tokens_seen")}
+                       for h in result.log_history if "loss" in h],
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default=os.path.join(REPO, "build", "embedded"))
+    parser.add_argument("--export_dir", default=EMBEDDED, help="where the checkpoints and build_record.json go")
+    parser.add_argument("--corpus", help="a scripts/text_corpus.py output directory (corpus.txt + manifest.json) "
+                        "whose paragraphs join the WordNet glosses")
+    parser.add_argument("--without_wordnet", action="store_true",
+                        help="train on --corpus alone; writes no task and no WordNet licence")
     parser.add_argument("--pretrain_steps", type=int, default=3000)
     parser.add_argument("--adapt_fraction", type=float, default=0.1)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--input_length", type=int, default=128)
     parser.add_argument("--target_length", type=int, default=32)
     parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--tokenizer_lines", type=int, help="train the tokenizer on N evenly spaced lines only")
+    build_plan.add_shape_flags(parser)
+    parser.add_argument("--plan", action="store_true",
+                        help="print parameters, fp16/int8 checkpoint sizes and tokens per step, then exit")
+    parser.add_argument("--allow_large", action="store_true",
+                        help=f"build a shape whose two shipped checkpoints exceed {build_plan.SHIPPED_CAP_BYTES // 10**6} MB")
     # AdamW peak lr. 2e-3 (the first build) grew a residual-stream outlier direction by step 500 (norm ~1,300,
     # effective rank 2, encoder unused); 5e-4 kept norm ~40 and rank ~100 at the same step (measured).
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=50)
-    parser.add_argument("--save_every", type=int, default=0, help="also save the model every N pretraining steps")
+    parser.add_argument("--save_every", type=int, default=500,
+                        help="save the training state into --work_dir every N steps (0: only when a sitting ends)")
+    parser.add_argument("--resume", action="store_true", help="continue the build in --work_dir where it stopped")
+    parser.add_argument("--sitting_steps", type=int, help="end this sitting after N training steps (state saved)")
+    parser.add_argument("--time_budget_s", type=float,
+                        help="end this sitting once N seconds of wall time are spent (state saved)")
     parser.add_argument("--verify_steps", type=int, default=0,
                         help="only rerun the first N pretraining steps (same schedule) and compare the loss curve "
                         "with the shipped build_record.json; writes nothing to the package")
     # one thread: on 2 shared cores two threads ran ~3x slower per step than one (contention), measured
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast only where the hardware has bf16 units (softprompt_ext.precision); "
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when torch sees a GPU, else the CPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast only where the device has bf16 units (softprompt_ext.precision); "
                         "bf16 reproduces the shipped build's record exactly")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    validate(args)
+    shape = build_plan.shape_from_args(args)
+    device = resolve_device(args.device)
+    adapt_steps = max(1, round(args.pretrain_steps * args.adapt_fraction))
+    sized = build_plan.plan(shape, build_plan.embedding_rows(args.vocab_size), args.batch_size, args.input_length,
+                            args.target_length)
+    if args.plan:
+        print(build_plan.format_plan(sized, args.pretrain_steps, adapt_steps), flush=True)
+    build_plan.check_size(sized, args.allow_large)
+    if args.plan:
+        return 0
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     os.makedirs(args.work_dir, exist_ok=True)
-    record: dict = {"command": "python scripts/build_embedded_model.py " + " ".join(argv or sys.argv[1:]),
-                    "torch": torch.__version__, "model_shape": MODEL_SHAPE}
-    t0 = time.time()
+    command = "python scripts/build_embedded_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record: dict = {"command": command, "torch": torch.__version__, "model_shape": shape}
+    with sittings.Sitting(args.time_budget_s, args.sitting_steps) as sitting:
+        build = Build(args, device, sitting, command)
+        return run(build, record, shape)
 
-    ensure_wordnet()
-    synsets = wordnet_data.read_wordnet()
-    splits = wordnet_data.supersense_splits(synsets, PER_CLASS, seed=args.seed)
-    if not args.verify_steps:
-        write_task(splits)
-    lines = wordnet_data.corpus_lines(synsets, splits["dev"] + splits["test"])
-    corpus = os.path.join(args.work_dir, "corpus.txt")
-    with open(corpus, "w", encoding="utf-8") as handle:
-        handle.writelines(line + "\n" for line in lines)
-    record["data"] = {"synsets": len(synsets), "corpus_lines": len(lines), "corpus_chars": sum(map(len, lines)),
-                      "held_out_synsets": len(splits["dev"]) + len(splits["test"])}
 
-    tokenizer_dir = os.path.join(args.work_dir, "tokenizer")
-    if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):  # same corpus, same seed: reuse (minutes)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        record["tokenizer_reused"] = tokenizer_dir
-    else:
-        tokenizer = train_tokenizer(lines, args.vocab_size)
-        tokenizer.save_pretrained(tokenizer_dir)
-    vocab = -(-len(tokenizer) // 64) * 64  # embedding rows rounded up, as T5 pads 32,100 to 32,128
-    record["tokenizer"] = {"kind": "Unigram (tokenizers)", "tokens": len(tokenizer), "embedding_rows": vocab,
-                           "corpus_tokens": sum(len(tokenizer(line)["input_ids"]) for line in lines)}
-    print("tokenizer", record["tokenizer"], flush=True)
-
-    model = build_model(vocab, args.seed)
+def run(build: Build, record: dict, shape: dict[str, int]) -> int:
+    args, device, state = build.args, build.device, build.state
+    lines = pretraining_lines(args, record)
+    text = "".join(line + "\n" for line in lines)
+    fingerprint = {**{k: getattr(args, k) for k in FINGERPRINT_FLAGS}, "model_shape": shape,
+                   "lines_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    if args.resume:  # before the tokenizer: other lines would retrain it over the one this build uses
+        sittings.check_fingerprint(state["fingerprint"], fingerprint, args.work_dir)
+        if state["phase"] == "done":
+            print(f"the build in {args.work_dir} is done; its record is in {args.export_dir}", flush=True)
+            return 0
+    state["fingerprint"] = fingerprint
+    corpus = os.path.join(args.work_dir, "corpus.txt")  # LM adaptation reads the same lines from here
+    atomic_write_text(corpus, text)
+    tokenizer, tokenizer_dir = load_or_train_tokenizer(lines, args, record)
+    model = build_model(shape, record["tokenizer"]["embedding_rows"], args.seed)
     record["parameters"] = sum(p.numel() for p in model.parameters())
-    record["pretraining"] = pretrain(model, tokenizer, lines, args)
-    if args.verify_steps:
-        return verify(record["pretraining"]["loss_curve"], args.verify_steps)
-    model.config.pretraining = {k: v for k, v in record["pretraining"].items() if k != "loss_curve"}
-    model.config.pretraining["data"] = "WordNet 3.0 glosses and examples (dev/test synsets held out)"
     span_dir = os.path.join(args.work_dir, "span")
-    model.save_pretrained(span_dir)
-    tokenizer.save_pretrained(span_dir)
 
-    from softprompt_ext.training.lm_adapt import lm_adapt
+    if state["phase"] == "pretraining":
+        state_file = os.path.join(args.work_dir, sittings.PRETRAIN_STATE)
+        resumed = sittings.load_training_state(args.work_dir) if args.resume and os.path.isfile(state_file) else None
+        build.begin("pretraining", resumed["progress"]["step"] if resumed else 0)
+        build.save()
+        pretraining = pretrain(model.to(device), tokenizer, lines, args, device, build.sitting, resumed,
+                               None if args.verify_steps else build.save_pretraining)
+        if pretraining is None:
+            return build.stopped("pretraining", args.pretrain_steps)
+        if args.verify_steps:
+            return verify(pretraining["loss_curve"], args.verify_steps)
+        model.config.pretraining = {k: v for k, v in pretraining.items() if k != "loss_curve"}
+        model.config.pretraining["data"] = data_label(record)
+        model.save_pretrained(span_dir)
+        tokenizer.save_pretrained(span_dir)
+        state.update(phase="lm_adaptation", pretraining=pretraining)
+        build.save(args.pretrain_steps, finished=True)
+        if os.path.isfile(state_file):  # the span checkpoint holds what is left to keep
+            os.remove(state_file)
+        shutil.rmtree(os.path.join(args.work_dir, "lm_adapt"), ignore_errors=True)
+        if build.sitting.should_stop():
+            return build.stopped("pretraining", args.pretrain_steps)
 
-    adapt_steps = max(1, round(args.pretrain_steps * args.adapt_fraction))
-    adapt_dir = os.path.join(args.work_dir, "lm_adapt")
-    started = time.time()
-    result = lm_adapt(
-        span_dir, adapt_dir, train_files=[corpus], objective="prefix_lm", input_length=args.input_length,
-        target_length=args.target_length, max_steps=adapt_steps, per_device_train_batch_size=args.batch_size,
-        bf16=resolve_precision(args.precision) == "bf16", use_cpu=True, seed=args.seed, logging_steps=max(1, args.log_every // 2), save_strategy="no",
-        report_to="none", dataloader_num_workers=0, include_num_input_tokens_seen="all",
-    )
-    record["lm_adaptation"] = {
-        "objective": "prefix_lm", "steps": result.global_step, "batch_size": args.batch_size,
-        "optimizer": "Adafactor (Trainer), constant 1e-3", "precision": precision_label(args.precision),
-        "wall_seconds": round(time.time() - started, 1), "training_loss": result.training_loss,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"], "tokens": h.get("num_input_tokens_seen")}
-                       for h in result.log_history if "loss" in h],
-    }
-    record["total_wall_seconds"] = round(time.time() - t0, 1)
+    if state["phase"] == "lm_adaptation":
+        adaptation = lm_adaptation(build, span_dir, corpus)
+        if adaptation is None:
+            return build.stopped("lm_adaptation", max(1, round(args.pretrain_steps * args.adapt_fraction)))
+        state.update(phase="export", lm_adaptation=adaptation)
+        build.save()
+    record.update(pretraining=state["pretraining"], lm_adaptation=state["lm_adaptation"], segments=state["segments"],
+                  total_wall_seconds=state["wall_seconds"])
 
     card = model_card_text.model_card(record)
-    export(adapt_dir, os.path.join(EMBEDDED, "t5-wordnet-lm-adapt"), tokenizer_dir, card)
-    export(span_dir, os.path.join(EMBEDDED, "t5-wordnet-span"), tokenizer_dir, None)
-    write_licence(EMBEDDED)
-    with open(os.path.join(EMBEDDED, "build_record.json"), "w", encoding="utf-8") as handle:
+    export(os.path.join(args.work_dir, "lm_adapt"), os.path.join(args.export_dir, "t5-wordnet-lm-adapt"),
+           tokenizer_dir, card)
+    export(span_dir, os.path.join(args.export_dir, "t5-wordnet-span"), tokenizer_dir, None)
+    if not args.without_wordnet:
+        write_licence(args.export_dir)
+    with open(os.path.join(args.export_dir, "build_record.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=1)
+    state["phase"] = "done"
+    build.save()
     print(f"done in {record['total_wall_seconds']} s", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as err:  # a user error: one line, exit status 2
+        print(f"build_embedded_model.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

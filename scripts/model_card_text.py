@@ -21,12 +21,44 @@ def _curve_summary(curve: list[dict]) -> str:
     return ", ".join(f"step {p['step']}: {p['loss']:.2f}" for p in picks)
 
 
+def _where(record: dict, phase: str) -> str:
+    """Where a phase ran: its sittings' devices (the build before run segments ran on one thread of 2 CPU cores)."""
+    segments = [s for s in record.get("segments", []) if s["phase"] == phase]
+    if not segments:
+        return "on one thread of 2 shared CPU cores"
+    devices = sorted({s["host_cpu"] if s["device"] == "cpu" else s["device"] for s in segments})
+    return f"in {len(segments)} sitting{'s' * (len(segments) > 1)} on {' and '.join(devices)}"
+
+
+def _sources(record: dict) -> str:
+    """One line per source of the pretraining text, with its package, version and licence."""
+    rows = []
+    for s in record["data"].get("sources", []):
+        size = f"{s['words']:,} words" if s.get("words") is not None else ""
+        rows.append(f"- {s['name']}: {s.get('registry', '')} package `{s['package']}` {s.get('version') or ''}"
+                    f" ({size}), licence **{s['licence']}**")
+    return "\n".join(rows)
+
+
 def model_card(record: dict) -> str:
     pre, lm = record["pretraining"], record["lm_adaptation"]
     shape = record["model_shape"]
+    data = record["data"]
+    wordnet = "synsets" in data
+    others = [s for s in data.get("sources", []) if s["name"] != "wordnet"]
+    knows = "WordNet's English definitions" if wordnet else ""
+    if others:
+        prose = f"{sum(s['words'] or 0 for s in others):,} words of permissively licensed English prose"
+        knows = f"{knows} and {prose}" if knows else prose
+    wordnet_text = (f"WordNet 3.0 glosses and example sentences of all parts of speech ({data['synsets']:,} synsets, "
+                    f"Debian `wordnet-base`), leaving out the {data['held_out_synsets']} dev/test synsets of the "
+                    f"bundled `wordnet_supersense` task. {LICENCE_NOTE}" if wordnet else "")
+    corpus_data = (f"Paragraphs from `scripts/text_corpus.py` (corpus sha256 {data['corpus']['corpus_sha256'][:16]}..., "
+                   "each source's licence as its package states it; paragraphs reproducing a held-out task definition "
+                   "were dropped):" if others else "")
     return f"""---
 license: other
-license_name: wordnet-3.0
+license_name: {"wordnet-3.0" if wordnet else "permissive-mixed"}
 language: en
 library_name: transformers
 tags: [t5, lm-adapted, prompt-tuning, softprompt-ext]
@@ -38,7 +70,7 @@ A tiny T5 1.1-shaped encoder-decoder (GeGLU, relative attention; d_model {shape[
 {record['parameters']:,} parameters, stored in fp16) with T5 1.0's tied embeddings (Transformers 5.x ties T5's
 input and output embeddings whatever the config says, so the table is unit-scale and decoder outputs are scaled
 by d_model^-0.5) built offline by `scripts/build_embedded_model.py` to make
-prompt tuning (Lester et al. 2021) runnable on a laptop CPU. It knows only WordNet's English definitions;
+prompt tuning (Lester et al. 2021) runnable on a laptop CPU. It knows only {knows};
 it is a test bed, not a general language model, and it is badly under-trained: pre-training made
 {pre['steps'] * pre['batch_size'] / pre['examples_per_epoch']:.1f} passes over its {record['tokenizer']['corpus_tokens']:,}-token corpus, about
 {pre['tokens_seen'] / 1e6:.0f}M tokens (what fit the time budget), orders of magnitude short of T5's.
@@ -47,20 +79,22 @@ it is a test bed, not a general language model, and it is badly under-trained: p
 1. **Span corruption** (T5 pre-training; noise 0.15, mean span 3): {pre['steps']} steps of batch
    {pre['batch_size']} (inputs {pre['input_length']}, targets {pre['target_length']} tokens), {pre['tokens_seen']:,}
    tokens seen, {pre['optimizer']} lr {pre['learning_rate']} ({pre['schedule']}), {pre['precision']},
-   {pre['wall_seconds']} s on one thread of 2 shared CPU cores. Loss: {_curve_summary(pre['loss_curve'])}.
+   {pre['wall_seconds']} s {_where(record, 'pretraining')}. Loss: {_curve_summary(pre['loss_curve'])}.
    That checkpoint ships as `t5-wordnet-span` (for the paper's Figure 3 ablation).
 2. **LM adaptation** (prefix LM, paper section 3.3) with `softprompt_ext.training.lm_adapt`: {lm['steps']} steps
    (~{round(100 * lm['steps'] / pre['steps'])}% of pre-training, as the paper's 100K on ~1M), {lm['optimizer']},
-   {lm['precision']}, {lm['wall_seconds']} s, {lm['loss_curve'][-1]['tokens']:,} input tokens. Loss: {_curve_summary(lm['loss_curve'])}.
+   {lm['precision']}, {lm['wall_seconds']} s {_where(record, 'lm_adaptation')}, {lm['loss_curve'][-1]['tokens']:,} input tokens. Loss: {_curve_summary(lm['loss_curve'])}.
    `config.json` records it under `lm_adaptation`.
 
 Tokenizer: SentencePiece-style Unigram, {record['tokenizer']['tokens']} tokens (0 pad, 1 `</s>`, 2 `<unk>`,
 100 sentinels `<extra_id_i>` last), trained on the same corpus. Full record: `../build_record.json`.
 
 ## Data and licence
-WordNet 3.0 glosses and example sentences of all parts of speech ({record['data']['synsets']:,} synsets, Debian
-`wordnet-base`), leaving out the {record['data']['held_out_synsets']} dev/test synsets of the bundled
-`wordnet_supersense` task. {LICENCE_NOTE}
+{wordnet_text}
+{corpus_data}
+
+Every source of the pretraining text and its licence:
+{_sources(record)}
 
 ## Use
 ```python

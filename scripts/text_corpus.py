@@ -16,8 +16,10 @@ duplicates dropped), and **leak filter**: a paragraph is dropped when it covers 
 8-grams of any held-out definition (the dev/test synsets of the bundled supersense task, and of any other
 `--held_out` JSONL file with a "text" field "lemma: definition"), or contains a short held-out definition
 (< 8 words) verbatim. Output: `corpus.txt` (one paragraph per line) and `manifest.json` (per source: package,
-version, licence, paragraphs and words kept, dropped as short or as leaks, the archive's sha256), both
-written atomically.
+version, licence, paragraphs and words kept, dropped as short or as leaks, the archive's sha256; and
+`corpus_sha256`, the sha256 of `corpus.txt`), both written atomically. `read_corpus(DIR)` is the one reader of
+such a directory (`scripts/build_embedded_model.py --corpus DIR` uses it): it refuses a corpus.txt that does not
+match its manifest.
 
 Measured (2026-12-01, `python scripts/text_corpus.py`, all sources below): 5.90M words kept, 0 paragraphs
 dropped as leaks; python-docs 1.13M, sqlite3-doc 0.58M, postgresql-doc 0.80M, sqlalchemy-doc 0.58M,
@@ -297,9 +299,42 @@ def build(sources: Iterable[Source], out: str, cache: str, held_out: list[str],
               f"({counts['leaks']} leaking, {counts['duplicates']} duplicate, {counts['short_or_code']} short)",
               flush=True)
     manifest["words"] = sum(s["words"] for s in manifest["sources"].values())
-    _write_atomic(os.path.join(out, "corpus.txt"), "".join(line + "\n" for line in lines))
+    text = "".join(line + "\n" for line in lines)
+    manifest["corpus_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    _write_atomic(os.path.join(out, "corpus.txt"), text)
     _write_atomic(os.path.join(out, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def read_corpus(directory: str) -> tuple[list[str], dict]:
+    """The paragraphs of a `build` output directory and its manifest, after checking the two belong together.
+
+    Raises ValueError (naming the file and the fix) when `manifest.json` or `corpus.txt` is missing, when the
+    manifest has no `corpus_sha256` or it differs from corpus.txt's, or when a source's licence is not permissive.
+    """
+    fix = f"rebuild it with `python scripts/text_corpus.py --out {directory}`"
+    manifest_path, corpus_path = os.path.join(directory, "manifest.json"), os.path.join(directory, "corpus.txt")
+    for path in (manifest_path, corpus_path):
+        if not os.path.isfile(path):
+            raise ValueError(f"corpus directory {directory!r} has no {os.path.basename(path)} ({path}); pass a "
+                             f"directory written by scripts/text_corpus.py, or {fix}.")
+    with open(manifest_path, encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    expected = manifest.get("corpus_sha256") if isinstance(manifest, dict) else None
+    if not isinstance(expected, str):
+        raise ValueError(f"{manifest_path} has no corpus_sha256 (a manifest older than that field, or not one "
+                         f"text_corpus.py wrote), so {corpus_path} cannot be checked; {fix}.")
+    with open(corpus_path, "rb") as handle:
+        raw = handle.read()
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected:
+        raise ValueError(f"{corpus_path} has sha256 {actual[:16]}..., but {manifest_path} says corpus_sha256 "
+                         f"{expected[:16]}...: the corpus was edited, truncated or copied from another build; {fix}.")
+    for name, source in manifest.get("sources", {}).items():
+        if source.get("licence") not in PERMISSIVE:
+            raise ValueError(f"{manifest_path}: source {name!r} has licence {source.get('licence')!r}, not one of "
+                             f"{PERMISSIVE}; {fix} without that source.")
+    return [line for line in raw.decode("utf-8").splitlines() if line.strip()], manifest
 
 
 def main(argv: list[str] | None = None) -> int:

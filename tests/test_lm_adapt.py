@@ -172,6 +172,22 @@ def test_span_corruption_run_is_recorded_as_not_adapted(source, corpus, tmp_path
     assert checkpoints.lm_adapted_counterpart(out) == "google/t5-small-lm-adapt"
 
 
+def test_a_callback_can_stop_the_run_with_a_checkpoint_to_resume_from(source, corpus, tmp_path):
+    """`callbacks` reach the Trainer: one that stops at step 3 leaves checkpoint-3, whatever save_steps says."""
+    from transformers import TrainerCallback
+
+    class StopAt3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_save = control.should_training_stop = True
+
+    out = tmp_path / "stopped"
+    result = lm_adapt(source, str(out), train_files=[corpus], callbacks=[StopAt3()],
+                      **{**TRAINING, "max_steps": 6, "save_strategy": "no"})
+    assert result.global_step == 3
+    assert resolve_resume("last", str(out)) == str(out / "checkpoint-3")
+
+
 def test_resume_last_finds_the_newest_checkpoint(tmp_path):
     for step in (5, 10):
         os.makedirs(tmp_path / f"checkpoint-{step}")

