@@ -190,6 +190,33 @@ def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> Non
             handle.write(with_card)
 
 
+def health(export_dir: str) -> dict:
+    """Issue 21 (health first): `benchmarks/encoder_use.py` on both exported checkpoints -- the loss with each
+    example's own vs a neighbour's input (does the decoder read its encoder?), the encoder's residual stream
+    (norms, effective rank) and a linear probe of the bundled task on the frozen encoder. A soft prompt acts
+    only through the encoder (Lester et al. 2021, section 2), so a model that fails these cannot be prompt-tuned."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from benchmarks import encoder_use
+
+    threads = torch.get_num_threads()
+    try:
+        return {kind: encoder_use.main(kind, os.path.join(export_dir, folder))
+                for kind, folder in (("lm_adapt", "t5-wordnet-lm-adapt"), ("span", "t5-wordnet-span"))}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def health_line(report: dict) -> str:
+    """One line per checkpoint: own vs shuffled input loss, final effective rank, probe accuracy."""
+    parts = []
+    for kind, r in report.items():
+        rank = r["residual_stream"][-1]["effective_rank"] if r.get("residual_stream") else float("nan")
+        parts.append(f"{kind}: loss own {r['own_input_loss']:.3f} vs shuffled {r['shuffled_input_loss']:.3f}, "
+                     f"encoder rank {rank:.1f}, probe dev {r['linear_probe']['dev_accuracy']:.3f}")
+    return "health: " + "; ".join(parts)
+
+
 def verify(curve: list[dict], steps: int, tolerance: float = 0.02) -> int:
     """Compare a rerun's loss curve with the shipped record's at the same steps; 0 if all within `tolerance`."""
     with open(os.path.join(EMBEDDED, "build_record.json"), encoding="utf-8") as handle:
@@ -302,6 +329,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verify_steps", type=int, default=0,
                         help="only rerun the first N pretraining steps (same schedule) and compare the loss curve "
                         "with the shipped build_record.json; writes nothing to the package")
+    parser.add_argument("--no_health", action="store_true",
+                        help="skip the encoder-use diagnostics of the exported checkpoints (benchmarks/encoder_use.py)")
     # one thread: on 2 shared cores two threads ran ~3x slower per step than one (contention), measured
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -392,8 +421,10 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     export(span_dir, os.path.join(args.export_dir, "t5-wordnet-span"), tokenizer_dir, None)
     if not args.without_wordnet:
         write_licence(args.export_dir)
-    with open(os.path.join(args.export_dir, "build_record.json"), "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1)
+    if not args.no_health:
+        record["health"] = health(args.export_dir)
+        print(health_line(record["health"]), flush=True)
+    atomic_write_text(os.path.join(args.export_dir, "build_record.json"), json.dumps(record, indent=1))
     state["phase"] = "done"
     build.save()
     print(f"done in {record['total_wall_seconds']} s", flush=True)

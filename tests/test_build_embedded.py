@@ -7,6 +7,7 @@ data needed), CPU, fp32: a 10-step build with 4 steps of LM adaptation, straight
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import signal
@@ -131,6 +132,19 @@ def test_record_and_card_name_every_source_and_segment(straight, corpus):
     assert "- demo: apt package `demo-doc` local" in card and "licence **MIT**" in card
     assert "WordNet" not in card.split("## Data and licence")[1]
     assert not (straight / "export" / "LICENSE").exists()  # no WordNet text, no WordNet licence
+
+
+def test_every_build_records_the_encoder_use_diagnostics(straight):
+    """Health first (issue 21): both exported checkpoints get the own- vs shuffled-input loss, the residual
+    stream per encoder layer and the linear probe, measured on the exported files."""
+    health = record(straight)["health"]
+    assert set(health) == {"lm_adapt", "span"}
+    for kind, report in health.items():
+        assert report["path"].endswith("t5-wordnet-lm-adapt" if kind == "lm_adapt" else "t5-wordnet-span")
+        assert math.isfinite(report["own_input_loss"]) and math.isfinite(report["shuffled_input_loss"])
+        assert len(report["residual_stream"]) == 2  # the embedding, then the one encoder layer of TINY
+        assert 0.0 <= report["linear_probe"]["dev_accuracy"] <= 1.0
+    assert bem.health_line(health).startswith("health: lm_adapt: loss own ")
 
 
 def test_a_corpus_is_refused_unless_its_manifest_matches(corpus, tmp_path):
