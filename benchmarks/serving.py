@@ -16,7 +16,9 @@ model with random weights built here (d_model 256, 4 layers, the offline tiny to
   `set_adapter` + `generate` (grouping by adapter, the way PEFT serves several adapters).
 * `serial` -- `--max-batch-size 1`: one request at a time.
 
-Each round sends the same N requests (adapters in a seeded random order, greedy, `max_tokens` 8) from C
+Every server first answers the whole workload once, unmeasured (warm-up: each batch shape of the load has
+then been through the kernels and allocator pools). Each round sends the same N requests (adapters in a
+seeded random order, greedy, `max_tokens` 8) from C
 concurrent closed-loop clients (one keep-alive `http.client` connection each: a load generator that costs
 about 1 ms of CPU per request, so it leaves the cores to the server) to each server in turn, the order
 rotating between rounds so machine load hits every variant alike. Reported per variant: throughput
@@ -282,8 +284,8 @@ def compare_variants(base: str, folder: str, base_folder: str | None, requests: 
         for variant in names:
             servers[variant] = start_server([folder], VARIANTS[variant], os.path.join(work, f"{base}-{variant}.log"),
                                             base_folder)
-        for _, url in servers.values():  # warm-up: first calls build kernels and allocator pools
-            run_load(url, requests[: min(8, len(requests))], clients)
+        for _, url in servers.values():  # warm-up: one whole pass, so that every batch shape of the measured load
+            run_load(url, requests, clients)  # has been through the kernels and allocator pools once
         samples: dict[str, list[dict]] = {v: [] for v in names}
         for r in range(rounds):
             for variant in names[r % len(names):] + names[: r % len(names)]:
