@@ -97,6 +97,39 @@ def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[di
     return rows
 
 
+def line_token_ids(objective, lines: list[str], batch: int = 4096) -> list[list[int]]:
+    """Every line's token ids as the objective reads text (no special tokens, none taken from the text)."""
+    out: list[list[int]] = []
+    for start in range(0, len(lines), batch):
+        encoded = objective.tokenizer(lines[start : start + batch], add_special_tokens=False)["input_ids"]
+        out += [[i for i in ids if i not in objective.drop] for ids in encoded]
+    return out
+
+
+def packed_span_examples(objective, line_ids: list[list[int]], epoch: int, seed: int) -> list[dict[str, list[int]]]:
+    """`--pack`: T5's packing. Every line's tokens, in a fresh order each epoch, are concatenated and cut into
+    chunks of the objective's chunk length, so every example fills `input_length` instead of holding one short
+    gloss or paragraph (the unpacked examples of the corpus build averaged ~1,760 real tokens per batch of 32 x
+    (128 + 32)). A line may straddle two chunks; lines are not separated (T5 concatenates documents the same
+    way). Noise is drawn per (seed, epoch, chunk), so an epoch's examples are a pure function of those."""
+    from softprompt_ext.training.lm_objectives import MIN_CHUNK_TOKENS, apply_span_corruption, random_spans_noise_mask
+
+    order = list(range(len(line_ids)))
+    random.Random(f"pack:{seed}:{epoch}").shuffle(order)
+    stream = [token for i in order for token in line_ids[i]]
+    rows = []
+    for index, start in enumerate(range(0, len(stream), objective.chunk_length)):
+        chunk = stream[start : start + objective.chunk_length]
+        if len(chunk) < MIN_CHUNK_TOKENS:  # the stream's last few tokens
+            continue
+        rng = random.Random(f"{seed * 1000 + epoch}:{index}")
+        mask = random_spans_noise_mask(len(chunk), objective.noise_density, objective.mean_noise_span_length, rng)
+        rows.append(apply_span_corruption(chunk, mask, sentinel_ids=objective.sentinels,
+                                          eos_token_id=objective.eos_token_id))
+    random.Random(f"{seed}:{epoch}").shuffle(rows)
+    return rows
+
+
 def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sittings.Sitting,
              resumed: dict | None = None, save=None) -> dict | None:
     """Span-corruption pretraining in `args.precision` on `device`; the record, or None if the sitting stopped.
@@ -109,6 +142,13 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
     objective = LMObjective(tokenizer, objective="span_corruption", input_length=args.input_length,
                             target_length=args.target_length, seed=args.seed)
     collate = Seq2SeqCollator(tokenizer.pad_token_id)
+    line_ids = line_token_ids(objective, lines) if getattr(args, "pack", False) else None
+
+    def epoch_rows(epoch: int) -> list[dict[str, list[int]]]:
+        if line_ids is not None:
+            return packed_span_examples(objective, line_ids, epoch, args.seed)
+        return span_examples(objective, lines, epoch, args.seed)
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup = max(1, args.pretrain_steps // 20)
 
@@ -130,7 +170,7 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
         print(f"resuming pretraining after step {at['step']}", flush=True)
     cuda = device == "cuda"
     model.train()
-    rows = span_examples(objective, lines, at["epoch"], args.seed)
+    rows = epoch_rows(at["epoch"])
     start, spent = time.time(), at["wall_seconds"]
     last = min(args.pretrain_steps, getattr(args, "verify_steps", 0) or args.pretrain_steps)
 
@@ -141,7 +181,7 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
     for step in range(at["step"] + 1, last + 1):
         if at["position"] + args.batch_size > len(rows):
             at["epoch"], at["position"] = at["epoch"] + 1, 0
-            rows = span_examples(objective, lines, at["epoch"], args.seed)
+            rows = epoch_rows(at["epoch"])
         batch = collate(rows[at["position"] : at["position"] + args.batch_size])
         at["position"] += args.batch_size
         at["tokens"] += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
@@ -168,7 +208,8 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
         if stop:
             return None
     model.eval()
-    return {"objective": "span_corruption", "steps": args.pretrain_steps, "batch_size": args.batch_size,
+    return {"objective": "span_corruption", "packed": bool(getattr(args, "pack", False)),
+            "steps": args.pretrain_steps, "batch_size": args.batch_size,
             "input_length": args.input_length, "target_length": args.target_length, "tokens_seen": at["tokens"],
             "epochs_started": at["epoch"] + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
             "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%",
@@ -329,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verify_steps", type=int, default=0,
                         help="only rerun the first N pretraining steps (same schedule) and compare the loss curve "
                         "with the shipped build_record.json; writes nothing to the package")
+    parser.add_argument("--pack", action="store_true",
+                        help="pretraining: concatenate the lines and cut them into full-length examples (T5's "
+                        "packing) instead of one example per line")
     parser.add_argument("--no_health", action="store_true",
                         help="skip the encoder-use diagnostics of the exported checkpoints (benchmarks/encoder_use.py)")
     # one thread: on 2 shared cores two threads ran ~3x slower per step than one (contention), measured
@@ -370,6 +414,8 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     text = "".join(line + "\n" for line in lines)
     fingerprint = {**{k: getattr(args, k) for k in FINGERPRINT_FLAGS}, "model_shape": shape,
                    "lines_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    if args.pack:  # only when set: builds started before --pack existed keep their fingerprint
+        fingerprint["pack"] = True
     if args.resume:  # before the tokenizer: other lines would retrain it over the one this build uses
         sittings.check_fingerprint(state["fingerprint"], fingerprint, args.work_dir)
         if state["phase"] == "done":

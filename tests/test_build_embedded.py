@@ -217,3 +217,30 @@ def test_sitting_turns_signals_into_a_stop_and_restores_the_handlers():
     assert signal.getsignal(signal.SIGINT) is before
     budget = build_sittings.Sitting(sitting_steps=2)
     assert [budget.step_done(), budget.step_done()] == [None, "sitting_steps"] and budget.exit_status() == 0
+
+
+def test_packing_fills_examples_and_keeps_every_token(straight, corpus, tmp_path):
+    """`--pack` (T5's packing): an epoch's examples hold every line's tokens once, in chunks of the objective's
+    length (inputs within input_length, targets within target_length), the same for the same (seed, epoch),
+    another order for another epoch; a packed build sees more tokens in the same steps than one line per example."""
+    from softprompt_ext.tiny_models import build_tokenizer
+    from softprompt_ext.training.lm_objectives import LMObjective
+
+    tokenizer = build_tokenizer()
+    objective = LMObjective(tokenizer, objective="span_corruption", input_length=24, target_length=8, seed=0)
+    lines = [" ".join(WORDS[i : i + 3 + i % 7]) for i in range(20)]
+    ids = bem.line_token_ids(objective, lines)
+    rows = bem.packed_span_examples(objective, ids, epoch=0, seed=0)
+    sentinels = set(objective.sentinels) | {tokenizer.eos_token_id}
+    assert all(len(r["input_ids"]) <= 24 and len(r["labels"]) <= 8 for r in rows)
+    kept = sum(1 for r in rows for t in r["input_ids"] + r["labels"] if t not in sentinels)
+    total = sum(map(len, ids))
+    assert total - objective.chunk_length < kept <= total  # all but (at most) the stream's last short piece
+    assert len(rows) >= total // objective.chunk_length
+    assert rows == bem.packed_span_examples(objective, ids, epoch=0, seed=0)
+    assert rows != bem.packed_span_examples(objective, ids, epoch=1, seed=0)
+    root = tmp_path / "packed"
+    assert build(root, corpus, "--pack", "--no_health") == 0
+    packed, plain = record(root)["pretraining"], record(straight)["pretraining"]
+    assert packed["packed"] and not plain["packed"]
+    assert packed["tokens_seen"] > plain["tokens_seen"]
