@@ -112,7 +112,11 @@ def packed_span_examples(objective, line_ids: list[list[int]], epoch: int, seed:
     gloss or paragraph (the unpacked examples of the corpus build averaged ~1,760 real tokens per batch of 32 x
     (128 + 32)). A line may straddle two chunks; lines are not separated (T5 concatenates documents the same
     way). Noise is drawn per (seed, epoch, chunk), so an epoch's examples are a pure function of those."""
-    from softprompt_ext.training.lm_objectives import MIN_CHUNK_TOKENS, apply_span_corruption, random_spans_noise_mask
+    from softprompt_ext.training.lm_objectives import (
+        MIN_CHUNK_TOKENS,
+        apply_span_corruption,
+        random_spans_noise_mask,
+    )
 
     order = list(range(len(line_ids)))
     random.Random(f"pack:{seed}:{epoch}").shuffle(order)
