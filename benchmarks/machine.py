@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from softprompt_ext.precision import bf16_is_fast
+from softprompt_ext.precision import bf16_is_fast, cpu_model
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "softprompt-ext")
 
@@ -61,17 +61,6 @@ def cpu_pressure() -> float | None:
         return float(dict(item.split("=") for item in some[1:])["avg60"])
     except (OSError, KeyError, ValueError, IndexError):
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu_flags() -> list[str]:
@@ -119,7 +108,7 @@ def describe(device: torch.device, argv: list[str], mode: str, name: str) -> dic
         "device": str(device),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": _cpu_flags(),
         "bf16_is_fast": bf16_is_fast(device),  # softprompt_ext.precision: whether bf16 autocast speeds up here
         "cpu_count": os.cpu_count(),

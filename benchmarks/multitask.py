@@ -45,15 +45,6 @@ def result_name(k: int) -> str:
 PROMPT_LENGTH = 20
 
 
-def cpu_model_name() -> str | None:
-    """`lscpu`'s "Model name" (from /proc/cpuinfo), None where it is not there."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        return None
-
-
 def task_name(pair) -> str:
     return f"{pair[0]}_{pair[1]}"
 
@@ -194,7 +185,7 @@ def main() -> None:
 
     import torch
 
-    from softprompt_ext.precision import bf16_is_fast
+    from softprompt_ext.precision import bf16_is_fast, cpu_model
 
     load_start = list(os.getloadavg())
     runs = {}
@@ -221,7 +212,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/multitask.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "bf16_is_fast": bf16_is_fast(),
-                    "cores": os.cpu_count(), "model_name": cpu_model_name(),
+                    "cores": os.cpu_count(), "model_name": cpu_model(),
                     "load_average_start": load_start, "load_average": list(os.getloadavg())},
         "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")},
         "torch_threads": 1, "num_tasks": args.tasks, "tasks": [task_name(p) for p in PAIRS[: args.tasks]],

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from softprompt_ext.adapters.atomic import atomic_write, atomic_write_text
-from softprompt_ext.precision import resolve_precision
+from softprompt_ext.precision import cpu_model, resolve_precision
 
 STATE_JSON = "build_state.json"
 PRETRAIN_STATE = "pretrain_state.pt"
@@ -103,21 +102,10 @@ def stop_callback(sitting: Sitting):
     return StopCallback()
 
 
-def host_cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def new_segment(phase: str, start_step: int, device: str, precision: str, command: str) -> dict:
     return {"phase": phase, "start_step": start_step, "end_step": start_step, "wall_seconds": 0.0,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host_cpu": host_cpu(), "torch": torch.__version__,
+            "host_cpu": cpu_model(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "precision": precision,
             "stopped": None, "command": command}
 

@@ -85,24 +85,36 @@ def bf16_autocast(device: str | torch.device = "cpu", enabled: bool | None = Non
         yield chosen == "bf16"
 
 
-def describe(device: str | torch.device = "cpu") -> str:
-    """One line on what this machine offers: CPU model, AVX-512 / bf16 / AMX flags, and the "auto" choice."""
-    import platform
-
-    model, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo_fields() -> tuple[str | None, set[str]]:
+    """The first "model name" and "flags" of /proc/cpuinfo; (None, empty) where there is none (not Linux)."""
+    model, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
-                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                if line.startswith("model name") and model is None:
                     model = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
                     break
-    except OSError:  # not Linux: the flags are unknown, bf16_is_fast still answers
+    except OSError:
         pass
+    return model, flags
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`lscpu`'s "Model name"), else what `platform` knows: the one place that reads it,
+    for the benchmark reports and the embedded build's record."""
+    import platform
+
+    return _cpuinfo_fields()[0] or platform.processor() or platform.machine()
+
+
+def describe(device: str | torch.device = "cpu") -> str:
+    """One line on what this machine offers: CPU model, AVX-512 / bf16 / AMX flags, and the "auto" choice."""
+    flags = _cpuinfo_fields()[1]  # empty where unknown (not Linux): bf16_is_fast still answers
     seen = {name: ("yes" if name in flags else "no") for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
     return (
-        f"cpu: {model}; " + ", ".join(f"{k} {v}" for k, v in seen.items())
+        f"cpu: {cpu_model()}; " + ", ".join(f"{k} {v}" for k, v in seen.items())
         + f"; bf16_is_fast({str(torch.device(device))!r}) = {bf16_is_fast(device)}"
         + f" -> precision 'auto' runs {resolve_precision('auto', device)}"
     )

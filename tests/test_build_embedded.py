@@ -33,12 +33,7 @@ WORDS = ("the library stores every record on disk in pages and each page holds a
          "to rows while an index keeps keys sorted so a query finds them quickly after the writer commits").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

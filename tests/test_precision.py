@@ -133,3 +133,29 @@ def test_autocast_auto_follows_bf16_is_fast(monkeypatch, fast, chosen, dtype):
     assert product.dtype == dtype
     with bf16_autocast("cpu") as on:  # enabled=None is "auto" too
         assert on is fast
+
+
+def test_cpu_model_and_describe_read_cpuinfo_and_fall_back_where_there_is_none(monkeypatch, tmp_path):
+    import builtins
+    import platform
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n")
+    real_open = builtins.open
+
+    def cpuinfo_at(path):
+        def fake_open(name, *args, **kwargs):
+            if name == "/proc/cpuinfo":
+                if path is None:
+                    raise OSError("no /proc here")
+                name = path
+            return real_open(name, *args, **kwargs)
+        return fake_open
+
+    monkeypatch.setattr(builtins, "open", cpuinfo_at(str(fake)))
+    assert precision.cpu_model() == "Test CPU 9000"
+    assert precision.describe().startswith("cpu: Test CPU 9000; avx2 yes, avx512f yes, avx512_bf16 no, amx_bf16 no;")
+    monkeypatch.setattr(builtins, "open", cpuinfo_at(None))
+    assert precision.cpu_model() == (platform.processor() or platform.machine())
+    assert "avx2 no" in precision.describe()
