@@ -35,17 +35,21 @@ RESULTS = os.path.join(HERE, "results")
 THRESHOLDS = (0.3, 0.5)  # dev accuracy for time-to-accuracy (chance is 0.125)
 
 
-def panels() -> dict[str, list[tuple[str, RunSpec]]]:
-    """Panel name -> [(label on the plot, spec without seed)]; the CLASS_LABELS/P=20/LM-adapted run is shared."""
-    default = RunSpec()
+def panels(task: str = "supersense") -> dict[str, list[tuple[str, RunSpec]]]:
+    """Panel name -> [(label on the plot, spec without seed)]; the CLASS_LABELS/P=20/LM-adapted run is shared.
+
+    `task`: "supersense" (the bundled noun task) or "verb_supersense" (the held-out one, issue 21).
+    """
+    default = RunSpec(task=task)
     return {
-        "init": [(init, RunSpec(init=init)) for init in ("CLASS_LABELS", "SAMPLE_VOCAB", "RANDOM_UNIFORM", "RANDOM")],
-        "length": [(f"P={p}", RunSpec(num_virtual_tokens=p)) for p in (1, 5, 20, 100)],
-        "base": [("span corruption", RunSpec(base="span")),
-                 ("span + sentinel", RunSpec(base="span", sentinel=True)),
+        "init": [(init, RunSpec(init=init, task=task))
+                 for init in ("CLASS_LABELS", "SAMPLE_VOCAB", "RANDOM_UNIFORM", "RANDOM")],
+        "length": [(f"P={p}", RunSpec(num_virtual_tokens=p, task=task)) for p in (1, 5, 20, 100)],
+        "base": [("span corruption", RunSpec(base="span", task=task)),
+                 ("span + sentinel", RunSpec(base="span", sentinel=True, task=task)),
                  ("LM adapted", default)],
-        "reference": [("prompt tuning", default), ("LoRA r=8", RunSpec(method="lora")),
-                      ("model tuning", RunSpec(method="model"))],
+        "reference": [("prompt tuning", default), ("LoRA r=8", RunSpec(method="lora", task=task)),
+                      ("model tuning", RunSpec(method="model", task=task))],
     }
 
 
@@ -78,9 +82,9 @@ def _stats(values: list[float]) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def summarise(runs: dict[str, dict], seeds: list[int]) -> dict:
+def summarise(runs: dict[str, dict], seeds: list[int], task: str = "supersense") -> dict:
     summary = {}
-    for panel, entries in panels().items():
+    for panel, entries in panels(task).items():
         rows = []
         for label, spec in entries:
             done = [runs[k] for k in (_with_seed(spec, s).key for s in seeds) if k in runs]
@@ -127,7 +131,8 @@ def table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "quality") -> list[str]:
+def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "quality",
+         task: str = "supersense") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +146,7 @@ def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "qu
               "base": "(c) pre-training objective, P=20", "reference": "(d) reference points"}
     for ax, (panel, rows) in zip(axes, summary.items(), strict=True):
         for x, row in enumerate(rows):
-            spec = next(s for label, s in panels()[panel] if label == row["label"])
+            spec = next(s for label, s in panels(task)[panel] if label == row["label"])
             values = [runs[_with_seed(spec, s).key]["test_accuracy"] for s in seeds if _with_seed(spec, s).key in runs]
             ax.bar(x, row["test_accuracy"]["mean"], color="#9ecae1", edgecolor="#3182bd")
             ax.scatter([x] * len(values), values, color="#08519c", s=14, zorder=3)
@@ -160,7 +165,7 @@ def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "qu
     shown = [panel for panel in ("init", "reference") if panel in summary]
     fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4.2), sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], shown, strict=True):
-        for i, (label, spec) in enumerate(panels()[panel]):
+        for i, (label, spec) in enumerate(panels(task)[panel]):
             for s in seeds:
                 r = runs.get(_with_seed(spec, s).key)
                 if r:
@@ -190,10 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--panels", nargs="+", default=list(panels()))
-    parser.add_argument("--out", default=os.path.join(RESULTS, "quality.json"))
+    parser.add_argument("--task", choices=("supersense", "verb_supersense"), default="supersense",
+                        help="verb_supersense: the held-out task, on which no decision about the model was taken")
+    parser.add_argument("--out", default=None, help="default: results/quality.json, or results/quality_verbs.json "
+                        "for --task verb_supersense")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--report_only", action="store_true", help="only rebuild table and plots from --out")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(RESULTS, "quality.json" if args.task == "supersense" else "quality_verbs.json")
+    unknown = sorted(set(args.panels) - set(panels()))
+    if unknown:
+        parser.error(f"--panels: unknown {unknown}; choose from {sorted(panels())}")
     os.makedirs(RESULTS, exist_ok=True)
     kwargs = {"steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every,
               "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr,
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.resume or args.report_only) and os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:
             runs = {r["key"]: r for r in json.load(handle)["runs"]}
-    specs = {spec for name in args.panels for _, spec in panels()[name]}
+    specs = {spec for name in args.panels for _, spec in panels(args.task)[name]}
     # the longest runs first, so the workers finish together
     cost = {"model": 3, "lora": 2}
     # seed by seed (a cut-short benchmark still has every configuration), longest runs first within a seed
@@ -212,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     def save() -> None:
-        summary = summarise(runs, args.seeds)
+        summary = summarise(runs, args.seeds, args.task)
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
-                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers},
+                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task},
                        "wall_seconds": round(time.time() - started, 1), "summary": summary,
                        "runs": list(runs.values())}, handle, indent=1)
 
@@ -225,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs[result["key"]] = result
                 save()
         save()
-    summary = summarise(runs, args.seeds)
+    summary = summarise(runs, args.seeds, args.task)
     stem = os.path.splitext(os.path.basename(args.out))[0]  # quality.json -> quality_table.md, quality_*.png
     with open(os.path.join(RESULTS, f"{stem}_table.md"), "w", encoding="utf-8") as handle:
         handle.write(table(summary))
-    for path in plot(runs, summary, args.seeds, stem):
+    for path in plot(runs, summary, args.seeds, stem, args.task):
         print("wrote", path)
     print(f"{len(jobs)} runs in {time.time() - started:.0f} s; results in {args.out}")
     return 0

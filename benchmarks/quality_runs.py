@@ -1,4 +1,7 @@
-"""One quality run: tune a soft prompt (or the whole model, or LoRA) on WordNet supersense and score it.
+"""One quality run: tune a soft prompt (or the whole model, or LoRA) on a WordNet supersense task and score it.
+
+The task is the bundled noun task (`supersense`, where every decision about the embedded model was taken) or
+the held-out verb task (`verb_supersense`, issue 21), `RunSpec.task`.
 
 Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
 base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.recipe.paper_optimizer`),
@@ -24,12 +27,22 @@ from softprompt_ext.inference.scoring import score_label_ids
 from softprompt_ext.precision import autocast, resolve_precision
 from softprompt_ext.special_tokens import add_sentinel_prefix
 from softprompt_ext.tasks.metrics import accuracy
-from softprompt_ext.tasks.supersense import SUPERSENSE_LABELS, read_supersense, supersense_batch
+from softprompt_ext.tasks.supersense import (
+    NOUN_DIR,
+    SUPERSENSE_LABELS,
+    VERB_DIR,
+    VERB_SUPERSENSE_LABELS,
+    read_supersense,
+    supersense_batch,
+)
 from softprompt_ext.training.recipe import paper_optimizer
 
 # The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 4,096
 # rows (3,993 usable), so a pool of the 1,000 most common keeps a similar "common words" character.
 SAMPLE_VOCAB_SIZE = 1000
+
+# task name -> (bundled directory, label words); "verb_supersense" is the held-out task (issue 21)
+TASKS = {"supersense": (NOUN_DIR, SUPERSENSE_LABELS), "verb_supersense": (VERB_DIR, VERB_SUPERSENSE_LABELS)}
 
 
 @dataclass(frozen=True)
@@ -40,20 +53,30 @@ class RunSpec:
     base: str = "lm_adapt"  # "lm_adapt" or "span"
     sentinel: bool = False  # targets prefixed with <extra_id_0> (span corruption + sentinel, section 3.3)
     seed: int = 0
+    task: str = "supersense"  # a key of TASKS
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not a quality task; use one of {sorted(TASKS)}.")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return TASKS[self.task][1]
 
     @property
     def key(self) -> str:
+        task = "" if self.task == "supersense" else f"{self.task}/"  # the noun task's keys predate the option
         if self.method != "prompt":
-            return f"{self.method}/{self.base}/s{self.seed}"
+            return f"{task}{self.method}/{self.base}/s{self.seed}"
         base = self.base + ("+sentinel" if self.sentinel else "")
-        return f"prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
+        return f"{task}prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
 
 
 def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 3e-4, lora_lr: float = 1e-3):
     model, tokenizer = load_embedded(spec.base)
     torch.manual_seed(spec.seed)
     if spec.method == "prompt":
-        extra = {"class_labels": list(SUPERSENSE_LABELS)} if spec.init == "CLASS_LABELS" else {}
+        extra = {"class_labels": list(spec.labels)} if spec.init == "CLASS_LABELS" else {}
         config = SoftPromptConfig(
             task_type="SEQ_2_SEQ_LM", num_virtual_tokens=spec.num_virtual_tokens, prompt_tuning_init=spec.init,
             tokenizer_name_or_path=embedded_model_path(spec.base), init_seed=spec.seed,
@@ -82,10 +105,10 @@ def generate_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 64,
 
 @torch.no_grad()
 def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, batch_size: int = 64,
-                         precision: str = "auto") -> float:
+                         precision: str = "auto", labels: tuple[str, ...] = SUPERSENSE_LABELS) -> float:
     """Rank classification by the first label token: argmax over the 8 labels' first tokens at the first
-    answer position (after the sentinel for sentinel targets). The labels' first tokens are distinct, so this is
-    rank classification with the score of the first token only.
+    answer position (after the sentinel for sentinel targets). The labels' first tokens must be distinct (a
+    ValueError names any two that share one), so this is rank classification with the first token's score only.
 
     Scored with the library's one label scorer (`softprompt_ext.inference.scoring.score_label_ids`, each input
     encoded once): every candidate is `[sentinel] + [first label token]` and only the first label token's
@@ -95,7 +118,12 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
     is no longer too slow (the input is no longer re-encoded per candidate), but it is a different metric and
     would need all runs redone. Precision as in `generate_accuracy`; the log-probabilities are float32.
     """
-    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in SUPERSENSE_LABELS]
+    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    if len(set(first)) < len(first):
+        shared = sorted({a for a, ta in zip(labels, first, strict=True) for b, tb in zip(labels, first, strict=True)
+                         if a != b and ta == tb})
+        raise ValueError(f"labels {shared} start with the same token under this tokenizer; first-token rank "
+                         "classification cannot tell them apart (use whole-label rank_classify).")
     prefix = add_sentinel_prefix([], tokenizer) if sentinel else []
     label_ids = [prefix + [token] for token in first]  # C = 8 candidates of len(prefix) + 1 tokens
     correct = 0
@@ -106,7 +134,7 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
         with autocast("cpu", precision):
             scored = score_label_ids(model, enc["input_ids"], enc["attention_mask"], label_ids)
         picked = scored.token_log_probs[:, :, len(prefix)].argmax(dim=-1)  # [B]
-        correct += sum(SUPERSENSE_LABELS[i] == r["label"] for i, r in zip(picked.tolist(), chunk, strict=True))
+        correct += sum(labels[i] == r["label"] for i, r in zip(picked.tolist(), chunk, strict=True))
     return correct / max(1, len(rows))
 
 
@@ -116,7 +144,9 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
     `prompt_lr` is Adafactor's for prompts, `model_lr` AdamW's for model tuning, `lora_lr` AdamW's for LoRA;
     `precision` is "auto" (bf16 where the hardware is fast), "fp32" or "bf16"."""
     model, tokenizer, optimizer = _build(spec, prompt_lr, model_lr, lora_lr)
-    train, dev, test = read_supersense("train"), read_supersense("dev")[:dev_size], read_supersense("test")
+    directory = TASKS[spec.task][0]
+    train, dev = read_supersense("train", directory), read_supersense("dev", directory)[:dev_size]
+    test = read_supersense("test", directory)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rng = random.Random(spec.seed)
     order: list[int] = []
@@ -152,6 +182,7 @@ def run(spec: RunSpec, steps: int, batch_size: int, eval_every: int, dev_size: i
         "prompt_lr": prompt_lr, "model_lr": model_lr, "lora_lr": lora_lr, "precision": resolve_precision(precision),
         "trainable_parameters": sum(p.numel() for _, p in trainable), "train_seconds": round(train_seconds, 1),
         "dev_curve": curve, "best_dev_accuracy": best[0],
-        "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel, precision=precision),
-        "valid_label_rate": sum(p in SUPERSENSE_LABELS for p in predictions) / len(predictions),
+        "test_accuracy": test_acc, "test_label_token_accuracy": label_token_accuracy(model, tokenizer, test, spec.sentinel, precision=precision,
+                                                          labels=spec.labels),
+        "valid_label_rate": sum(p in spec.labels for p in predictions) / len(predictions),
     }

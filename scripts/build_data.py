@@ -1,6 +1,7 @@
 """The embedded build's text and tokenizer: WordNet glosses, a text_corpus.py corpus, the Unigram tokenizer.
 
-`pretraining_lines` joins the WordNet glosses (without the bundled task's dev/test synsets) and the paragraphs of
+`pretraining_lines` joins the WordNet glosses (without the dev/test synsets of the bundled task and of the
+held-out verb task, whose files it also writes) and the paragraphs of
 `--corpus DIR` (read through `text_corpus.read_corpus`, which refuses a corpus.txt its manifest does not
 describe), and records every source with its licence. `load_or_train_tokenizer` reuses the work_dir's tokenizer
 only when it was trained on the same lines (a stamp beside it says which), so a resumed build keeps its own.
@@ -22,6 +23,7 @@ from softprompt_ext.adapters.atomic import atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
+VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # held out: issue 21
 PER_CLASS = {"train": 250, "dev": 40, "test": 40}
 NUM_SENTINELS = 100
 
@@ -45,14 +47,20 @@ def write_licence(directory: str, copyright_file: str = "/usr/share/doc/wordnet-
         handle.write("WordNet 3.0 license (from Debian's wordnet-base copyright file)\n\n" + body.strip() + "\n")
 
 
-def write_task(splits: dict[str, list[dict[str, str]]]) -> None:
-    os.makedirs(TASK_DIR, exist_ok=True)
+def write_task(splits: dict[str, list[dict[str, str]]], task_dir: str = TASK_DIR, verbs: bool = False) -> None:
+    """The splits as `task_dir/{train,dev,test}.jsonl`, with a README and the WordNet licence beside them."""
+    os.makedirs(task_dir, exist_ok=True)
     for name, rows in splits.items():
-        with open(os.path.join(TASK_DIR, f"{name}.jsonl"), "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    with open(os.path.join(TASK_DIR, "README.md"), "w", encoding="utf-8") as handle:
-        handle.write(model_card_text.task_readme(PER_CLASS))
-    write_licence(TASK_DIR)
+        atomic_write_text(os.path.join(task_dir, f"{name}.jsonl"),
+                          "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_text(os.path.join(task_dir, "README.md"), model_card_text.task_readme(PER_CLASS, verbs=verbs))
+    write_licence(task_dir)
+
+
+def task_files() -> set[str]:
+    """The dev/test files (repo-relative) that a --corpus must have been leak-filtered against."""
+    return {os.path.relpath(os.path.join(d, f"{s}.jsonl"), REPO) for d in (TASK_DIR, VERB_TASK_DIR)
+            for s in ("dev", "test")}
 
 
 def train_tokenizer(lines: list[str], vocab_size: int, num_sentinels: int = 100):
@@ -99,21 +107,26 @@ def pretraining_lines(args, record: dict) -> list[str]:
         ensure_wordnet()
         synsets = wordnet_data.read_wordnet()
         splits = wordnet_data.supersense_splits(synsets, PER_CLASS, seed=args.seed)
+        verbs = wordnet_data.supersense_splits(synsets, PER_CLASS, seed=args.seed,
+                                               classes=wordnet_data.VERB_SUPERSENSES)
         if not args.verify_steps:
             write_task(splits)
-        lines = wordnet_data.corpus_lines(synsets, splits["dev"] + splits["test"])
-        data.update(synsets=len(synsets), held_out_synsets=len(splits["dev"]) + len(splits["test"]))
+            write_task(verbs, VERB_TASK_DIR, verbs=True)
+        held_out = splits["dev"] + splits["test"] + verbs["dev"] + verbs["test"]
+        lines = wordnet_data.corpus_lines(synsets, held_out)
+        data.update(synsets=len(synsets), held_out_synsets=len(held_out),
+                    held_out_tasks=["wordnet_supersense", "wordnet_verb_supersense"])
         sources.append({**WORDNET_SOURCE, "version": package_version("wordnet-base"), "lines": len(lines),
                         "words": sum(len(line.split()) for line in lines)})
     if args.corpus:
         paragraphs, manifest = text_corpus.read_corpus(args.corpus)
         lines = lines + paragraphs
         held = set(manifest.get("held_out") or [])
-        task_files = {os.path.relpath(os.path.join(TASK_DIR, f"{s}.jsonl"), REPO) for s in ("dev", "test")}
+        needed = task_files()
         data["corpus"] = {"dir": args.corpus, "corpus_sha256": manifest["corpus_sha256"],
                           "held_out": sorted(held), "paragraphs": len(paragraphs), "words": manifest.get("words")}
-        if not args.without_wordnet and not task_files <= held:
-            data["corpus"]["warning"] = f"not leak-filtered against {sorted(task_files - held)}"
+        if not args.without_wordnet and not needed <= held:
+            data["corpus"]["warning"] = f"not leak-filtered against {sorted(needed - held)}"
             print(f"warning: the corpus in {args.corpus} was {data['corpus']['warning']}", flush=True)
         for name, source in manifest.get("sources", {}).items():
             sources.append({"name": name, **{k: source.get(k) for k in

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
+VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # the held-out task
 WORD = re.compile(r"[a-z0-9']+")
 NGRAM = 8
 PERMISSIVE = ("PSF-2.0", "BSD-3-Clause", "BSD-2-Clause", "MIT", "MIT OR Apache-2.0", "Apache-2.0", "PostgreSQL",
@@ -342,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(REPO, "build", "corpus"))
     parser.add_argument("--cache", default=os.path.join(REPO, "build", "corpus-cache"))
     parser.add_argument("--sources", help=f"comma-separated subset of: {','.join(s.name for s in SOURCES)}")
-    parser.add_argument("--held_out", nargs="*", default=[os.path.join(TASK_DIR, f"{s}.jsonl") for s in ("dev", "test")],
-                        help="JSONL files whose definitions must not appear in the corpus (default: the bundled "
-                        "task's dev and test splits)")
+    parser.add_argument("--held_out", nargs="*",
+                        default=[os.path.join(d, f"{s}.jsonl") for d in (TASK_DIR, VERB_TASK_DIR) for s in ("dev", "test")],
+                        help="JSONL files whose definitions must not appear in the corpus (default: the dev and test "
+                        "splits of the bundled task and of the held-out verb task)")
     args = parser.parse_args(argv)
     chosen = list(SOURCES)
     if args.sources:

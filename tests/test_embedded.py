@@ -14,7 +14,9 @@ import torch
 from softprompt_ext import SoftPromptConfig, checkpoints
 from softprompt_ext.embedded import embedded_model_path, load_embedded
 from softprompt_ext.tasks.supersense import (
+    NOUN_DIR,
     SUPERSENSE_LABELS,
+    VERB_DIR,
     load_supersense,
     read_supersense,
     supersense_batch,
@@ -122,8 +124,10 @@ def test_unknown_kind_and_split_raise():
         read_supersense("validation")
 
 
-def test_supersense_splits_are_disjoint_balanced_and_labelled():
-    splits = {name: read_supersense(name) for name in ("train", "dev", "test")}
+@pytest.mark.parametrize("directory, classes", [(NOUN_DIR, wordnet_data.SUPERSENSES),
+                                                (VERB_DIR, wordnet_data.VERB_SUPERSENSES)])
+def test_supersense_splits_are_disjoint_balanced_and_labelled(directory, classes):
+    splits = {name: read_supersense(name, directory) for name in ("train", "dev", "test")}
     assert {name: len(rows) for name, rows in splits.items()} == {"train": 2000, "dev": 320, "test": 320}
     ids = {name: {r["id"] for r in rows} for name, rows in splits.items()}
     texts = {name: {r["text"] for r in rows} for name, rows in splits.items()}
@@ -131,10 +135,10 @@ def test_supersense_splits_are_disjoint_balanced_and_labelled():
         assert not ids[a] & ids[b] and not texts[a] & texts[b]
     for name, rows in splits.items():
         assert len(ids[name]) == len(rows)
-        counts = {label: sum(r["label"] == label for r in rows) for label in SUPERSENSE_LABELS}
+        counts = {label: sum(r["label"] == label for r in rows) for label in classes.values()}
         assert set(counts.values()) == {len(rows) // 8}, counts
-        assert all(wordnet_data.SUPERSENSES[r["lexname"]] == r["label"] for r in rows)
-    dataset = load_supersense("dev")
+        assert all(classes[r["lexname"]] == r["label"] for r in rows)
+    dataset = load_supersense("dev", directory)
     assert dataset.column_names == ["id", "text", "label", "lexname"] and len(dataset) == 320
 
 
@@ -159,6 +163,13 @@ def test_wndb_parser_on_hand_made_snippet():
     ]
     assert records[1].synset_id == "02084071-n"
     assert wordnet_data.task_input(records[1]) == "dog, domestic dog, Canis familiaris: a member of the genus Canis"
+
+
+def test_the_held_out_verb_task_shares_no_synset_or_definition_with_the_noun_task():
+    nouns = [r for split in ("train", "dev", "test") for r in read_supersense(split, NOUN_DIR)]
+    verbs = [r for split in ("train", "dev", "test") for r in read_supersense(split, VERB_DIR)]
+    assert all(r["id"].endswith("-v") for r in verbs) and all(r["id"].endswith("-n") for r in nouns)
+    assert not {r["text"].split(": ", 1)[1] for r in nouns} & {r["text"].split(": ", 1)[1] for r in verbs}
 
 
 def test_corpus_leaves_out_held_out_synsets_and_their_definitions():

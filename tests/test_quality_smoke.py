@@ -31,3 +31,37 @@ def test_quality_benchmark_runs_the_reference_panel(tmp_path, monkeypatch):
     assert [row["label"] for row in report["summary"]["reference"]] == ["prompt tuning", "LoRA r=8", "model tuning"]
     for name in ("q_table.md", "q_ablations.png", "q_time_to_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_held_out_task_runs_are_keyed_apart_and_scored_against_the_verb_labels():
+    from benchmarks import quality
+    from benchmarks.quality_runs import RunSpec, run
+
+    spec = RunSpec(task="verb_supersense")
+    assert spec.key == "verb_supersense/prompt/CLASS_LABELS/P20/lm_adapt/s0"
+    assert RunSpec().key == "prompt/CLASS_LABELS/P20/lm_adapt/s0"  # the committed noun results keep their keys
+    assert all(s.task == "verb_supersense" for _, s in quality.panels("verb_supersense")["init"])
+    with pytest.raises(ValueError, match=r"task='adjectives' is not a quality task"):
+        RunSpec(task="adjectives")
+    result = run(spec, steps=1, batch_size=4, eval_every=1, dev_size=4)
+    assert result["task"] == "verb_supersense" and result["key"] == spec.key
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and 0.0 <= result["test_label_token_accuracy"] <= 1.0
+
+
+def test_first_token_rank_classification_refuses_labels_that_share_a_first_token():
+    from benchmarks.quality_runs import label_token_accuracy
+
+    class SameFirstToken:
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [7, len(text)]}
+
+    with pytest.raises(ValueError, match=r"labels \['contact', 'content'\] start with the same token"):
+        label_token_accuracy(None, SameFirstToken(), [], sentinel=False, labels=("contact", "content"))
+
+
+def test_quality_cli_names_an_unknown_panel(capsys):
+    from benchmarks import quality
+
+    with pytest.raises(SystemExit):
+        quality.main(["--panels", "lenght"])
+    assert "--panels: unknown ['lenght']" in capsys.readouterr().err

@@ -18,6 +18,9 @@ from softprompt_ext.tasks.registry import get_task, list_tasks
 from softprompt_ext.tasks.supersense import (
     SUPERSENSE,
     SUPERSENSE_LABELS,
+    VERB_DIR,
+    VERB_SUPERSENSE,
+    VERB_SUPERSENSE_LABELS,
     read_supersense,
     supersense_batch,
 )
@@ -35,6 +38,17 @@ def test_get_task_finds_the_bundled_task_with_its_eight_labels():
     assert SUPERSENSE_LABELS == tuple(LABELS)
     assert SUPERSENSE.class_labels == LABELS
     assert SUPERSENSE.eval_split == "dev"
+
+
+def test_get_task_finds_the_held_out_verb_task_and_reads_its_own_files():
+    assert get_task("verb_supersense") is VERB_SUPERSENSE
+    assert VERB_SUPERSENSE.class_labels == list(VERB_SUPERSENSE_LABELS) and len(VERB_SUPERSENSE_LABELS) == 8
+    dev = VERB_SUPERSENSE.load("dev")
+    assert len(dev) == 320 and all(row["lexname"].startswith("verb.") for row in dev)
+    assert {row["label"] for row in dev} == set(VERB_SUPERSENSE_LABELS)
+    assert read_supersense("test", VERB_DIR)[0]["id"] == VERB_SUPERSENSE.load("test")[0]["id"]
+    with pytest.raises(ValueError, match=r"directory='wordnet_adjectives' is not a bundled supersense task"):
+        read_supersense("dev", "wordnet_adjectives")
 
 
 def test_load_reads_the_bundled_dev_split():

@@ -16,7 +16,7 @@ from .base import Task
 from .glue import MRPC, QQP, SST2
 from .qa import QA_TASKS
 from .superglue import SUPERGLUE_TASKS
-from .supersense import SUPERSENSE
+from .supersense import SUPERSENSE, VERB_SUPERSENSE
 
 _ALIASES = {
     "sst-2": "sst2",
@@ -29,7 +29,7 @@ _ALIASES = {
 
 
 def _registry() -> dict[str, Task]:
-    tasks: list[Task] = [*SUPERGLUE_TASKS, MRPC, QQP, SST2, *QA_TASKS, SUPERSENSE]
+    tasks: list[Task] = [*SUPERGLUE_TASKS, MRPC, QQP, SST2, *QA_TASKS, SUPERSENSE, VERB_SUPERSENSE]
     return {task.name: task for task in tasks}
 
 
