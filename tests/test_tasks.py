@@ -322,6 +322,7 @@ def test_class_labels_initialise_the_prompt(make_model, tokenizer, tokenizer_dir
 def test_registry_names_aliases_and_errors():
     assert {
         "supersense",
+        "verb_supersense",
         "boolq",
         "cb",
         "copa",
