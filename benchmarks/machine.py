@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from softprompt_ext.precision import bf16_is_fast, cpu_model
+from softprompt_ext.precision import bf16_is_fast, cpu_flags, cpu_model
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "softprompt-ext")
 
@@ -63,18 +63,6 @@ def cpu_pressure() -> float | None:
         return None
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    except OSError:
-        pass
-    return []
-
-
 def _memory_gb() -> float | None:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
@@ -109,7 +97,7 @@ def describe(device: torch.device, argv: list[str], mode: str, name: str) -> dic
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu": cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "bf16_is_fast": bf16_is_fast(device),  # softprompt_ext.precision: whether bf16 autocast speeds up here
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

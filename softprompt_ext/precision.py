@@ -109,9 +109,14 @@ def cpu_model() -> str:
     return _cpuinfo_fields()[0] or platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo ("avx2", "avx512_bf16", ...); empty where unknown (not Linux)."""
+    return _cpuinfo_fields()[1]
+
+
 def describe(device: str | torch.device = "cpu") -> str:
     """One line on what this machine offers: CPU model, AVX-512 / bf16 / AMX flags, and the "auto" choice."""
-    flags = _cpuinfo_fields()[1]  # empty where unknown (not Linux): bf16_is_fast still answers
+    flags = cpu_flags()  # empty where unknown (not Linux): bf16_is_fast still answers
     seen = {name: ("yes" if name in flags else "no") for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}
     return (
         f"cpu: {cpu_model()}; " + ", ".join(f"{k} {v}" for k, v in seen.items())
