@@ -2,16 +2,20 @@
 
     python benchmarks/quality.py            # all panels, 3 seeds, 2 worker processes; writes
                                             # benchmarks/results/quality.json and quality_*.png
+    python benchmarks/quality.py --task verb_supersense --panels reference   # the held-out task (issue 21):
+                                            # results/quality_verbs.json; benchmarks/quality_targets.py
+                                            # marks issue 21's targets met or not from both files
 
 Lester et al. (2021), Figure 3, vary one factor from a default (P=100, class-label init, LM-adapted T5) and
 find: (a) longer prompts help up to ~20 tokens (b) class-label init beats sampled vocabulary beats random
 uniform (c/d) LM adaptation beats span corruption, with "span corruption + sentinel" in between. A full grid
 does not fit 2 CPU cores, so the default here is P=20 and every panel varies one factor from it; runs shared
 between panels are run once. Model tuning and LoRA are the reference points. Task: the bundled WordNet noun
-supersense task (8 classes, chance 12.5%). Each run trains a fixed number of steps, keeps the prompt best on dev
-and reports test accuracy (exact match of the greedy generation, the paper's metric; first-label-token rank
-classification too)
-and time-to-accuracy (training seconds and steps until dev accuracy first reaches a threshold).
+supersense task (8 classes, chance 12.5%), or with `--task verb_supersense` the held-out verb task, on which
+no decision about the model was taken (refused on a model whose build did not hold its dev/test out). Each
+run trains a fixed number of steps, keeps the prompt best on dev and reports test accuracy (exact match of the
+greedy generation, the paper's metric; first-label-token rank classification too) and time-to-accuracy
+(training seconds and steps until dev accuracy first reaches a threshold).
 Runs are independent processes' work (`--workers`), one torch thread each: on 2 shared cores one thread per
 process was ~3x faster per step than two. `--resume` skips runs already in the JSON file.
 """
@@ -156,7 +160,8 @@ def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "qu
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("test accuracy (exact match); dots = seeds")
     axes[0].legend(fontsize=8)
-    fig.suptitle("Prompt tuning ablations on the embedded tiny LM-adapted T5, WordNet supersense (8 classes)")
+    name = "WordNet noun supersense" if task == "supersense" else "WordNet verb supersense (held out)"
+    fig.suptitle(f"Prompt tuning ablations on the embedded tiny LM-adapted T5, {name} (8 classes)")
     fig.tight_layout()
     paths.append(os.path.join(RESULTS, f"{stem}_ablations.png"))
     fig.savefig(paths[-1], dpi=110)
@@ -212,9 +217,17 @@ def main(argv: list[str] | None = None) -> int:
               "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr,
               "precision": args.precision}
     runs: dict[str, dict] = {}
-    if (args.resume or args.report_only) and os.path.isfile(args.out):
+    if os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:
-            runs = {r["key"]: r for r in json.load(handle)["runs"]}
+            existing = json.load(handle)
+        stored = existing.get("settings", {}).get("task", "supersense")  # files before --task: the noun task
+        if stored != args.task:
+            parser.error(f"--task {args.task}, but {args.out} holds task {stored!r} runs; pass --task {stored} "
+                         "or another --out")
+        if args.resume or args.report_only:
+            runs = {r["key"]: r for r in existing["runs"]}
+    elif args.report_only:
+        parser.error(f"--report_only: {args.out} does not exist; run the benchmark first or pass --out")
     specs = {spec for name in args.panels for _, spec in panels(args.task)[name]}
     # the longest runs first, so the workers finish together
     cost = {"model": 3, "lora": 2}

@@ -13,6 +13,8 @@ paper's metric) and, for comparison, rank classification by the labels' first to
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -72,8 +74,41 @@ class RunSpec:
         return f"{task}prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
 
 
+def held_out_tasks(record_path: str | None = None) -> list[str]:
+    """The bundled tasks whose dev/test synsets the shipped embedded model never saw (`build_record.json`'s
+    `data.held_out_tasks`; a record without the field is from a build that held out the noun task only)."""
+    path = record_path or os.path.join(os.path.dirname(embedded_model_path("lm_adapt")), "build_record.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle).get("data", {}).get("held_out_tasks", [NOUN_DIR])
+
+
+def check_task_held_out(task: str, record_path: str | None = None) -> None:
+    """Refuse a task whose dev/test text the shipped model was pretrained on: its accuracy would mean nothing."""
+    directory = TASKS[task][0]
+    held = held_out_tasks(record_path)
+    if directory not in held:
+        raise ValueError(f"task={task!r}: the embedded model's build_record.json holds out only {held} (field "
+                         f"data.held_out_tasks), so it was pretrained on {directory}'s dev/test glosses; rebuild it "
+                         "with scripts/build_embedded_model.py, which holds out both tasks.")
+
+
+def first_label_tokens(tokenizer, labels: tuple[str, ...]) -> list[int]:
+    """Each label's first token id; a ValueError names labels that share one (first-token rank classification
+    could not tell them apart). Checked before a run trains, not after."""
+    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    if len(set(first)) < len(first):
+        shared = sorted({a for a, ta in zip(labels, first, strict=True) for b, tb in zip(labels, first, strict=True)
+                         if a != b and ta == tb})
+        raise ValueError(f"labels {shared} start with the same token under this tokenizer, so the benchmark's "
+                         "first-token rank classification (test_label_token_accuracy) cannot tell them apart; "
+                         "pick label words whose first tokens differ.")
+    return first
+
+
 def _build(spec: RunSpec, prompt_lr: float, model_lr: float = 3e-4, lora_lr: float = 1e-3):
+    check_task_held_out(spec.task)
     model, tokenizer = load_embedded(spec.base)
+    first_label_tokens(tokenizer, spec.labels)
     torch.manual_seed(spec.seed)
     if spec.method == "prompt":
         extra = {"class_labels": list(spec.labels)} if spec.init == "CLASS_LABELS" else {}
@@ -118,12 +153,7 @@ def label_token_accuracy(model, tokenizer, rows: list[dict], sentinel: bool, bat
     is no longer too slow (the input is no longer re-encoded per candidate), but it is a different metric and
     would need all runs redone. Precision as in `generate_accuracy`; the log-probabilities are float32.
     """
-    first = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in labels]
-    if len(set(first)) < len(first):
-        shared = sorted({a for a, ta in zip(labels, first, strict=True) for b, tb in zip(labels, first, strict=True)
-                         if a != b and ta == tb})
-        raise ValueError(f"labels {shared} start with the same token under this tokenizer; first-token rank "
-                         "classification cannot tell them apart (use whole-label rank_classify).")
+    first = first_label_tokens(tokenizer, labels)
     prefix = add_sentinel_prefix([], tokenizer) if sentinel else []
     label_ids = [prefix + [token] for token in first]  # C = 8 candidates of len(prefix) + 1 tokens
     correct = 0

@@ -33,8 +33,8 @@ def test_quality_benchmark_runs_the_reference_panel(tmp_path, monkeypatch):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_held_out_task_runs_are_keyed_apart_and_scored_against_the_verb_labels():
-    from benchmarks import quality
+def test_held_out_task_runs_are_keyed_apart_and_scored_against_the_verb_labels(monkeypatch):
+    from benchmarks import quality, quality_runs
     from benchmarks.quality_runs import RunSpec, run
 
     spec = RunSpec(task="verb_supersense")
@@ -43,9 +43,35 @@ def test_held_out_task_runs_are_keyed_apart_and_scored_against_the_verb_labels()
     assert all(s.task == "verb_supersense" for _, s in quality.panels("verb_supersense")["init"])
     with pytest.raises(ValueError, match=r"task='adjectives' is not a quality task"):
         RunSpec(task="adjectives")
+    read, real = [], quality_runs.read_supersense
+
+    def read_supersense(split, directory):
+        read.append((split, directory))
+        return real(split, directory)[:4]
+
+    monkeypatch.setattr(quality_runs, "read_supersense", read_supersense)
+    monkeypatch.setattr(quality_runs, "check_task_held_out", lambda task: None)  # whatever the shipped build held out
+    monkeypatch.setattr(quality_runs, "generate_texts", lambda model, tok, texts, **kw: ["motion"] * len(texts))
     result = run(spec, steps=1, batch_size=4, eval_every=1, dev_size=4)
+    assert read == [("train", "wordnet_verb_supersense"), ("dev", "wordnet_verb_supersense"),
+                    ("test", "wordnet_verb_supersense")]
     assert result["task"] == "verb_supersense" and result["key"] == spec.key
-    assert 0.0 <= result["test_accuracy"] <= 1.0 and 0.0 <= result["test_label_token_accuracy"] <= 1.0
+    assert result["valid_label_rate"] == 1.0  # "motion" is a verb label (it would be 0 against the noun labels)
+
+
+def test_the_held_out_task_is_refused_on_a_model_pretrained_on_its_text(tmp_path):
+    from benchmarks.quality_runs import check_task_held_out, held_out_tasks
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"data": {"held_out_synsets": 640}}))  # a record before the verb task existed
+    assert held_out_tasks(str(old)) == ["wordnet_supersense"]
+    check_task_held_out("supersense", str(old))
+    with pytest.raises(ValueError, match=r"task='verb_supersense': the embedded model's build_record.json holds "
+                                         r"out only \['wordnet_supersense'\] \(field data.held_out_tasks\)"):
+        check_task_held_out("verb_supersense", str(old))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"data": {"held_out_tasks": ["wordnet_supersense", "wordnet_verb_supersense"]}}))
+    check_task_held_out("verb_supersense", str(new))
 
 
 def test_first_token_rank_classification_refuses_labels_that_share_a_first_token():
@@ -55,7 +81,7 @@ def test_first_token_rank_classification_refuses_labels_that_share_a_first_token
         def __call__(self, text, add_special_tokens=True):
             return {"input_ids": [7, len(text)]}
 
-    with pytest.raises(ValueError, match=r"labels \['contact', 'content'\] start with the same token"):
+    with pytest.raises(ValueError, match=r"labels \['contact', 'content'\] start with the same token under"):
         label_token_accuracy(None, SameFirstToken(), [], sentinel=False, labels=("contact", "content"))
 
 
