@@ -99,7 +99,8 @@ def package_version(package: str) -> str | None:
 
 
 def pretraining_lines(args, record: dict) -> list[str]:
-    """WordNet glosses (minus the task's dev/test synsets) and the --corpus paragraphs; fills record["data"]."""
+    """WordNet glosses (minus the dev/test synsets of both bundled tasks) and the --corpus paragraphs (refused
+    unless leak-filtered against those splits); fills record["data"]."""
     lines: list[str] = []
     data: dict = {}
     sources: list[dict] = []
@@ -125,9 +126,10 @@ def pretraining_lines(args, record: dict) -> list[str]:
         needed = task_files()
         data["corpus"] = {"dir": args.corpus, "corpus_sha256": manifest["corpus_sha256"],
                           "held_out": sorted(held), "paragraphs": len(paragraphs), "words": manifest.get("words")}
-        if not args.without_wordnet and not needed <= held:
-            data["corpus"]["warning"] = f"not leak-filtered against {sorted(needed - held)}"
-            print(f"warning: the corpus in {args.corpus} was {data['corpus']['warning']}", flush=True)
+        if not args.without_wordnet and not needed <= held:  # its prose could hold a dev/test definition
+            raise ValueError(f"--corpus {args.corpus}: its manifest.json lists held_out {sorted(held)}, so it was not "
+                             f"leak-filtered against {sorted(needed - held)}; rebuild it with `python "
+                             f"scripts/text_corpus.py --out {args.corpus}` (its default --held_out covers both tasks).")
         for name, source in manifest.get("sources", {}).items():
             sources.append({"name": name, **{k: source.get(k) for k in
                                              ("registry", "package", "version", "sha256", "licence", "paragraphs", "words")}})

@@ -1,4 +1,4 @@
-"""Build the embedded tiny T5 (span corruption, then LM adaptation) and the WordNet supersense task, offline.
+"""Build the embedded tiny T5 (span corruption, then LM adaptation) and the WordNet supersense tasks, offline.
 
     python scripts/build_embedded_model.py [--pretrain_steps 3000] [--work_dir build/embedded]
     python scripts/build_embedded_model.py --corpus build/corpus --d_model 384 --plan      # size it first
@@ -10,9 +10,10 @@ Lester et al. (2021) prompt-tune T5 1.1 checkpoints that were pretrained with sp
 recipe at CPU scale, every step seeded:
 
 1. data: Debian's `wordnet-base` (installed with apt-get when /usr/share/wordnet is missing), WordNet 3.0
-   licence. The supersense splits are drawn first; the corpus leaves their dev/test synsets out. `--corpus DIR`
-   adds the paragraphs of a `scripts/text_corpus.py` output (permissive licences, leak-filtered against the
-   task's dev/test definitions; refused unless its manifest's sha256 matches corpus.txt); every source and its
+   licence. The splits of both supersense tasks (nouns, and the held-out verbs) are drawn first; the corpus leaves
+   their dev/test synsets out. `--corpus DIR` adds the paragraphs of a `scripts/text_corpus.py` output
+   (permissive licences; refused unless leak-filtered against both tasks' dev/test definitions and unless its
+   manifest's sha256 matches corpus.txt); every source and its
    licence goes into the build record and the model card. `--without_wordnet` trains on the corpus alone and
    writes no task (tests, corpus experiments).
 2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the pretraining lines (`--tokenizer_lines N`:
@@ -262,6 +263,20 @@ def health_line(report: dict) -> str:
     return "health: " + "; ".join(parts)
 
 
+def check_same_text(data: dict, record_path: str = os.path.join(EMBEDDED, "build_record.json")) -> None:
+    """--verify_steps reproduces the shipped build only from the same pretraining text: refuse other text first
+    (the lines' sha256 where the record has it, else their count and length) instead of reporting a mismatch."""
+    with open(record_path, encoding="utf-8") as handle:
+        shipped = json.load(handle)["data"]
+    keys = ["lines_sha256"] if "lines_sha256" in shipped else ["corpus_lines", "corpus_chars"]
+    differ = {k: (shipped.get(k), data.get(k)) for k in keys if shipped.get(k) != data.get(k)}
+    if differ:
+        said = ", ".join(f"{k} {old} shipped vs {new} now" for k, (old, new) in differ.items())
+        raise ValueError(f"--verify_steps: the shipped model was pretrained on other text ({said}); pass the flags "
+                         "of its build_record.json 'command' (--corpus, --tokenizer_lines, ...) on the same WordNet, "
+                         "or rebuild the model with this script.")
+
+
 def verify(curve: list[dict], steps: int, tolerance: float = 0.02) -> int:
     """Compare a rerun's loss curve with the shipped record's at the same steps; 0 if all within `tolerance`."""
     with open(os.path.join(EMBEDDED, "build_record.json"), encoding="utf-8") as handle:
@@ -420,6 +435,9 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
                    "lines_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     if args.pack:  # only when set: builds started before --pack existed keep their fingerprint
         fingerprint["pack"] = True
+    record["data"]["lines_sha256"] = fingerprint["lines_sha256"]
+    if args.verify_steps:
+        check_same_text(record["data"])
     if args.resume:  # before the tokenizer: other lines would retrain it over the one this build uses
         sittings.check_fingerprint(state["fingerprint"], fingerprint, args.work_dir)
         if state["phase"] == "done":

@@ -45,6 +45,7 @@ def model_card(record: dict) -> str:
     shape = record["model_shape"]
     data = record["data"]
     wordnet = "synsets" in data
+    held_out = data.get("held_out_tasks", ["wordnet_supersense"])  # records before the verb task: nouns only
     others = [s for s in data.get("sources", []) if s["name"] != "wordnet"]
     knows = "WordNet's English definitions" if wordnet else ""
     if others:
@@ -52,7 +53,7 @@ def model_card(record: dict) -> str:
         knows = f"{knows} and {prose}" if knows else prose
     wordnet_text = (f"WordNet 3.0 glosses and example sentences of all parts of speech ({data['synsets']:,} synsets, "
                     f"Debian `wordnet-base`), leaving out the {data['held_out_synsets']} dev/test synsets of the "
-                    f"bundled `wordnet_supersense` task. {LICENCE_NOTE}" if wordnet else "")
+                    f"bundled tasks ({', '.join(f'`{t}`' for t in held_out)}). {LICENCE_NOTE}" if wordnet else "")
     corpus_data = (f"Paragraphs from `scripts/text_corpus.py` (corpus sha256 {data['corpus']['corpus_sha256'][:16]}..., "
                    "each source's licence as its package states it; paragraphs reproducing a held-out task definition "
                    "were dropped):" if others else "")

