@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the default keeps HTTP work and the model from taking turns for one interpreter lock)")
     serve.add_argument("--demo", action="store_true",
                        help="also serve 'supersense-init': an untrained prompt on the embedded T5, initialised from "
-                       "the bundled task's class labels (try the server without training one first)")
+                       "the bundled noun task's class labels (try the server without training one first)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
                        help="uvicorn's log level (info logs every request)")
     serve.add_argument("--strict", action="store_true", help="exit when an adapter is refused at start-up")
@@ -289,7 +289,7 @@ DEMO_ADAPTER = "supersense-init"
 
 def demo_adapter(directory: str | None = None) -> str:
     """`softprompt serve --demo`'s adapter: 20 virtual tokens on the embedded T5, initialised from the 8 labels
-    of the bundled supersense task (class-label init, paper section 3.2), untrained, written to `directory`
+    of the bundled noun supersense task (class-label init, paper section 3.2), untrained, written to `directory`
     (default: a new temporary directory); returns the directory."""
     import tempfile
 
