@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py            # all panels, 3 seeds, 2 worker processes; writes
                                             # benchmarks/results/quality.json and quality_*.png
-    python benchmarks/quality.py --task verb_supersense --panels reference   # the held-out task (issue 21):
+    python benchmarks/quality.py --task verb_supersense --panels init --only CLASS_LABELS   # held-out task:
                                             # results/quality_verbs.json; benchmarks/quality_targets.py
                                             # marks issue 21's targets met or not from both files
 
@@ -32,7 +32,7 @@ import time
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.quality_runs import RunSpec, run  # noqa: E402
+from benchmarks.quality_runs import RunSpec, embedded_identity, run  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="verb_supersense: the held-out task, on which no decision about the model was taken")
     parser.add_argument("--out", default=None, help="default: results/quality.json, or results/quality_verbs.json "
                         "for --task verb_supersense")
+    parser.add_argument("--only", nargs="+", metavar="SETTING",
+                        help="run only these settings of the chosen panels, named as in the table's 'setting' "
+                        "column (e.g. CLASS_LABELS 'span corruption'); default: every setting")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--report_only", action="store_true", help="only rebuild table and plots from --out")
     args = parser.parse_args(argv)
@@ -228,7 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             runs = {r["key"]: r for r in existing["runs"]}
     elif args.report_only:
         parser.error(f"--report_only: {args.out} does not exist; run the benchmark first or pass --out")
-    specs = {spec for name in args.panels for _, spec in panels(args.task)[name]}
+    chosen = [(label, spec) for name in args.panels for label, spec in panels(args.task)[name]]
+    if args.only:
+        missing = sorted(set(args.only) - {label for label, _ in chosen})
+        if missing:
+            parser.error(f"--only: no setting {missing} in --panels {' '.join(args.panels)}; choose from "
+                         f"{sorted({label for label, _ in chosen})}")
+        chosen = [(label, spec) for label, spec in chosen if label in args.only]
+    specs = {spec for _, spec in chosen}
     # the longest runs first, so the workers finish together
     cost = {"model": 3, "lora": 2}
     # seed by seed (a cut-short benchmark still has every configuration), longest runs first within a seed
@@ -241,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(runs, args.seeds, args.task)
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump({"command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
-                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task},
+                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
+                                    "only": args.only, "embedded_model": embedded_identity()},
                        "wall_seconds": round(time.time() - started, 1), "summary": summary,
                        "runs": list(runs.values())}, handle, indent=1)
 

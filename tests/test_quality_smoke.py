@@ -91,3 +91,45 @@ def test_quality_cli_names_an_unknown_panel(capsys):
     with pytest.raises(SystemExit):
         quality.main(["--panels", "lenght"])
     assert "--panels: unknown ['lenght']" in capsys.readouterr().err
+
+
+def test_quality_cli_only_runs_the_named_settings_and_names_an_unknown_one(tmp_path, monkeypatch, capsys):
+    from benchmarks import quality
+
+    monkeypatch.setattr(quality, "RESULTS", str(tmp_path))
+    with pytest.raises(SystemExit):
+        quality.main(["--panels", "init", "--only", "CLASS_LABEL", "--out", str(tmp_path / "x.json")])
+    assert "--only: no setting ['CLASS_LABEL'] in --panels init; choose from ['CLASS_LABELS'" in capsys.readouterr().err
+    ran = []
+    monkeypatch.setattr(quality.multiprocessing, "get_context", lambda kind: _InlinePool(ran))
+    out = tmp_path / "q.json"
+    assert quality.main(["--panels", "init", "base", "--only", "SAMPLE_VOCAB", "span corruption", "--seeds", "0",
+                         "--out", str(out)]) == 0
+    assert sorted(ran) == ["prompt/CLASS_LABELS/P20/span/s0", "prompt/SAMPLE_VOCAB/P20/lm_adapt/s0"]
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["only"] == ["SAMPLE_VOCAB", "span corruption"]
+    assert settings["embedded_model"]["parameters"] > 0
+
+
+class _InlinePool:
+    """multiprocessing context stand-in: records the run keys and returns a minimal finished run."""
+
+    def __init__(self, ran):
+        self.ran = ran
+
+    def Pool(self, workers):  # noqa: N802 (multiprocessing's name)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, fn, jobs):
+        for spec, _ in jobs:
+            self.ran.append(spec.key)
+            yield {"key": spec.key, "seed": spec.seed, "test_accuracy": 0.5, "best_dev_accuracy": 0.5,
+                   "valid_label_rate": 1.0, "trainable_parameters": 1, "train_seconds": 1.0, "steps": 1,
+                   "test_label_token_accuracy": 0.5, "dev_curve": [{"step": 1, "dev_accuracy": 0.5, "seconds": 1.0,
+                                                                    "train_loss": 1.0}]}
