@@ -222,8 +222,8 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
             "loss_curve": at["curve"]}
 
 
-def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> None:
-    """fp16 safetensors + config (+ tokenizer files, + README) from a saved fp32 checkpoint."""
+def export(src: str, dst: str, tokenizer_dir: str) -> None:
+    """fp16 safetensors + config + tokenizer files from a saved fp32 checkpoint (the card comes after health)."""
     from transformers import T5ForConditionalGeneration
 
     model = T5ForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
@@ -231,9 +231,6 @@ def export(src: str, dst: str, tokenizer_dir: str, with_card: str | None) -> Non
     model.to(torch.float16).save_pretrained(dst, safe_serialization=True)
     for name in os.listdir(tokenizer_dir):
         shutil.copy(os.path.join(tokenizer_dir, name), dst)
-    if with_card:
-        with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(with_card)
 
 
 def health(export_dir: str) -> dict:
@@ -483,16 +480,16 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     record.update(pretraining=state["pretraining"], lm_adaptation=state["lm_adaptation"], segments=state["segments"],
                   total_wall_seconds=state["wall_seconds"])
 
-    card = model_card_text.model_card(record)
     export(os.path.join(args.work_dir, "lm_adapt"), os.path.join(args.export_dir, "t5-wordnet-lm-adapt"),
-           tokenizer_dir, card)
-    export(span_dir, os.path.join(args.export_dir, "t5-wordnet-span"), tokenizer_dir, None)
+           tokenizer_dir)
+    export(span_dir, os.path.join(args.export_dir, "t5-wordnet-span"), tokenizer_dir)
     if not args.without_wordnet:
         write_licence(args.export_dir)
     if not args.no_health:
         record["health"] = health(args.export_dir)
         print(health_line(record["health"]), flush=True)
     atomic_write_text(os.path.join(args.export_dir, "build_record.json"), json.dumps(record, indent=1))
+    model_card_text.write_cards(args.export_dir)  # both cards, from the record just written (health included)
     state["phase"] = "done"
     build.save()
     print(f"done in {record['total_wall_seconds']} s", flush=True)

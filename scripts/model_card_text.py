@@ -1,6 +1,17 @@
-"""Text of the model card and of the task's README, filled from the build record (no number typed by hand)."""
+"""Text of the model cards and of the task's README, filled from the build record (no number typed by hand).
+
+    python scripts/model_card_text.py softprompt_ext/data/embedded   # rewrite both checkpoints' README.md
+                                                                     # from that directory's build_record.json
+
+`tests/test_embedded.py` checks that the shipped cards are exactly what this writes from the shipped record.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import sys
 
 LICENCE_NAME = "WordNet 3.0 license (Princeton University)"
 LICENCE_NOTE = (
@@ -40,7 +51,27 @@ def _sources(record: dict) -> str:
     return "\n".join(rows)
 
 
-def model_card(record: dict) -> str:
+CARD_NAMES = {"lm_adapt": "t5-wordnet-lm-adapt", "span": "t5-wordnet-span"}
+
+
+def _health(record: dict, kind: str) -> str:
+    """The build's encoder-use diagnostics of this checkpoint (benchmarks/encoder_use.py), or a note if skipped."""
+    report = record.get("health", {}).get(kind)
+    if not report:
+        return ("Not in this build's record (builds before issue 21 did not record it; `--no_health` skips it): "
+                "`python benchmarks/encoder_use.py lm_adapt` and `... span` measure it.")
+    rank = report["residual_stream"][-1]["effective_rank"] if report.get("residual_stream") else float("nan")
+    return (f"Decoder loss with each example's own encoder input {report['own_input_loss']:.3f} vs a neighbour's "
+            f"{report['shuffled_input_loss']:.3f} (the decoder reads its input when the first is clearly lower); "
+            f"effective rank of the last encoder layer's residual stream {rank:.1f}; a linear probe of the noun "
+            f"task on the frozen encoder: dev accuracy {report['linear_probe']['dev_accuracy']:.3f} (chance 0.125).")
+
+
+def model_card(record: dict, kind: str = "lm_adapt") -> str:
+    """The README.md of one shipped checkpoint: `kind` "lm_adapt" (the default base) or "span" (before LM
+    adaptation, for the paper's Figure 3 ablation)."""
+    if kind not in CARD_NAMES:
+        raise ValueError(f"kind={kind!r}: a model card is written for {sorted(CARD_NAMES)}")
     pre, lm = record["pretraining"], record["lm_adaptation"]
     shape = record["model_shape"]
     data = record["data"]
@@ -57,15 +88,17 @@ def model_card(record: dict) -> str:
     corpus_data = (f"Paragraphs from `scripts/text_corpus.py` (corpus sha256 {data['corpus']['corpus_sha256'][:16]}..., "
                    "each source's licence as its package states it; paragraphs reproducing a held-out task definition "
                    "were dropped):" if others else "")
-    return f"""---
+    sources = (f"Every source of the pretraining text and its licence:\n{_sources(record)}\n" if data.get("sources")
+               else "")
+    card = f"""---
 license: other
 license_name: {"wordnet-3.0" if wordnet else "permissive-mixed"}
 language: en
 library_name: transformers
-tags: [t5, lm-adapted, prompt-tuning, softprompt-ext]
+tags: [t5, {"lm-adapted" if kind == "lm_adapt" else "span-corruption"}, prompt-tuning, softprompt-ext]
 ---
-# t5-wordnet-lm-adapt (embedded in softprompt-ext)
-
+# {CARD_NAMES[kind]} (embedded in softprompt-ext)
+{_span_note if kind == "span" else ""}
 A tiny T5 1.1-shaped encoder-decoder (GeGLU, relative attention; d_model {shape['d_model']},
 {shape['num_layers']}+{shape['num_decoder_layers']} layers, d_ff {shape['d_ff']}, {shape['num_heads']} heads,
 {record['parameters']:,} parameters, stored in fp16) with T5 1.0's tied embeddings (Transformers 5.x ties T5's
@@ -85,7 +118,10 @@ it is a test bed, not a general language model, and it is badly under-trained: p
 2. **LM adaptation** (prefix LM, paper section 3.3) with `softprompt_ext.training.lm_adapt`: {lm['steps']} steps
    (~{round(100 * lm['steps'] / pre['steps'])}% of pre-training, as the paper's 100K on ~1M), {lm['optimizer']},
    {lm['precision']}, {lm['wall_seconds']} s {_where(record, 'lm_adaptation')}, {lm['loss_curve'][-1]['tokens']:,} input tokens. Loss: {_curve_summary(lm['loss_curve'])}.
-   `config.json` records it under `lm_adaptation`.
+   `config.json` records it under `lm_adaptation`.{" Only `t5-wordnet-lm-adapt` had this step." if kind == "span" else ""}
+
+## Health (encoder use, measured by the build)
+{_health(record, kind)}
 
 Tokenizer: SentencePiece-style Unigram, {record['tokenizer']['tokens']} tokens (0 pad, 1 `</s>`, 2 `<unk>`,
 100 sentinels `<extra_id_i>` last), trained on the same corpus. Full record: `../build_record.json`.
@@ -94,15 +130,32 @@ Tokenizer: SentencePiece-style Unigram, {record['tokenizer']['tokens']} tokens (
 {wordnet_text}
 {corpus_data}
 
-Every source of the pretraining text and its licence:
-{_sources(record)}
+{sources}
 
 ## Use
 ```python
 from softprompt_ext.embedded import load_embedded
-model, tokenizer = load_embedded("lm_adapt")
+model, tokenizer = load_embedded("{kind}")
 ```
 """
+    return re.sub(r"\n{3,}", "\n\n", card)  # sections a record lacks leave no run of blank lines
+
+
+_span_note = ("The span-corruption checkpoint of the build below, before LM adaptation: the paper's Figure 3 base "
+              "ablation. Prompt-tune `t5-wordnet-lm-adapt` unless you are comparing the two.\n")
+
+
+def write_cards(export_dir: str) -> list[str]:
+    """Rewrite both checkpoints' README.md from `export_dir/build_record.json`; the paths written."""
+    from softprompt_ext.adapters.atomic import atomic_write_text
+
+    with open(os.path.join(export_dir, "build_record.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    paths = []
+    for kind, folder in CARD_NAMES.items():
+        paths.append(os.path.join(export_dir, folder, "README.md"))
+        atomic_write_text(paths[-1], model_card(record, kind))
+    return paths
 
 
 def task_readme(per_class: dict[str, int], verbs: bool = False) -> str:
@@ -133,3 +186,10 @@ and test synset (and those of the held-out verb task, `wordnet_verb_supersense`)
 ## Licence
 {LICENCE_NOTE}
 """
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "build_record.json")):
+        sys.exit("usage: python scripts/model_card_text.py EXPORT_DIR  (a directory holding build_record.json)")
+    for written in write_cards(sys.argv[1]):
+        print("wrote", written)

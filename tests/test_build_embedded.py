@@ -127,6 +127,11 @@ def test_record_and_card_name_every_source_and_segment(straight, corpus):
     assert "- demo: apt package `demo-doc` local" in card and "licence **MIT**" in card
     assert "WordNet" not in card.split("## Data and licence")[1]
     assert not (straight / "export" / "LICENSE").exists()  # no WordNet text, no WordNet licence
+    span_card = (straight / "export" / "t5-wordnet-span" / "README.md").read_text(encoding="utf-8")
+    assert span_card.startswith("---") and "# t5-wordnet-span (embedded in softprompt-ext)" in span_card
+    assert "licence **MIT**" in span_card and 'load_embedded("span")' in span_card
+    health = rec["health"]["lm_adapt"]  # the card carries the build's own diagnostics, measured after export
+    assert f"own encoder input {health['own_input_loss']:.3f} vs a neighbour's" in card
 
 
 def test_every_build_records_the_encoder_use_diagnostics(straight):

@@ -260,3 +260,15 @@ def test_default_config_works_on_the_embedded_model(lm_adapted):
     with pytest.warns(UserWarning, match=r"sampling from all \d+, as the official implementation does"):
         peft_model = get_peft_model(model, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=20))
     assert peft_model.get_nb_trainable_parameters()[0] == 20 * 256
+
+
+@pytest.mark.parametrize("kind", ["lm_adapt", "span"])
+def test_shipped_model_cards_are_written_from_the_shipped_record(kind):
+    """No number in a card is typed by hand: each is `scripts/model_card_text.py`'s text for the shipped record."""
+    import model_card_text
+
+    root = os.path.dirname(embedded_model_path(kind))
+    with open(os.path.join(root, "build_record.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    with open(os.path.join(embedded_model_path(kind), "README.md"), encoding="utf-8") as handle:
+        assert handle.read() == model_card_text.model_card(record, kind)
