@@ -54,7 +54,7 @@ def effective_rank(states: torch.Tensor) -> float:
 def residual_stream(model, tokenizer, texts: list[str]) -> list[dict[str, float]]:
     """Per encoder position in depth (0 = embeddings, then after each layer; the last is after the final norm):
     `{"norm": mean token norm, "effective_rank": ...}` over all real tokens of `texts`."""
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64).to(model.device)
     hidden = model.get_encoder()(**batch, output_hidden_states=True).hidden_states  # each [B, S, d]
     real = batch["attention_mask"].bool()
     return [{"norm": round(h[real].norm(dim=-1).mean().item(), 1), "effective_rank": round(effective_rank(h[real]), 1)}

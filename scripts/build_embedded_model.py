@@ -33,6 +33,10 @@ recipe at CPU scale, every step seeded:
    `softprompt_ext/data/embedded/`); the build record (steps, tokens, loss curves, wall times, sources, run
    segments) goes next to them as `build_record.json`.
 
+Health: `--watch_every N` records the encoder's per-layer norm and effective rank every N pretraining steps,
+and `--min_rank R` ends the sitting (exit status 3, state saved) when a layer falls below R; after the export,
+the encoder-use diagnostics of both checkpoints go into the record and the model cards (`--no_health` skips).
+
 Sittings (`build_sittings.py`): the training state is saved atomically into `--work_dir` every `--save_every`
 steps and when a sitting ends -- SIGINT/SIGTERM, `--sitting_steps N` steps, or `--time_budget_s` seconds of
 wall time -- and `--resume` continues pretraining, or LM adaptation (from the Trainer's checkpoint-N), exactly
@@ -207,6 +211,8 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
             at["window"] = []
             print(f"pretrain step {step}/{args.pretrain_steps} loss {at['curve'][-1]['loss']:.3f} "
                   f"tokens {at['tokens']} {at['curve'][-1]['seconds']}s", flush=True)
+        if args.watch_every and step % args.watch_every == 0:
+            watch_encoder(model, tokenizer, at, step, args.min_rank, sitting)
         stop = sitting.step_done() is not None and step < last  # counted on the last step too (--sitting_steps)
         if save is not None and (stop or (args.save_every and step % args.save_every == 0 and step < last)):
             save(payload())
@@ -219,7 +225,36 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
             "epochs_started": at["epoch"] + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
             "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%",
             "precision": precision_label(args.precision, device), "wall_seconds": round(at["wall_seconds"], 1),
-            "loss_curve": at["curve"]}
+            "loss_curve": at["curve"], "encoder_watch": at.get("watch", [])}
+
+
+def watch_encoder(model, tokenizer, at: dict, step: int, min_rank: float, sitting: sittings.Sitting) -> None:
+    """`--watch_every`: the encoder's residual stream (`benchmarks/encoder_use.py`: mean token norm and effective
+    rank after each layer) on 64 noun-task dev glosses, held out of pretraining, appended to the loss curve's
+    record. With `--min_rank R`, a layer whose effective rank falls below R ends the sitting (state saved, exit
+    status 3): the first v3 build's encoder collapsed to rank 3.5-8.7 unnoticed until its export, two hours in
+    (benchmarks/results/embedded_v3_attempt1/). Reads no random numbers and changes no weight."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from benchmarks import encoder_use
+    from softprompt_ext.tasks.supersense import read_supersense
+
+    texts = [row["text"] for row in read_supersense("dev")[:64]]
+    model.eval()
+    stream = encoder_use.residual_stream(model, tokenizer, texts)  # [embeddings, layer 1, ..., final norm]
+    model.train()
+    layers = stream[1:]
+    point = {"step": step, "min_rank": min(layer["effective_rank"] for layer in layers),
+             "max_norm_ratio": round(max(layer["norm"] for layer in layers) / stream[0]["norm"], 1),
+             "stream": stream}
+    at.setdefault("watch", []).append(point)
+    print(f"encoder watch at step {step}: lowest effective rank {point['min_rank']}, largest norm "
+          f"{point['max_norm_ratio']}x the embeddings'", flush=True)
+    if min_rank and point["min_rank"] < min_rank:
+        sitting.unhealthy = (f"step {step}: an encoder layer's effective rank is {point['min_rank']}, below "
+                             f"--min_rank {min_rank}")
+        print(f"health: {sitting.unhealthy}; the state is saved. Rebuild with other settings (a lower --lr), or "
+              "--resume with --min_rank 0 to train on regardless.", flush=True)
 
 
 def export(src: str, dst: str, tokenizer_dir: str) -> None:
@@ -315,6 +350,11 @@ def validate(args) -> None:
             raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1 (leave it out for no limit).")
     if args.save_every < 0 or (args.time_budget_s is not None and args.time_budget_s < 0):
         raise ValueError(f"--save_every={args.save_every} and --time_budget_s={args.time_budget_s} must be >= 0.")
+    if args.watch_every < 0 or args.min_rank < 0:
+        raise ValueError(f"--watch_every={args.watch_every} and --min_rank={args.min_rank} must be >= 0 (0: off).")
+    if args.min_rank and not args.watch_every:
+        raise ValueError(f"--min_rank={args.min_rank} needs --watch_every N > 0: the rank is checked only when the "
+                         "encoder is watched.")
     if args.resume and args.verify_steps:
         raise ValueError("--resume with --verify_steps: a verification reruns the first steps from scratch and "
                          "saves nothing; drop one of them.")
@@ -389,6 +429,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pack", action="store_true",
                         help="pretraining: concatenate the lines and cut them into full-length examples (T5's "
                         "packing) instead of one example per line")
+    parser.add_argument("--watch_every", type=int, default=250,
+                        help="every N pretraining steps, record the encoder's residual-stream norm and effective "
+                        "rank per layer (0: never); the record's pretraining.encoder_watch")
+    parser.add_argument("--min_rank", type=float, default=0.0,
+                        help="with --watch_every: end the sitting (state saved, exit status 3) when an encoder "
+                        "layer's effective rank falls below this (tests/test_embedded.py pins >= 10; 0: never)")
     parser.add_argument("--no_health", action="store_true",
                         help="skip the encoder-use diagnostics of the exported checkpoints (benchmarks/encoder_use.py)")
     # one thread: on 2 shared cores two threads ran ~3x slower per step than one (contention), measured

@@ -39,6 +39,8 @@ STATE_JSON = "build_state.json"
 PRETRAIN_STATE = "pretrain_state.pt"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+HEALTH_EXIT = 3  # a sitting stopped by the pretraining watch (--min_rank)
+
 
 class Sitting:
     """When this sitting stops: a signal (SIGINT/SIGTERM), a step budget, or a wall-time budget.
@@ -53,6 +55,7 @@ class Sitting:
         self.started = time.time() if started is None else started
         self.steps = 0  # training steps this sitting, both phases
         self.signal: str | None = None
+        self.unhealthy: str | None = None  # set by the pretraining watch (--min_rank): why the encoder failed
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Sitting:
@@ -72,9 +75,11 @@ class Sitting:
             signal.signal(sig, handler)
 
     def should_stop(self) -> str | None:
-        """Why to stop now ("SIGTERM", "sitting_steps", "time_budget_s"), or None."""
+        """Why to stop now ("SIGTERM", "health", "sitting_steps", "time_budget_s"), or None."""
         if self.signal:
             return self.signal
+        if self.unhealthy:
+            return "health"
         if self.sitting_steps is not None and self.steps >= self.sitting_steps:
             return "sitting_steps"
         if self.time_budget_s is not None and time.time() - self.started >= self.time_budget_s:
@@ -86,8 +91,11 @@ class Sitting:
         return self.should_stop()
 
     def exit_status(self) -> int:
-        """0 for a planned stop (a budget), 128 + the signal number for a signal, as a shell reports it."""
-        return 128 + int(signal.Signals[self.signal]) if self.signal else 0
+        """0 for a planned stop (a budget), 3 for a health stop, 128 + the signal number for a signal, as a shell
+        reports it."""
+        if self.signal:
+            return 128 + int(signal.Signals[self.signal])
+        return HEALTH_EXIT if self.unhealthy else 0
 
 
 def stop_callback(sitting: Sitting):

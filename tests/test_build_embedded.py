@@ -306,3 +306,33 @@ def test_verify_steps_refuses_text_other_than_the_shipped_builds(tmp_path):
     bem.check_same_text({"lines_sha256": "aa", "corpus_lines": 2}, str(shipped))  # the hash decides where it is
     with pytest.raises(ValueError, match=r"lines_sha256 aa shipped vs bb now"):
         bem.check_same_text({"lines_sha256": "bb"}, str(shipped))
+
+
+def test_the_encoder_watch_stops_a_collapsing_build_early_and_changes_no_weight(straight, corpus, tmp_path):
+    """`--watch_every N --min_rank R` (after the first v3 build collapsed unnoticed for two hours): the encoder's
+    per-layer rank is recorded every N steps; one below R ends the sitting with exit status 3 and the state
+    saved, and `--resume --min_rank 0` trains on to the weights of a build that was never watched."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "work").mkdir()  # the straight build's tokenizer (Unigram training is not deterministic)
+    shutil.copytree(straight / "work" / "tokenizer", tmp_path / "work" / "tokenizer")
+    shutil.copy(straight / "work" / "tokenizer_lines.json", tmp_path / "work")
+    assert build(tmp_path, corpus, "--watch_every", "5", "--min_rank", "1000", "--no_health") == 3
+    state = json.loads((tmp_path / "work" / build_sittings.STATE_JSON).read_text())
+    (segment,) = state["segments"]
+    assert (segment["phase"], segment["end_step"], segment["stopped"]) == ("pretraining", 5, "health")
+    assert not (tmp_path / "export" / "build_record.json").exists()
+    assert build(tmp_path, corpus, "--watch_every", "5", "--resume", "--no_health") == 0
+    watch = record(tmp_path)["pretraining"]["encoder_watch"]
+    assert [p["step"] for p in watch] == [5, 10]
+    assert all(1 <= p["min_rank"] <= 32 and len(p["stream"]) == 2 for p in watch)  # embeddings, layer 1 (+ final norm)
+    for name in ("span", "lm_adapt"):
+        expected = load_file(straight / "work" / name / "model.safetensors")
+        actual = load_file(tmp_path / "work" / name / "model.safetensors")
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], rtol=1e-6, atol=1e-7)
+
+
+def test_min_rank_without_a_watch_is_refused():
+    with pytest.raises(ValueError, match=r"--min_rank=10.0 needs --watch_every N > 0"):
+        bem.main([*TINY, "--corpus", "unused", "--watch_every", "0", "--min_rank", "10", "--plan"])
