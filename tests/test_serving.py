@@ -110,7 +110,11 @@ class Server:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
         env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port), *args],
+        # the in-process references run fp32; "auto" would run bf16 autocast on a CPU with bf16 units, where a
+        # batched greedy decode may take another argmax than the single-text fp32 one (seen on AVX-512-BF16)
+        precision = [] if "--precision" in args else ["--precision", "fp32"]
+        self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port), *args,
+                                      *precision],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120  # a loaded 2-core machine: measured 10 s idle, 35 s busy
         while time.monotonic() < deadline:
@@ -408,17 +412,18 @@ def _wait_for(check, timeout: float = 10.0) -> bool:
 
 
 def test_queue_full_429_and_timeout_504(assets):
-    """Queue of 4 rows, one row per model call, 1.5 s per request: a 4-prompt request of 250 tokens each fills
+    """Queue of 4 rows, one row per model call, 1.5 s per request: a 4-prompt request of 1,000 tokens each fills
     the queue (another request: 429 with Retry-After) and outlives its timeout (504)."""
     srv = Server(["--base", assets["base"], "--adapter", assets["folder"], "--max-queue", "4",
-                  "--max-batch-size", "1", "--max-tokens", "250", "--request-timeout", "1.5"],
+                  "--max-batch-size", "1", "--max-tokens", "1000", "--request-timeout", "1.5"],
                  assets["root"] / "small.log")
     try:
         _error(srv.post("/v1/completions", {"model": "a3", "prompt": TEXTS + ["x"], "max_tokens": 2}), 400,
                "holds 5 prompts", "--max-queue")
         with ThreadPoolExecutor(1) as pool:
-            # 4 rows of ~0.6 s each (measured: 250 greedy tokens of this model, one row per call)
-            full = pool.submit(srv.post, "/v1/completions", {"model": "a7", "prompt": TEXTS, "max_tokens": 250})
+            # 4 rows of 1,000 greedy tokens, one row per call: 250 tokens a row took ~0.6 s on 2 AVX2 cores but
+            # all four rows of 250 finished within 1.5 s in fp32 on an AVX-512-BF16 Xeon, so 4x the work
+            full = pool.submit(srv.post, "/v1/completions", {"model": "a7", "prompt": TEXTS, "max_tokens": 1000})
             assert _wait_for(lambda: srv.get("/health").json()["queue_depth"] >= 3)
             response = srv.post("/v1/completions", {"model": "a5", "prompt": ["x", "y"], "max_tokens": 2})
             _error(response, 429, "queue is full")
@@ -522,7 +527,7 @@ def test_engine_mixed_batch_equals_each_row_alone_on_a_decoder_only_model(make_m
         trained = get_peft_model(scaled(), random_prompt_config("llama", 3, 1), adapter_name="p3")
     trained.add_adapter("p7", random_prompt_config("llama", 7, 2))
     trained.save_pretrained(str(tmp_path), selected_adapters=["p3", "p7"])
-    engine = Engine(scaled(), tokenizer)
+    engine = Engine(scaled(), tokenizer, precision="fp32")  # the rows alone below run fp32 too, on every CPU kind
     for name in ("p3", "p7"):
         engine.registry.register(name, str(tmp_path / name))
     rows = engine.encode(TEXTS)
