@@ -39,8 +39,8 @@ from softprompt_ext.tasks.supersense import (
 )
 from softprompt_ext.training.recipe import paper_optimizer
 
-# The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 8,192
-# rows (8,089 usable), so a pool of the 1,000 most common (~12%) keeps a similar "common words" character.
+# The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 4,096
+# rows (3,993 usable), so a pool of the 1,000 most common keeps a similar "common words" character.
 SAMPLE_VOCAB_SIZE = 1000
 
 # task name -> (bundled directory, label words); "verb_supersense" is the held-out task (issue 21)
@@ -74,19 +74,22 @@ class RunSpec:
         return f"{task}prompt/{self.init}/P{self.num_virtual_tokens}/{base}/s{self.seed}"
 
 
+def _build_record(record_path: str | None = None) -> dict:
+    """The shipped embedded build's `build_record.json` (or the one at `record_path`)."""
+    path = record_path or os.path.join(os.path.dirname(embedded_model_path("lm_adapt")), "build_record.json")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def held_out_tasks(record_path: str | None = None) -> list[str]:
     """The bundled tasks whose dev/test synsets the shipped embedded model never saw (`build_record.json`'s
     `data.held_out_tasks`; a record without the field is from a build that held out the noun task only)."""
-    path = record_path or os.path.join(os.path.dirname(embedded_model_path("lm_adapt")), "build_record.json")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle).get("data", {}).get("held_out_tasks", [NOUN_DIR])
+    return _build_record(record_path).get("data", {}).get("held_out_tasks", [NOUN_DIR])
 
 
 def embedded_identity(record_path: str | None = None) -> dict:
     """Which embedded build a report ran on: its parameter count, pretraining steps and build command."""
-    path = record_path or os.path.join(os.path.dirname(embedded_model_path("lm_adapt")), "build_record.json")
-    with open(path, encoding="utf-8") as handle:
-        record = json.load(handle)
+    record = _build_record(record_path)
     return {"parameters": record.get("parameters"), "pretrain_steps": record.get("pretraining", {}).get("steps"),
             "build_command": record.get("command")}
 

@@ -47,6 +47,7 @@ sitting's segments (steps, wall time, CPU, torch, device, precision) are listed 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -228,6 +229,14 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
             "loss_curve": at["curve"], "encoder_watch": at.get("watch", [])}
 
 
+@functools.lru_cache(maxsize=1)
+def _watch_texts() -> list[str]:
+    """The 64 noun-task dev glosses the watch encodes (read once per process, not at every watch)."""
+    from softprompt_ext.tasks.supersense import read_supersense
+
+    return [row["text"] for row in read_supersense("dev")[:64]]
+
+
 def watch_encoder(model, tokenizer, at: dict, step: int, min_rank: float, sitting: sittings.Sitting) -> None:
     """`--watch_every`: the encoder's residual stream (`benchmarks/encoder_use.py`: mean token norm and effective
     rank after each layer) on 64 noun-task dev glosses, held out of pretraining, appended to the loss curve's
@@ -237,9 +246,8 @@ def watch_encoder(model, tokenizer, at: dict, step: int, min_rank: float, sittin
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from benchmarks import encoder_use
-    from softprompt_ext.tasks.supersense import read_supersense
 
-    texts = [row["text"] for row in read_supersense("dev")[:64]]
+    texts = _watch_texts()
     model.eval()
     stream = encoder_use.residual_stream(model, tokenizer, texts)  # [embeddings, layer 1, ..., final norm]
     model.train()
