@@ -23,11 +23,13 @@ recipe at CPU scale, every step seeded:
    checkpoint sizes and tokens per step, and a shape whose two shipped fp16 checkpoints exceed 60 MB is refused
    without `--allow_large`) on span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans
    of 3), `--precision` through `softprompt_ext.precision` (default auto: bf16 autocast where the device has
-   bf16 units, else fp32; the shipped build ran bf16) on `--device` (auto: CUDA when available), AdamW with
+   bf16 units, else fp32; the shipped build ran bf16) on `--device` (auto: CUDA when available), `--optimizer`
+   (adafactor: T5's, each update relative to the parameter's RMS, peak 1e-2; adamw: the v2 build's, 5e-4) with
    warm-up and cosine decay, a fixed step budget; documents get fresh noise each epoch. Transformers 5.x's T5
    class always ties input and output embeddings, so the model follows T5 1.0's tied convention (unit-scale
    table, decoder output scaled by d_model^-0.5) rather than T5 1.1's untied head; see `build_model`.
-4. LM adaptation: `softprompt_ext.training.lm_adapt.lm_adapt` (the library's tool, Trainer + Adafactor 1e-3 constant)
+4. LM adaptation: `softprompt_ext.training.lm_adapt.lm_adapt` (the library's tool: Trainer + T5's
+   parameter-scaled Adafactor, 1e-3 constant)
    on the same lines for 10% of the pretraining steps.
 5. export: fp16 safetensors, config, tokenizer and a model card into `--export_dir` (default
    `softprompt_ext/data/embedded/`); the build record (steps, tokens, loss curves, wall times, sources, run
@@ -74,7 +76,9 @@ EMBEDDED = os.path.join(REPO, "softprompt_ext", "data", "embedded")
 MODEL_SHAPE = build_plan.MODEL_SHAPE
 # what decides the weights: a --resume with any of these changed is refused (build_sittings.check_fingerprint)
 FINGERPRINT_FLAGS = ("seed", "pretrain_steps", "adapt_fraction", "batch_size", "input_length", "target_length",
-                     "vocab_size", "lr", "tokenizer_lines")
+                     "vocab_size", "lr", "tokenizer_lines", "optimizer")
+# peak learning rate per --optimizer when --lr is left out (see make_optimizer)
+DEFAULT_LR = {"adamw": 5e-4, "adafactor": 1e-2}
 
 
 def build_model(shape: dict[str, int], vocab_rows: int, seed: int):
@@ -93,6 +97,27 @@ def build_model(shape: dict[str, int], vocab_rows: int, seed: int):
     torch.manual_seed(seed)
     # shared table drawn from N(0, initializer_factor = 1); built on the CPU, so every device starts alike
     return T5ForConditionalGeneration(build_plan.t5_config(shape, vocab_rows))
+
+
+OPTIMIZER_LABELS = {"adamw": "AdamW (betas 0.9, 0.98; weight decay 0.01; gradient norm clipped at 1)",
+                    "adafactor": "Adafactor (T5's: update scaled by parameter RMS, no momentum, update clipping 1)"}
+
+
+def make_optimizer(model, name: str, lr: float) -> torch.optim.Optimizer:
+    """`--optimizer`: the pretraining optimizer at peak learning rate `lr` (the schedule multiplies it).
+
+    adafactor (T5's pretraining optimizer, Raffel et al. 2020 section 3.1.2): Mesh TensorFlow's defaults,
+    `multiply_by_parameter_scale=True`, so each update is relative to the parameter's RMS. The tied table is
+    drawn at unit scale while the layer matrices sit at ~d_model^-0.5, so one global step size suits both
+    only when it is relative. adamw (the first builds): its per-entry step is absolute, so at 5e-4 the unit-scale
+    table, which is also the output layer, moves ~50x slower, relative to its size, than the layers do.
+    """
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(model.parameters(), lr=lr, scale_parameter=True, relative_step=False, warmup_init=False,
+                         decay_rate=-0.8, beta1=None, clip_threshold=1.0, weight_decay=0.0)
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
 
 
 def span_examples(objective, lines: list[str], epoch: int, seed: int) -> list[dict[str, list[int]]]:
@@ -159,7 +184,7 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
             return packed_span_examples(objective, line_ids, epoch, args.seed)
         return span_examples(objective, lines, epoch, args.seed)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = make_optimizer(model, args.optimizer, args.lr)
     warmup = max(1, args.pretrain_steps // 20)
 
     def lr_at(step: int) -> float:  # linear warm-up, cosine decay to 10%
@@ -200,7 +225,8 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
         with autocast(device, args.precision):
             loss = model(**batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if args.optimizer == "adamw":  # Adafactor clips its own update instead (T5 clips no gradient)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -223,7 +249,8 @@ def pretrain(model, tokenizer, lines: list[str], args, device: str, sitting: sit
     return {"objective": "span_corruption", "packed": bool(getattr(args, "pack", False)),
             "steps": args.pretrain_steps, "batch_size": args.batch_size,
             "input_length": args.input_length, "target_length": args.target_length, "tokens_seen": at["tokens"],
-            "epochs_started": at["epoch"] + 1, "examples_per_epoch": len(rows), "optimizer": "AdamW",
+            "epochs_started": at["epoch"] + 1, "examples_per_epoch": len(rows),
+            "optimizer": OPTIMIZER_LABELS[args.optimizer],
             "learning_rate": args.lr, "schedule": "linear warm-up 5%, cosine to 10%",
             "precision": precision_label(args.precision, device), "wall_seconds": round(at["wall_seconds"], 1),
             "loss_curve": at["curve"], "encoder_watch": at.get("watch", [])}
@@ -393,7 +420,7 @@ def lm_adaptation(build: Build, span_dir: str, corpus: str) -> dict | None:
         return None
     return {
         "objective": "prefix_lm", "steps": result.global_step, "batch_size": args.batch_size,
-        "optimizer": "Adafactor (Trainer), constant 1e-3", "precision": precision_label(args.precision, device),
+        "optimizer": "Adafactor (T5's, updates scaled by parameter RMS), constant 1e-3", "precision": precision_label(args.precision, device),
         "wall_seconds": build.phase_wall("lm_adaptation"), "training_loss": result.training_loss,
         "loss_curve": [{"step": h["step"], "loss": h["loss"], "tokens": h.get("num_input_tokens_seen")}
                        for h in result.log_history if "loss" in h],
@@ -422,7 +449,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"build a shape whose two shipped checkpoints exceed {build_plan.SHIPPED_CAP_BYTES // 10**6} MB")
     # AdamW peak lr. 2e-3 (the first build) grew a residual-stream outlier direction by step 500 (norm ~1,300,
     # effective rank 2, encoder unused); 5e-4 kept norm ~40 and rank ~100 at the same step (measured).
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adamw",
+                        help="pretraining optimizer: adafactor is T5's (updates relative to each parameter's "
+                        "scale); adamw is the v2 build's (default)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 with adamw, 1e-2 with "
+                        "adafactor, T5's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log_every", type=int, default=50)
     parser.add_argument("--save_every", type=int, default=500,
@@ -452,7 +483,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast only where the device has bf16 units (softprompt_ext.precision); "
                         "bf16 reproduces the shipped build's record exactly")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -336,3 +336,39 @@ def test_the_encoder_watch_stops_a_collapsing_build_early_and_changes_no_weight(
 def test_min_rank_without_a_watch_is_refused():
     with pytest.raises(ValueError, match=r"--min_rank=10.0 needs --watch_every N > 0"):
         bem.main([*TINY, "--corpus", "unused", "--watch_every", "0", "--min_rank", "10", "--plan"])
+
+
+@pytest.mark.parametrize("name, lowest, highest", [("adafactor", 0.3, 3.0), ("adamw", 0.0, 0.2)])
+def test_adafactor_moves_the_unit_scale_table_as_far_as_the_layers_relative_to_their_size(name, lowest, highest):
+    """`--optimizer adafactor` (T5's) steps relative to each parameter's RMS, so after one step the tied table
+    (N(0, 1), also the output layer) changed by about the same fraction of its size as a layer matrix did
+    (~d_model^-0.5 scale); AdamW's absolute steps move it ~1/sqrt(d_model) as far."""
+    shape = {"d_model": 32, "d_kv": 16, "d_ff": 48, "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2}
+    model = bem.build_model(shape, 64, seed=0)
+    optimizer = bem.make_optimizer(model, name, 1e-2)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 64, (8, 12), generator=generator)
+    labels = torch.randint(3, 64, (8, 6), generator=generator)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(input_ids=ids, labels=labels).loss.backward()
+    optimizer.step()
+    params = dict(model.named_parameters())
+
+    def moved(name: str, rows: torch.Tensor | None = None) -> float:
+        old, new = before[name], params[name].detach()
+        if rows is not None:
+            old, new = old[rows], new[rows]
+        return float((new - old).pow(2).mean().sqrt() / old.pow(2).mean().sqrt())
+
+    used = torch.unique(torch.cat([ids.flatten(), labels.flatten()]))  # rows without a gradient stay put
+    table = moved("shared.weight", used)
+    layers = [moved(n) for n in params if n.endswith((".q.weight", ".wi_0.weight", ".wo.weight"))]
+    ratio = table / (sum(layers) / len(layers))
+    assert lowest < ratio < highest, (name, table, layers)
+
+
+def test_the_optimizer_is_recorded_and_its_default_learning_rate_is_t5s():
+    args = bem.parse_args(["--optimizer", "adafactor"])
+    assert (args.optimizer, args.lr) == ("adafactor", 1e-2)
+    assert bem.parse_args([]).lr == 5e-4 and bem.parse_args(["--optimizer", "adafactor", "--lr", "3e-3"]).lr == 3e-3
+    assert "optimizer" in bem.FINGERPRINT_FLAGS  # a --resume with another optimizer is refused

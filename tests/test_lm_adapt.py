@@ -276,3 +276,28 @@ def test_cli_adapts_from_jsonl(source, tmp_path):
         record = json.load(handle)["lm_adaptation"]
     assert (record["steps"], record["input_length"], record["target_length"], record["data"]) == (3, 12, 8, ["rows.jsonl"])
     assert not checkpoints.is_span_corruption_only(out)
+
+
+def test_the_trainer_builds_t5s_parameter_scaled_adafactor(source, tmp_path):
+    """`t5_adafactor` reaches the Trainer through `optimizer_cls_and_kwargs` (Transformers' own optim=adafactor
+    sets scale_parameter=False); the flag off, or another optim, leaves the Trainer's choice."""
+    from transformers import Trainer
+    from transformers.optimization import Adafactor
+
+    from softprompt_ext.training.lm_adapt import LMAdaptTrainingArguments, t5_adafactor
+
+    def built(**overrides):
+        args = LMAdaptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **overrides)
+        trainer = Trainer(model=AutoModelForSeq2SeqLM.from_pretrained(source), args=args,
+                          optimizer_cls_and_kwargs=t5_adafactor(args))
+        return trainer.create_optimizer()
+
+    default = built()
+    assert isinstance(default, Adafactor)
+    assert {g["scale_parameter"] for g in default.param_groups} == {True}
+    assert {g["relative_step"] for g in default.param_groups} == {False}
+    assert {g["lr"] for g in default.param_groups} == {1e-3}
+    unscaled = built(adafactor_scale_parameter=False)
+    assert isinstance(unscaled, Adafactor) and {g["scale_parameter"] for g in unscaled.param_groups} == {False}
+    assert not isinstance(built(optim="adamw_torch"), Adafactor)
+    assert t5_adafactor(LMAdaptTrainingArguments(output_dir=str(tmp_path), optim="adamw_torch")) is None

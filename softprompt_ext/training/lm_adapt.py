@@ -13,6 +13,12 @@ Design decisions
 * Trainer trains, so every Trainer flag works (`--per_device_train_batch_size`, `--bf16`, `--save_steps`, ...),
   and resuming, `accelerate launch`, progress bars and loss logging come with it.
 * Defaults follow the paper and T5: 100K steps (section 3.3), Adafactor at a constant 1e-3, 512 tokens each side.
+* The Adafactor is T5's: each update is scaled by the parameter's RMS (Mesh TensorFlow's
+  `multiply_by_parameter_scale=True`, `--adafactor_scale_parameter`, default on). Transformers' own
+  `optim="adafactor"` turns that scaling off, which makes 1e-3 an absolute step: ~2% of a d_model^-0.5-scale
+  weight matrix's size every step, against ~0.1% of a unit-scale embedding's. With the flag on (and
+  `optim="adafactor"`), the Trainer gets T5's optimizer through `optimizer_cls_and_kwargs`, so FSDP,
+  DeepSpeed and resuming build it as they build their own.
 * Examples are built in `datasets.map` by `lm_objectives.LMObjective`, a pure function of (seed, document
   index), so a resumed run sees exactly the data an uninterrupted run would.
 * The model is loaded in float32 whatever the checkpoint's dtype (use `--bf16` for mixed precision).
@@ -109,6 +115,11 @@ class LMAdaptTrainingArguments(TrainingArguments):
     max_steps: int = field(default=100_000, metadata={"help": "Adaptation steps (paper section 3.3: 100K)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Constant Adafactor learning rate (T5 recipe)."})
     optim: OptimizerNames | str = field(default="adafactor", metadata={"help": "Optimizer (Trainer's names)."})
+    adafactor_scale_parameter: bool = field(
+        default=True,
+        metadata={"help": "With optim=adafactor: scale each update by the parameter's RMS, as T5's Adafactor does "
+                  "(Transformers' optim=adafactor alone does not)."},
+    )
     lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=100, metadata={"help": "Log the loss every N steps."})
     logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the first step too."})
@@ -207,6 +218,23 @@ def _read_record(directory: str | None, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def t5_adafactor(training_args: TrainingArguments) -> tuple[type, dict[str, Any]] | None:
+    """T5's Adafactor (updates scaled by parameter RMS) for `Trainer(optimizer_cls_and_kwargs=...)`, or None.
+
+    None leaves the Trainer's own choice: any `optim` other than adafactor, or
+    `adafactor_scale_parameter=False` (Transformers' Adafactor: absolute steps). The other settings are
+    Transformers' Adafactor defaults, which are T5's (decay -0.8, no momentum, update clipping 1).
+    """
+    if str(getattr(training_args.optim, "value", training_args.optim)) != "adafactor":
+        return None
+    if not getattr(training_args, "adafactor_scale_parameter", False):
+        return None
+    from transformers.optimization import Adafactor
+
+    return Adafactor, {"lr": training_args.learning_rate, "scale_parameter": True, "relative_step": False,
+                       "warmup_init": False}
+
+
 def run_lm_adaptation(
     args: LMAdaptArguments, training_args: TrainingArguments, callbacks: list[TrainerCallback] | None = None
 ) -> LMAdaptResult:
@@ -273,6 +301,7 @@ def run_lm_adaptation(
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train, data_collator=Seq2SeqCollator(pad_id),
         processing_class=tokenizer, callbacks=[_RecordAdaptation(key, record), *(callbacks or [])],
+        optimizer_cls_and_kwargs=t5_adafactor(training_args),
     )
     output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)  # model, config.json with the record, tokenizer
