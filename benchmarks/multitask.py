@@ -4,7 +4,7 @@ K = 4 or 8 (`--tasks`) binary tasks cut from the bundled WordNet supersense data
 rows are the rows with its two labels): K=4 animal/artifact, body/food, location/person, plant/substance; K=8
 adds animal/plant, artifact/substance, body/person, food/location (the data has 8 supersenses, so every label
 is in two of the 8 tasks; the tasks are still separate prompts and separate binary problems). On the
-embedded LM-adapted T5 (8.4M parameters). Each prompt: P=20, class-label init, seed = task index; the paper's
+embedded LM-adapted T5. Each prompt: P=20, class-label init, seed = task index; the paper's
 Adafactor (lr 0.3). Both sides see, for every task, the same `--steps` batches of `--per_task_batch` examples
 in the same order:
 

@@ -39,8 +39,8 @@ from softprompt_ext.tasks.supersense import (
 )
 from softprompt_ext.training.recipe import paper_optimizer
 
-# The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 4,096
-# rows (3,993 usable), so a pool of the 1,000 most common keeps a similar "common words" character.
+# The paper samples from the 5,000 most common of T5's 32,128 tokens (~15%); the embedded vocabulary has 8,192
+# rows (8,089 usable), so a pool of the 1,000 most common (~12%) keeps a similar "common words" character.
 SAMPLE_VOCAB_SIZE = 1000
 
 # task name -> (bundled directory, label words); "verb_supersense" is the held-out task (issue 21)

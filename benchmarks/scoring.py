@@ -6,10 +6,10 @@ candidates into B*C full rows, so the T5 encoder, or a causal LM's whole (prompt
 input. `softprompt_ext.inference.scoring.score_label_ids` runs the encoder / context once per input and only the
 labels per candidate. Both are measured side by side in one run:
 
-* T5: the embedded LM-adapted T5 (`load_embedded("lm_adapt")`, 8.4M parameters) with a P=20 SoftPromptConfig
+* T5: the embedded LM-adapted T5 (`load_embedded("lm_adapt")`) with a P=20 SoftPromptConfig
   prompt (class-label init, as `examples/supersense.py`), B real dev inputs of WordNet supersense, C=8 labels
   (`SUPERSENSE_LABELS` + EOS, as `rank_classify` scores T5 targets).
-* Decoder-only: a tiny random Llama (d_model 256, 4 layers, the embedded tokenizer's 4,096-token vocabulary)
+* Decoder-only: a tiny random Llama (d_model 256, 4 layers, the embedded tokenizer's vocabulary)
   with two prompts (P=20 and P=10) alternating over the batch (a mixed-task batch), the same inputs without
   EOS and the same 8 labels without EOS.
 
@@ -94,7 +94,7 @@ def build_t5(batch: int):
     eos = tokenizer.eos_token_id
     labels = [tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in SUPERSENSE_LABELS]
     info = {
-        "model": "embedded lm_adapt T5 (8.4M parameters)",
+        "model": "embedded lm_adapt T5",
         "prompt_lengths": [20],
         "adapters": ["default"],
     }

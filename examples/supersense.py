@@ -5,8 +5,8 @@
     python examples/supersense.py --precision bf16  # force bf16 autocast (default "auto": only with bf16 units)
     python examples/supersense.py --steps 2       # smoke run
 
-Everything is offline and shipped with the package: a tiny T5 (8.4M parameters) that was pretrained with span
-corruption and LM-adapted on WordNet text (`softprompt_ext.embedded`, built by
+Everything is offline and shipped with the package: a tiny T5 (9.4M parameters) that was pretrained with span
+corruption and LM-adapted on WordNet glosses and prose (`softprompt_ext.embedded`, built by
 `scripts/build_embedded_model.py`), and an 8-class task (a noun's lemmas and definition -> "animal", "plant",
 "food", ...). The recipe is the paper's (Lester et al. 2021, section 3): the model stays frozen, only P soft
 prompt vectors train, initialised from the class labels' embeddings (section 3.2), with Adafactor at a
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt_tuning_init="CLASS_LABELS",  # paper section 3.2: start from the label words' embeddings
         class_labels=list(SUPERSENSE_LABELS),
         tokenizer_name_or_path=embedded_model_path("lm_adapt"),
-        sample_vocab_size=1000,  # rows past the labels: the 1,000 most common of this 4,096-token vocabulary
+        sample_vocab_size=1000,  # rows past the labels: the 1,000 most common of this 8,192-token vocabulary
         init_seed=args.seed,
     )
     model = get_peft_model(base, config)

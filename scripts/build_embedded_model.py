@@ -374,7 +374,7 @@ def validate(args) -> None:
     """User errors: ValueError naming the flag, the value and the fix."""
     if args.vocab_size <= NUM_SENTINELS + 3:
         raise ValueError(f"--vocab_size={args.vocab_size}: it counts 3 special tokens and {NUM_SENTINELS} "
-                         f"sentinels too, so it must be > {NUM_SENTINELS + 3} (default 4096).")
+                         f"sentinels too, so it must be > {NUM_SENTINELS + 3} (default 8192).")
     if args.without_wordnet and not args.corpus:
         raise ValueError("--without_wordnet leaves no text to train on; pass --corpus DIR (a text_corpus.py output).")
     for name in ("pretrain_steps", "batch_size", "log_every"):
@@ -435,12 +435,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "whose paragraphs join the WordNet glosses")
     parser.add_argument("--without_wordnet", action="store_true",
                         help="train on --corpus alone; writes no task and no WordNet licence")
-    parser.add_argument("--pretrain_steps", type=int, default=3000)
+    parser.add_argument("--pretrain_steps", type=int, default=2000)
     parser.add_argument("--adapt_fraction", type=float, default=0.1)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--input_length", type=int, default=128)
     parser.add_argument("--target_length", type=int, default=32)
-    parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--tokenizer_lines", type=int, help="train the tokenizer on N evenly spaced lines only")
     build_plan.add_shape_flags(parser)
     parser.add_argument("--plan", action="store_true",
@@ -449,9 +449,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"build a shape whose two shipped checkpoints exceed {build_plan.SHIPPED_CAP_BYTES // 10**6} MB")
     # AdamW peak lr. 2e-3 (the first build) grew a residual-stream outlier direction by step 500 (norm ~1,300,
     # effective rank 2, encoder unused); 5e-4 kept norm ~40 and rank ~100 at the same step (measured).
-    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adamw",
-                        help="pretraining optimizer: adafactor is T5's (updates relative to each parameter's "
-                        "scale); adamw is the v2 build's (default)")
+    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adafactor",
+                        help="pretraining optimizer: adafactor (default) is T5's, each update relative to the "
+                        "parameter's scale; adamw is the v2 build's")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 with adamw, 1e-2 with "
                         "adafactor, T5's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -531,7 +531,14 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     state["fingerprint"] = fingerprint
     corpus = os.path.join(args.work_dir, "corpus.txt")  # LM adaptation reads the same lines from here
     atomic_write_text(corpus, text)
-    tokenizer, tokenizer_dir = load_or_train_tokenizer(lines, args, record)
+    if args.verify_steps:  # the shipped tokenizer: tokenizers' Unigram trainer is not bit-identical run to run
+        from transformers import AutoTokenizer
+
+        tokenizer_dir = os.path.join(EMBEDDED, "t5-wordnet-span")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        record["tokenizer"] = {"embedding_rows": build_plan.embedding_rows(len(tokenizer))}
+    else:
+        tokenizer, tokenizer_dir = load_or_train_tokenizer(lines, args, record)
     model = build_model(shape, record["tokenizer"]["embedding_rows"], args.seed)
     record["parameters"] = sum(p.numel() for p in model.parameters())
     span_dir = os.path.join(args.work_dir, "span")

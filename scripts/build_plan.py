@@ -4,7 +4,7 @@ Issue 21 caps the shipped checkpoints (span corruption + LM-adapted, fp16 safete
 shape is sized before anything trains: `scripts/build_embedded_model.py --plan` prints `plan(...)` and a build
 refuses a shape over the cap unless `--allow_large`. The parameter count comes from the model class itself,
 instantiated on the meta device (no memory, no init), so it is exact for every shape; the tied embedding table
-counts once, as safetensors stores it once (the shipped 8,396,544-parameter model is 16,804,320 bytes: 2 bytes a
+counts once, as safetensors stores it once (the shipped 9,445,120-parameter model is 18,901,472 bytes: 2 bytes a
 parameter plus an 11 kB header).
 """
 

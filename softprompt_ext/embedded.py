@@ -1,9 +1,10 @@
 """The embedded tiny LM-adapted T5 (offline, shipped in the wheel) and the default base model of the examples.
 
 Prompt tuning only means something on a pretrained model (Lester et al. 2021), and nothing may be downloaded
-in tests, examples or CI. `scripts/build_embedded_model.py` therefore builds a ~9M-parameter T5 1.1-style model
-on WordNet 3.0 text (span corruption, then LM adaptation with `softprompt_ext.training.lm_adapt`, paper section 3.3) and
-ships two checkpoints (8.4M parameters, ~17 MB each) in fp16 under `softprompt_ext/data/embedded/`:
+in tests, examples or CI. `scripts/build_embedded_model.py` therefore builds a T5 1.1-style model on WordNet 3.0
+glosses and permissively licensed prose (span corruption, then LM adaptation with
+`softprompt_ext.training.lm_adapt`, paper section 3.3) and ships two checkpoints (9.4M parameters, vocabulary
+8,192, ~19 MB each) in fp16 under `softprompt_ext/data/embedded/`:
 
 * `"lm_adapt"` - `t5-wordnet-lm-adapt`: span corruption + prefix-LM adaptation; the default base.
 * `"span"` - `t5-wordnet-span`: span corruption only (for the paper's Figure 3 "LM adaptation" ablation).

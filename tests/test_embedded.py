@@ -28,7 +28,7 @@ import wordnet_data  # noqa: E402
 
 # shape documented in the model card and softprompt_ext/embedded.py
 SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4,
-         "vocab_size": 4096, "feed_forward_proj": "gated-gelu",
+         "vocab_size": 8192, "feed_forward_proj": "gated-gelu",
          # transformers 5 always ties T5's embeddings: T5 1.0's tied convention, output scaled by d_model^-0.5
          "tie_word_embeddings": True, "scale_decoder_outputs": True}
 
@@ -57,9 +57,9 @@ def test_lm_adapted_loads_offline_with_t5_token_layout(lm_adapted):
     model, tokenizer = lm_adapted
     assert model.dtype == torch.float32 and not model.training
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
-    assert len(tokenizer) == 4096
-    assert tokenizer.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_99>"]) == [3996, 4095]
-    assert model.get_input_embeddings().weight.shape == (4096, 256)
+    assert len(tokenizer) == 8192
+    assert tokenizer.convert_tokens_to_ids(["<extra_id_0>", "<extra_id_99>"]) == [8092, 8191]
+    assert model.get_input_embeddings().weight.shape == (8192, 256)
     enc = tokenizer(["dog: a domesticated carnivorous mammal"], return_tensors="pt")
     assert enc["input_ids"][0, -1].item() == 1  # EOS appended, as T5 does
     out = model.generate(**enc, max_new_tokens=3, do_sample=False)  # [1, <=3]
@@ -92,18 +92,26 @@ def test_encoder_keeps_tokens_apart(kind):
     model, tokenizer = load_embedded(kind)
     stream = residual_stream(model, tokenizer, [r["text"] for r in read_supersense("dev")[:128]])
     embeddings, layers = stream[0], stream[1:]
-    assert all(layer["effective_rank"] >= 10 for layer in layers), stream  # first build: 1.4 to 1.9; now >= 16
+    assert all(layer["effective_rank"] >= 10 for layer in layers), stream  # first build: 1.4 to 1.9; v2 >= 16; v3 >= 21
     assert all(layer["norm"] <= 20 * embeddings["norm"] for layer in layers), stream  # first build: 7,800x; now <= 8x
 
 
-def test_span_checkpoint_reads_its_input():
-    """Span corruption: the masked spans are predicted better from the example's own input than a neighbour's."""
+@pytest.mark.parametrize("kind, objective", [("span", "span_corruption"), ("lm_adapt", "prefix_lm")])
+def test_both_checkpoints_read_their_input(kind, objective):
+    """Each checkpoint's own objective is predicted better from the example's own input than a neighbour's.
+
+    The issue-21 failure this pins: the first v3 attempt's LM-adapted decoder ignored its encoder (6.605 vs
+    6.608), and v2's barely read it (5.824 vs 5.884), so no prompt could steer them. The shipped v3 build
+    (Adafactor, T5's parameter-scaled LM adaptation): span 5.760 vs 5.887, LM-adapted 5.932 vs 6.073. The gap
+    alone is no collapse test (the collapsed first build's span checkpoint had 0.43); the rank and norm test
+    above is. v2's span checkpoint, trained on glosses only, had 0.70 on these glosses; v3's prose-trained
+    decoder predicts more of a masked gloss span from its own prefix."""
     sys.path.insert(0, REPO)
     from benchmarks.encoder_use import input_dependence
 
-    model, tokenizer = load_embedded("span")
-    losses = input_dependence(model, tokenizer, [r["text"] for r in read_supersense("dev")[:64]], "span_corruption")
-    assert losses["shuffled_input_loss"] - losses["own_input_loss"] > 0.2, losses
+    model, tokenizer = load_embedded(kind)
+    losses = input_dependence(model, tokenizer, [r["text"] for r in read_supersense("dev")[:64]], objective)
+    assert losses["shuffled_input_loss"] - losses["own_input_loss"] > 0.1, losses
 
 
 def test_span_checkpoint_is_detected_as_span_corruption():
@@ -247,17 +255,19 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
         after = dev_loss()
     finally:
         torch.set_num_threads(previous)
-    assert before > 6.0, before  # the label words start unlikely (8 classes among 4,096 tokens)
+    assert before > 6.0, before  # the label words start unlikely (8 classes among 8,192 tokens)
     assert after < 0.92 * before, (before, after)
 
 
 def test_default_config_works_on_the_embedded_model(lm_adapted):
-    """`SoftPromptConfig(task_type=..., num_virtual_tokens=...)` and nothing else: the paper's 5,000-token pool is
-    larger than this 4,096-row vocabulary, so the initialiser warns and samples all of it (before: ValueError)."""
+    """`SoftPromptConfig(task_type=..., num_virtual_tokens=...)` and nothing else: the paper's 5,000-token pool fits
+    this 8,192-row vocabulary, so the default SAMPLE_VOCAB init samples from it without a warning (the v2 model's
+    4,096 rows made the initialiser warn and sample all of them)."""
     from peft import get_peft_model
 
     model, _ = load_embedded("lm_adapt")
-    with pytest.warns(UserWarning, match=r"sampling from all \d+, as the official implementation does"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*sampling from all")
         peft_model = get_peft_model(model, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=20))
     assert peft_model.get_nb_trainable_parameters()[0] == 20 * 256
 
