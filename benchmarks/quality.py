@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         summary = summarise(runs, args.seeds, args.task)
         with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
+            json.dump({"command": "python benchmarks/quality.py " + shlex.join(argv or sys.argv[1:]),
                        "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
                                     "only": args.only, "embedded_model": embedded_identity()},
                        "wall_seconds": round(time.time() - started, 1), "summary": summary,
