@@ -23,7 +23,7 @@ recipe at CPU scale, every step seeded:
    checkpoint sizes and tokens per step, and a shape whose two shipped fp16 checkpoints exceed 60 MB is refused
    without `--allow_large`) on span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans
    of 3), `--precision` through `softprompt_ext.precision` (default auto: bf16 autocast where the device has
-   bf16 units, else fp32; the shipped build ran bf16) on `--device` (auto: CUDA when available), `--optimizer`
+   bf16 units, else fp32; the shipped build ran fp32) on `--device` (auto: CUDA when available), `--optimizer`
    (adafactor: T5's, each update relative to the parameter's RMS, peak 1e-2; adamw: the v2 build's, 5e-4) with
    warm-up and cosine decay, a fixed step budget; documents get fresh noise each epoch. Transformers 5.x's T5
    class always ties input and output embeddings, so the model follows T5 1.0's tied convention (unit-scale
@@ -62,6 +62,7 @@ import time
 import torch
 
 from softprompt_ext.adapters.atomic import atomic_write_text
+from softprompt_ext.embedded import CHECKPOINTS
 from softprompt_ext.precision import PRECISIONS, autocast, resolve_precision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -109,14 +110,17 @@ def make_optimizer(model, name: str, lr: float) -> torch.optim.Optimizer:
     adafactor (T5's pretraining optimizer, Raffel et al. 2020 section 3.1.2): Mesh TensorFlow's defaults,
     `multiply_by_parameter_scale=True`, so each update is relative to the parameter's RMS. The tied table is
     drawn at unit scale while the layer matrices sit at ~d_model^-0.5, so one global step size suits both
-    only when it is relative. adamw (the first builds): its per-entry step is absolute, so at 5e-4 the unit-scale
-    table, which is also the output layer, moves ~50x slower, relative to its size, than the layers do.
+    only when it is relative. adamw (the first builds): its per-entry step is absolute, so the unit-scale table,
+    which is also the output layer, moves ~sqrt(d_model) times slower, relative to its size, than the layers do
+    (measured in tests/test_build_embedded.py). The Adafactor settings are `lm_adapt.T5_ADAFACTOR_KWARGS`, the
+    ones LM adaptation uses.
     """
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(model.parameters(), lr=lr, scale_parameter=True, relative_step=False, warmup_init=False,
-                         decay_rate=-0.8, beta1=None, clip_threshold=1.0, weight_decay=0.0)
+        from softprompt_ext.training.lm_adapt import T5_ADAFACTOR_KWARGS
+
+        return Adafactor(model.parameters(), lr=lr, weight_decay=0.0, **T5_ADAFACTOR_KWARGS)
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
 
 
@@ -315,7 +319,7 @@ def health(export_dir: str) -> dict:
     threads = torch.get_num_threads()
     try:
         return {kind: encoder_use.main(kind, os.path.join(export_dir, folder))
-                for kind, folder in (("lm_adapt", "t5-wordnet-lm-adapt"), ("span", "t5-wordnet-span"))}
+                for kind, folder in CHECKPOINTS.items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -447,8 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="print parameters, fp16/int8 checkpoint sizes and tokens per step, then exit")
     parser.add_argument("--allow_large", action="store_true",
                         help=f"build a shape whose two shipped checkpoints exceed {build_plan.SHIPPED_CAP_BYTES // 10**6} MB")
-    # AdamW peak lr. 2e-3 (the first build) grew a residual-stream outlier direction by step 500 (norm ~1,300,
-    # effective rank 2, encoder unused); 5e-4 kept norm ~40 and rank ~100 at the same step (measured).
+    # AdamW peak lr: 2e-3 (the first build) grew a residual-stream outlier direction by step 500 (norm ~1,300,
+    # effective rank 2, encoder unused); 5e-4 kept norm ~40 and rank ~100 at the same step (measured). Adafactor:
+    # T5's 1e-2 (the shipped v3: lowest encoder layer rank 21.1 and norm <= 3.9x the embeddings' at step 2,000).
     parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adafactor",
                         help="pretraining optimizer: adafactor (default) is T5's, each update relative to the "
                         "parameter's scale; adamw is the v2 build's")
@@ -482,7 +487,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="auto: CUDA when torch sees a GPU, else the CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto: bf16 autocast only where the device has bf16 units (softprompt_ext.precision); "
-                        "bf16 reproduces the shipped build's record exactly")
+                        "the shipped build ran fp32 (its record names the precision); --verify_steps compares best in the same one")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
@@ -534,7 +539,7 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     if args.verify_steps:  # the shipped tokenizer: tokenizers' Unigram trainer is not bit-identical run to run
         from transformers import AutoTokenizer
 
-        tokenizer_dir = os.path.join(EMBEDDED, "t5-wordnet-span")
+        tokenizer_dir = os.path.join(EMBEDDED, CHECKPOINTS["span"])
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         record["tokenizer"] = {"embedding_rows": build_plan.embedding_rows(len(tokenizer))}
     else:
@@ -575,9 +580,9 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     record.update(pretraining=state["pretraining"], lm_adaptation=state["lm_adaptation"], segments=state["segments"],
                   total_wall_seconds=state["wall_seconds"])
 
-    export(os.path.join(args.work_dir, "lm_adapt"), os.path.join(args.export_dir, "t5-wordnet-lm-adapt"),
+    export(os.path.join(args.work_dir, "lm_adapt"), os.path.join(args.export_dir, CHECKPOINTS["lm_adapt"]),
            tokenizer_dir)
-    export(span_dir, os.path.join(args.export_dir, "t5-wordnet-span"), tokenizer_dir)
+    export(span_dir, os.path.join(args.export_dir, CHECKPOINTS["span"]), tokenizer_dir)
     if not args.without_wordnet:
         write_licence(args.export_dir)
     if not args.no_health:

@@ -218,6 +218,13 @@ def _read_record(directory: str | None, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+# T5's Adafactor (Mesh TensorFlow defaults: multiply_by_parameter_scale=True, decay -0.8, no momentum, update
+# clipping 1) in Transformers' names; the external learning rate is used as is. The embedded build's
+# pretraining uses the same (scripts/build_embedded_model.py --optimizer adafactor).
+T5_ADAFACTOR_KWARGS: dict[str, Any] = {"scale_parameter": True, "relative_step": False, "warmup_init": False,
+                                       "decay_rate": -0.8, "beta1": None, "clip_threshold": 1.0}
+
+
 def t5_adafactor(training_args: TrainingArguments) -> tuple[type, dict[str, Any]] | None:
     """T5's Adafactor (updates scaled by parameter RMS) for `Trainer(optimizer_cls_and_kwargs=...)`, or None.
 
@@ -231,8 +238,7 @@ def t5_adafactor(training_args: TrainingArguments) -> tuple[type, dict[str, Any]
         return None
     from transformers.optimization import Adafactor
 
-    return Adafactor, {"lr": training_args.learning_rate, "scale_parameter": True, "relative_step": False,
-                       "warmup_init": False}
+    return Adafactor, {"lr": training_args.learning_rate, **T5_ADAFACTOR_KWARGS}
 
 
 def run_lm_adaptation(
