@@ -17,7 +17,8 @@ run trains a fixed number of steps, keeps the prompt best on dev and reports tes
 greedy generation, the paper's metric; first-label-token rank classification too) and time-to-accuracy
 (training seconds and steps until dev accuracy first reaches a threshold).
 Runs are independent processes' work (`--workers`), one torch thread each: on 2 shared cores one thread per
-process was ~3x faster per step than two. `--resume` skips runs already in the JSON file.
+process was ~3x faster per step than two. `--resume` skips runs already in the JSON file, and refuses one whose
+runs were made with other settings (steps, learning rates, precision as resolved on this machine, embedded build).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import time
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.quality_runs import RunSpec, embedded_identity, run  # noqa: E402
+from softprompt_ext.adapters.atomic import atomic_write_text  # noqa: E402
+from softprompt_ext.precision import resolve_precision  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -188,6 +191,27 @@ def plot(runs: dict[str, dict], summary: dict, seeds: list[int], stem: str = "qu
     return paths
 
 
+# settings that change what a run measures: a --resume that differs in one of them would mix two experiments
+RESUME_FIELDS = ("steps", "batch_size", "eval_every", "dev_size", "model_lr", "lora_lr")
+
+
+def resume_conflicts(existing: dict, kwargs: dict, identity: dict) -> list[str]:
+    """Why the runs in `existing` (a quality JSON) cannot be pooled with new runs made with `kwargs` on the
+    embedded build `identity`; empty when they can. Precision is compared as resolved ("auto" is bf16 on a CPU
+    with bf16 units and fp32 elsewhere), against the precision each stored run records."""
+    stored = existing.get("settings", {})
+    problems = [f"--{field} {kwargs[field]} (the file's runs used {stored[field]})"
+                for field in RESUME_FIELDS if field in stored and stored[field] != kwargs[field]]
+    resolved = resolve_precision(kwargs["precision"], "cpu")
+    used = sorted({r["precision"] for r in existing.get("runs", []) if "precision" in r} - {resolved})
+    if used:
+        problems.append(f"--precision {kwargs['precision']} runs {resolved} on this machine (the file's runs "
+                        f"used {', '.join(used)}; pass --precision {used[0]})")
+    if stored.get("embedded_model") not in (None, identity):
+        problems.append(f"the embedded model is {identity} (the file's runs used {stored['embedded_model']})")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps per run")
@@ -221,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
               "dev_size": args.dev_size, "model_lr": args.model_lr, "lora_lr": args.lora_lr,
               "precision": args.precision}
     runs: dict[str, dict] = {}
+    commands: list[str] = []  # every invocation that added runs to --out, oldest first
     if os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:
             existing = json.load(handle)
@@ -228,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         if stored != args.task:
             parser.error(f"--task {args.task}, but {args.out} holds task {stored!r} runs; pass --task {stored} "
                          "or another --out")
+        if args.resume and (conflicts := resume_conflicts(existing, kwargs, embedded_identity())):
+            parser.error(f"--resume: {args.out} holds runs made differently: {'; '.join(conflicts)}. Pass the "
+                         "file's settings, or write to another --out")
         if args.resume or args.report_only:
             runs = {r["key"]: r for r in existing["runs"]}
+            commands = existing.get("commands", [existing["command"]] if "command" in existing else [])
     elif args.report_only:
         parser.error(f"--report_only: {args.out} does not exist; run the benchmark first or pass --out")
     chosen = [(label, spec) for name in args.panels for label, spec in panels(args.task)[name]]
@@ -248,14 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [] if args.report_only else [spec for spec in jobs if spec.key not in runs]
     started = time.time()
 
-    def save() -> None:
+    command = "python benchmarks/quality.py " + shlex.join(argv or sys.argv[1:])
+    if jobs:
+        commands.append(command)
+
+    def save() -> None:  # atomic: a run killed mid-write leaves the previous file, every finished run intact
         summary = summarise(runs, args.seeds, args.task)
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump({"command": "python benchmarks/quality.py " + shlex.join(argv or sys.argv[1:]),
-                       "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
-                                    "only": args.only, "embedded_model": embedded_identity()},
-                       "wall_seconds": round(time.time() - started, 1), "summary": summary,
-                       "runs": list(runs.values())}, handle, indent=1)
+        atomic_write_text(args.out, json.dumps(
+            {"command": command, "commands": commands,
+             "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
+                          "only": args.only, "embedded_model": embedded_identity()},
+             "wall_seconds": round(time.time() - started, 1), "summary": summary,
+             "runs": list(runs.values())}, indent=1))
 
     if jobs:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -265,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     summary = summarise(runs, args.seeds, args.task)
     stem = os.path.splitext(os.path.basename(args.out))[0]  # quality.json -> quality_table.md, quality_*.png
-    with open(os.path.join(RESULTS, f"{stem}_table.md"), "w", encoding="utf-8") as handle:
-        handle.write(table(summary))
+    atomic_write_text(os.path.join(RESULTS, f"{stem}_table.md"), table(summary))
     for path in plot(runs, summary, args.seeds, stem, args.task):
         print("wrote", path)
     print(f"{len(jobs)} runs in {time.time() - started:.0f} s; results in {args.out}")

@@ -133,3 +133,45 @@ class _InlinePool:
                    "valid_label_rate": 1.0, "trainable_parameters": 1, "train_seconds": 1.0, "steps": 1,
                    "test_label_token_accuracy": 0.5, "dev_curve": [{"step": 1, "dev_accuracy": 0.5, "seconds": 1.0,
                                                                     "train_loss": 1.0}]}
+
+
+def _stored(tmp_path, **settings):
+    """A quality JSON as an earlier invocation left it: one fp32 run of 800 steps on the shipped model."""
+    from benchmarks.quality_runs import embedded_identity
+
+    stored = {"steps": 800, "batch_size": 16, "eval_every": 100, "dev_size": 96, "model_lr": 3e-4, "lora_lr": 1e-3,
+              "precision": "auto", "task": "supersense", "embedded_model": embedded_identity(), **settings}
+    out = tmp_path / "q.json"
+    out.write_text(json.dumps({"command": "python benchmarks/quality.py --steps 800", "settings": stored,
+                               "runs": [{"key": "prompt/CLASS_LABELS/P20/lm_adapt/s0", "precision": "fp32"}]}))
+    return out
+
+
+def test_resume_refuses_to_pool_runs_made_with_other_settings(tmp_path, capsys):
+    from benchmarks import quality
+
+    out = _stored(tmp_path)
+    flags = ["--eval_every", "100", "--seeds", "0", "1", "--out", str(out), "--resume", "--precision", "fp32"]
+    with pytest.raises(SystemExit):
+        quality.main(["--steps", "200", *flags])
+    assert "--steps 200 (the file's runs used 800)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--steps", "800", *flags[:-1], "bf16"])  # fp32 runs, bf16 asked for
+    assert "--precision bf16 runs bf16 on this machine (the file's runs used fp32; pass --precision fp32)" in (
+        capsys.readouterr().err)
+
+
+def test_resume_conflicts_compare_resolved_precision_and_the_embedded_build(tmp_path):
+    from benchmarks import quality
+    from benchmarks.quality_runs import embedded_identity
+    from softprompt_ext.precision import resolve_precision
+
+    existing = json.loads(_stored(tmp_path).read_text())
+    kwargs = {**existing["settings"], "precision": "auto"}
+    expected = [] if resolve_precision("auto", "cpu") == "fp32" else [
+        "--precision auto runs bf16 on this machine (the file's runs used fp32; pass --precision fp32)"]
+    assert quality.resume_conflicts(existing, kwargs, embedded_identity()) == expected
+    assert quality.resume_conflicts(existing, {**kwargs, "precision": "fp32"}, embedded_identity()) == []
+    other = {**embedded_identity(), "pretrain_steps": 1}
+    assert quality.resume_conflicts(existing, {**kwargs, "precision": "fp32"}, other) == [
+        f"the embedded model is {other} (the file's runs used {embedded_identity()})"]
