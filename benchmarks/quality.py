@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
               "precision": args.precision}
     runs: dict[str, dict] = {}
     commands: list[str] = []  # every invocation that added runs to --out, oldest first
+    identity = embedded_identity()  # read once: the resume check and every save record the same build
     if os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as handle:
             existing = json.load(handle)
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if stored != args.task:
             parser.error(f"--task {args.task}, but {args.out} holds task {stored!r} runs; pass --task {stored} "
                          "or another --out")
-        if args.resume and (conflicts := resume_conflicts(existing, kwargs, embedded_identity())):
+        if args.resume and (conflicts := resume_conflicts(existing, kwargs, identity)):
             parser.error(f"--resume: {args.out} holds runs made differently: {'; '.join(conflicts)}. Pass the "
                          "file's settings, or write to another --out")
         if args.resume or args.report_only:
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out, json.dumps(
             {"command": command, "commands": commands,
              "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
-                          "only": args.only, "embedded_model": embedded_identity()},
+                          "only": args.only, "embedded_model": identity},
              "wall_seconds": round(time.time() - started, 1), "summary": summary,
              "runs": list(runs.values())}, indent=1))
 
