@@ -41,6 +41,7 @@ __all__ = [
     "prompt_tuning_registry_entries",
     "set_prompt_tuning_registry_entries",
     "causal_generate_reinserts_prompt",
+    "generate_differs_from_forward",
     "encoder_prompt",
     "gather_params_ctx",
     "PromptEncoderBase",
@@ -285,12 +286,11 @@ def _caller_stacklevel() -> int:
 def causal_generate_reinserts_prompt() -> bool:
     """Whether this PEFT + transformers re-insert the prompt at every step of a causal LM's `generate`.
 
-    PEFT 0.21 with transformers >= 5.24 (measured by the PEFT-suite harness over 5.0-5.24):
-    `PeftModelForCausalLM.prepare_inputs_for_generation` looks for the cache under `past_key_values`, which
-    transformers 5.24 passes as `cache`, so every decoding step prepends the prompt
-    again and tokens after the first are wrong. Measured once per process on a 1-layer random GPT-2: the
-    scores of the second generated token are compared with a full forward pass (no cache) of the same
-    sequence. An installed PEFT that fixes the bug answers False, and the library's workaround switches off.
+    PEFT 0.21 with transformers >= 5.24: `PeftModelForCausalLM.prepare_inputs_for_generation` looks for the
+    cache under `past_key_values`, which transformers 5.24 passes as `cache`, so every decoding step prepends
+    the prompt again and tokens after the first are wrong (PEFT 0.22 reads the cache under either name).
+    Measured once per process on a 1-layer random GPT-2 (`generate_differs_from_forward`). An installed PEFT
+    that fixes the bug answers False, and the library's workaround switches off.
     """
     if getattr(_probing, "active", False):
         return False  # the probe itself builds a soft-prompt model
@@ -316,10 +316,21 @@ def _probe_causal_generate() -> bool:
         model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
     with torch.no_grad():
         prompt_weight(model, "default").copy_(torch.randn(3, 8, generator=generator) * 3)
-        ids = torch.tensor([[1, 2, 3]])
+    return generate_differs_from_forward(model, torch.tensor([[1, 2, 3]]))
+
+
+def generate_differs_from_forward(model: Any, ids: torch.Tensor) -> bool:
+    """Whether a causal prompt model's `generate` computed other logits for its 2nd token than a full forward.
+
+    `ids: [1, T]`. Two greedy steps with the raw logits returned (`output_logits=True`): the logits of the second
+    generated token `[1, V]` are compared with a forward pass (no cache) over the input plus the first generated
+    token. Raw logits, not `scores`: scores are the logits after the logits processors (`min_new_tokens` puts
+    -inf on EOS), so they never equal a plain forward.
+    """
+    with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
-                             min_new_tokens=2, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                             pad_token_id=15)
+                             min_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=model.config.pad_token_id)
         sequence = out.sequences[:, : ids.shape[1] + 1]  # input + first generated token
         full = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits[:, -1]  # [1, V]
-    return not torch.allclose(out.scores[1].float(), full.float(), atol=1e-4, rtol=1e-4)
+    return not torch.allclose(out.logits[1].float(), full.float(), atol=1e-4, rtol=1e-4)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import peft
 import pytest
 import torch
+from packaging.version import Version
 from peft import (
     LoraConfig,
     PeftConfig,
@@ -507,6 +508,50 @@ def test_causal_generate_reinserts_prompt_agrees_with_a_direct_check(make_model,
     """True exactly when PEFT's causal generate differs from greedy decoding of the same model (PEFT 0.21 with
     transformers 5: `prepare_inputs_for_generation` looks for `past_key_values`, generate passes `cache`)."""
     assert causal_generate_reinserts_prompt() is not _generate_matches_greedy_forward(make_model, arch)
+
+
+def _probe_model(make_model, arch: str):
+    torch.manual_seed(0)
+    model = get_peft_model(make_model(arch), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)).eval()
+    with torch.no_grad():
+        prompt_weight(model, "default").normal_(0, 3.0)  # a prompt that matters
+    return model
+
+
+def _blind_to_the_cache(model) -> None:
+    """Give `model` the bug of PEFT 0.21 under transformers >= 5.24: its `prepare_inputs_for_generation` does not
+    see the cache (transformers passes it under a name PEFT 0.21 does not read), so it prepends the prompt again
+    at every decoding step. PEFT's `generate` installs the model's `prepare_inputs_for_generation` on the base
+    model, so an instance attribute is what it calls."""
+    original = model.prepare_inputs_for_generation
+
+    def blind(*args, **kwargs):
+        names = [n for n in ("cache", "past_key_values") if kwargs.get(n) is not None]
+        hidden = {n: kwargs.pop(n) for n in names}
+        inputs = original(*args, **kwargs)
+        inputs.update(hidden)  # the base model still gets its cache, and the prompt on top of it
+        return inputs
+
+    model.prepare_inputs_for_generation = blind
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generate_differs_from_forward_is_true_with_the_bug_and_false_without(make_model, arch):
+    """The probe's check, on the same model with and without the re-inserted prompt. Before, it compared
+    `scores` (logits after the processors; `min_new_tokens` sets EOS to -inf) with raw logits, so it answered
+    True on every install."""
+    ids = torch.tensor([[5, 17, 23]])
+    model = _probe_model(make_model, arch)
+    assert pi.generate_differs_from_forward(model, ids) is causal_generate_reinserts_prompt()
+    _blind_to_the_cache(model)
+    assert pi.generate_differs_from_forward(model, ids) is True
+
+
+@pytest.mark.skipif(Version(peft.__version__) < Version("0.22"), reason="PEFT 0.21 has the bug under transformers >= 5.24")
+def test_peft_022_reads_the_cache_under_either_name_so_no_workaround(fresh_probe):
+    """PEFT 0.22's `prepare_inputs_for_generation` reads the cache under the name transformers uses: no warning,
+    and softprompt_ext.generate calls PEFT's generate."""
+    assert causal_generate_reinserts_prompt() is False
 
 
 def test_warn_if_causal_generate_is_broken_warns_once_per_process(monkeypatch):
