@@ -384,7 +384,10 @@ class SoftPromptConfig(PromptTuningConfig):
                 "with peft.PromptTuningConfig.from_pretrained, or start a new soft prompt from its weights with "
                 "SoftPromptConfig.continue_from(path)."
             )
-        return cls.from_parts(plain, record, **class_kwargs)
+        config = cls.from_parts(plain, record, **class_kwargs)
+        # as PEFT's from_pretrained (0.22+): a file without peft_version predates PEFT 0.18; not saved
+        config._peft_version_missing = "peft_version" not in plain
+        return config
 
     @classmethod
     def from_parts(cls, plain: dict[str, Any], record: dict[str, Any], **overrides: Any) -> SoftPromptConfig:

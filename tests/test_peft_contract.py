@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 import peft
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType, register_peft_method
@@ -19,10 +27,30 @@ from softprompt_ext import SoftPromptConfig, SoftPromptEmbedding
 from softprompt_ext.peft_internals import causal_generate_reinserts_prompt
 from softprompt_ext.registration import PromptTuningConfigLoader
 
+TESTED_PEFT_SERIES = ((0, 21), (0, 22))  # every series this file and the PEFT suite passed on (CONTRIBUTING.md)
+
+
+def _peft_requirement() -> Requirement:
+    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    return next(Requirement(d) for d in dependencies if Requirement(d).name == "peft")
+
 
 def test_supported_peft_version():
     major, minor = (int(x) for x in peft.__version__.split(".")[:2])
-    assert (major, minor) == (0, 21), "run this file on the new PEFT series, then widen pyproject.toml"
+    assert (major, minor) in TESTED_PEFT_SERIES, "run this file on the new PEFT series, then widen pyproject.toml"
+
+
+def test_pyproject_allows_exactly_the_tested_peft_series():
+    """The pin's bounds are the oldest tested release and the series after the newest tested one, so a user on the
+    newest tested PEFT is never downgraded and an untested series is never installed."""
+    specifier = _peft_requirement().specifier
+    oldest, newest = TESTED_PEFT_SERIES[0], TESTED_PEFT_SERIES[-1]
+    assert Version(f"{oldest[0]}.{oldest[1]}.0") in specifier
+    assert Version(f"{newest[0]}.{newest[1]}.99") in specifier
+    assert Version(f"{newest[0]}.{newest[1] + 1}.0") not in specifier
+    assert Version(f"{oldest[0]}.{oldest[1] - 1}.99") not in specifier
+    assert Version(peft.__version__) in specifier
 
 
 def test_new_peft_types_cannot_be_registered():
@@ -77,6 +105,24 @@ def test_from_pretrained_loads_config_through_registry(make_model, tmp_path):
     model = get_peft_model(second, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, num_transformer_submodules=1))
     model.load_adapter(str(tmp_path), adapter_name="other")
     assert isinstance(model.peft_config["other"], SoftPromptConfig)
+
+
+@pytest.mark.parametrize("saved_version", [True, False])
+def test_peft_version_missing_is_recorded_as_peft_records_it(make_model, tmp_path, saved_version):
+    """PEFT 0.22's `PeftConfig.from_pretrained` records whether the file had `peft_version` (a file without one
+    predates PEFT 0.18; LoRA reads it) in `_peft_version_missing`; `SoftPromptConfig.from_pretrained` does the same."""
+    get_peft_model(make_model("t5"), SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, sample_vocab_size=50)).save_pretrained(str(tmp_path))
+    path = tmp_path / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    if not saved_version:
+        saved.pop("peft_version")
+        path.write_text(json.dumps(saved))
+    ours = SoftPromptConfig.from_pretrained(str(tmp_path))
+    assert ours._peft_version_missing is (not saved_version)
+    assert "_peft_version_missing" not in ours.to_dict()
+    theirs = PromptTuningConfig.from_pretrained(str(tmp_path))
+    if Version(peft.__version__) >= Version("0.22"):
+        assert theirs._peft_version_missing is (not saved_version)
 
 
 def test_peft_refuses_trainable_prompt_adapters(make_model, tmp_path):
