@@ -30,6 +30,8 @@ def test_every_expectation_is_well_formed(entry):
     assert bool(entry.requires) == (entry.kind == "environment")
     if entry.transformers:
         SpecifierSet(entry.transformers)
+    if entry.peft_versions:
+        SpecifierSet(entry.peft_versions)
 
 
 def test_no_two_entries_claim_the_same_pattern():
@@ -53,9 +55,26 @@ def test_an_entry_limited_to_some_transformers_versions(monkeypatch):
     entry = expectations.Expectation(case="x.py::t", kind="upstream", variants=("peft",), peft="p", ours="o",
                                      why="w" * 41, link="l", transformers=">=5.3")
     monkeypatch.setattr(expectations, "EXPECTATIONS", (entry,))
-    assert matching("x.py::t", "peft", "5.24.0") == [entry]
-    assert matching("x.py::t", "peft", "5.0.0") == []
-    assert matching("x.py::t", "softprompt", "5.24.0") == []
+    assert matching("x.py::t", "peft", "5.24.0", "0.21.2") == [entry]
+    assert matching("x.py::t", "peft", "5.0.0", "0.21.2") == []
+    assert matching("x.py::t", "softprompt", "5.24.0", "0.21.2") == []
+
+
+def test_an_entry_limited_to_some_peft_versions(monkeypatch):
+    entry = expectations.Expectation(case="x.py::t", kind="upstream", variants=("peft",), peft="p", ours="o",
+                                     why="w" * 41, link="l", transformers=">=5.24", peft_versions="<0.22")
+    monkeypatch.setattr(expectations, "EXPECTATIONS", (entry,))
+    assert matching("x.py::t", "peft", "5.25.0", "0.21.2") == [entry]
+    assert matching("x.py::t", "peft", "5.25.0", "0.22.0") == []
+    assert matching("x.py::t", "peft", "5.23.0", "0.21.2") == []
+
+
+def test_the_harness_builds_every_model_id_peft_tests_load_under_both_names():
+    """PEFT 0.22's tests load the tiny Llama models under peft-internal-testing/ ids; 0.21's under trl-internal-testing/."""
+    from peft_suite.build_models import MODELS
+
+    for name in ("tiny-random-LlamaForCausalLM", "tiny-LlamaForSequenceClassification-3.2"):
+        assert MODELS[f"trl-internal-testing/{name}"] is MODELS[f"peft-internal-testing/{name}"]
 
 
 def test_contributing_shows_the_tables():

@@ -165,6 +165,7 @@ MODELS: dict[str, Callable[[], tuple[type, Any]]] = {
     "peft-internal-testing/tiny-random-GPT2LMHeadModel": _gpt2,
     "peft-internal-testing/tiny-random-GPTJForCausalLM": _gptj,
     "trl-internal-testing/tiny-random-LlamaForCausalLM": _llama,
+    "peft-internal-testing/tiny-random-LlamaForCausalLM": _llama,  # the same model's id in PEFT >= 0.22
     "peft-internal-testing/tiny-dummy-qwen2": _qwen2,
     "hf-internal-testing/tiny-random-Gemma3ForCausalLM": _gemma3,
     "hf-internal-testing/tiny-random-gpt2": _gpt2,
@@ -173,6 +174,7 @@ MODELS: dict[str, Callable[[], tuple[type, Any]]] = {
     "peft-internal-testing/tiny-random-BertForSequenceClassification": _bert,
     "peft-internal-testing/tiny-random-RobertaForSequenceClassification": _roberta,
     "trl-internal-testing/tiny-LlamaForSequenceClassification-3.2": _llama_seq_cls,
+    "peft-internal-testing/tiny-LlamaForSequenceClassification-3.2": _llama_seq_cls,  # its id in PEFT >= 0.22
 }
 # test_config.py loads this LoRA adapter config at revision "test" (never its weights)
 LORA_ADAPTERS = {"peft-internal-testing/tiny-opt-lora-revision": ("test", "hf-internal-testing/tiny-random-OPTForCausalLM")}

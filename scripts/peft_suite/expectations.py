@@ -69,6 +69,7 @@ class Expectation:
     why: str
     link: str = ""  # upstream issue / PR, or the code that shows it
     transformers: str = ""  # a version specifier (">=5.1"): applies only to those transformers versions
+    peft_versions: str = ""  # a version specifier ("<0.22"): applies only to those PEFT versions
     requires: str = ""  # kind "environment": "network" or a module name
 
 
@@ -145,6 +146,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         why=_GENERATE_CACHE_BUG,
         link=_GENERATE_CACHE_LINK,
         transformers=">=5.24",
+        peft_versions="<0.22",  # 0.22 reads the cache under the name transformers passes
     ),
     Expectation(
         case="test_decoder_models.py::TestDecoderModels::test_prompt_tuning_prepare_inputs_for_generation_4d_attention_mask",
@@ -188,14 +190,15 @@ def case_id(nodeid: str) -> str:
     return _KWARGS_INDEX.sub(r"\1", nodeid.replace("SoftPromptConfig", "PromptTuningConfig"))
 
 
-def applies(entry: Expectation, variant: str, transformers_version: str) -> bool:
-    if variant not in entry.variants:
-        return False
-    if entry.transformers:
-        from packaging.specifiers import SpecifierSet
+def _in(specifier: str, version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
 
-        return SpecifierSet(entry.transformers).contains(transformers_version, prereleases=True)
-    return True
+    return not specifier or SpecifierSet(specifier).contains(version, prereleases=True)
+
+
+def applies(entry: Expectation, variant: str, transformers_version: str, peft_version: str) -> bool:
+    return (variant in entry.variants and _in(entry.transformers, transformers_version)
+            and _in(entry.peft_versions, peft_version))
 
 
 def pattern_matches(pattern: str, case: str) -> bool:
@@ -203,5 +206,6 @@ def pattern_matches(pattern: str, case: str) -> bool:
     return re.fullmatch(regex, case) is not None
 
 
-def matching(case: str, variant: str, transformers_version: str) -> list[Expectation]:
-    return [e for e in EXPECTATIONS if applies(e, variant, transformers_version) and pattern_matches(e.case, case)]
+def matching(case: str, variant: str, transformers_version: str, peft_version: str) -> list[Expectation]:
+    return [e for e in EXPECTATIONS
+            if applies(e, variant, transformers_version, peft_version) and pattern_matches(e.case, case)]

@@ -120,11 +120,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             _add_mandatory_kwargs(item)
     if config.getoption("--peft-suite-no-expectations"):
         return
+    import peft
     import transformers
 
     variant = _STATE["variant"]
     for item in selected:
-        for entry in matching(case_id(item.nodeid), variant, transformers.__version__):
+        for entry in matching(case_id(item.nodeid), variant, transformers.__version__, peft.__version__):
             reason = f"[{entry.kind}] {entry.why}"
             if entry.kind == "environment":
                 if _missing(entry.requires):

@@ -4,6 +4,7 @@
     python scripts/peft_suite/run.py --variant softprompt # one variant
     python scripts/peft_suite/run.py -- -x -k generate    # extra pytest arguments after --
     python scripts/peft_suite/run.py --matrix             # oldest and newest PEFT/transformers pyproject allows
+    python scripts/peft_suite/run.py --newest             # the newest the registry has, ignoring our pin
     python scripts/peft_suite/run.py --table              # the intended-differences table (CONTRIBUTING.md)
 
 Steps (everything lands under the cache folder, default `.cache/peft_suite/`, gitignored):
@@ -38,8 +39,10 @@ REPO = os.path.dirname(SCRIPTS)
 DEFAULT_CACHE = os.path.join(REPO, ".cache", "peft_suite")
 TEST_FILES = ("test_encoder_decoder_models.py", "test_decoder_models.py", "test_seq_classifier.py", "test_config.py")
 VARIANTS = ("peft", "softprompt")
-# oldest and newest releases that pyproject.toml allows (peft>=0.21.0,<0.22; transformers>=5.0,<6)
-MATRIX = (("0.21.0", "5.0.0"), ("0.21.2", "5.24.0"))
+# oldest and newest releases that pyproject.toml allows (peft>=0.21.0,<0.23; transformers>=5.0,<6)
+MATRIX = (("0.21.0", "5.0.0"), ("0.22.0", "5.25.0"))
+# softprompt-ext's own pins of PEFT's behaviour, run in each matrix virtualenv before PEFT's suite
+CONTRACT_TESTS = ("tests/test_peft_contract.py", "tests/test_peft_internals.py")
 TORCH = "torch==2.13.0"  # the CPU build on this machine's disk (plain `torch` pulls a multi-GB CUDA build)
 
 
@@ -133,9 +136,7 @@ def summarize(data: dict) -> tuple[str, list[dict]]:
 
 def run_suite(args: argparse.Namespace, python: str = sys.executable, label: str = "") -> int:
     cache = os.path.abspath(args.cache_dir)
-    version = subprocess.run([python, "-c", "import peft, transformers; print(peft.__version__, transformers.__version__)"],
-                             check=True, capture_output=True, text=True).stdout.split()
-    peft_version, tf_version = version
+    peft_version, tf_version = installed_versions(python)
     src = fetch_sdist(peft_version, cache, python)
     hf_home = os.path.join(cache, "hf", f"transformers-{tf_version}")
     env = suite_env(hf_home)
@@ -156,31 +157,72 @@ def run_suite(args: argparse.Namespace, python: str = sys.executable, label: str
 
 
 # ---------------------------------------------------------------------------------------------- matrix
+def make_venv(venv: str, requirements: list[str], upgrade: list[str] = ()) -> bool:
+    """A fresh virtualenv with the CPU torch, this checkout (editable, `[test]`) and `requirements`; then
+    `upgrade` installed on top with `--upgrade`, which ignores this checkout's pins (pip warns, and keeps them)."""
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    steps = [[*pip, TORCH], [*pip, "-e", f"{REPO}[test]", *requirements]]
+    if upgrade:
+        steps.append([*pip, "--upgrade", *upgrade])
+    return all(subprocess.run(step).returncode == 0 for step in steps)
+
+
+def run_contract_tests(python: str, label: str) -> int:
+    """softprompt-ext's pins of PEFT's behaviour (`CONTRACT_TESTS`) with `python`; 0 when they pass."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CONTRACT_TESTS],
+                            cwd=REPO, env=env)
+    log(f"{label}: contract tests {'passed' if result.returncode == 0 else 'FAILED'}")
+    return 0 if result.returncode == 0 else 1
+
+
+def installed_versions(python: str) -> tuple[str, str]:
+    out = subprocess.run([python, "-c", "import peft, transformers; print(peft.__version__, transformers.__version__)"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return out[0], out[1]
+
+
 def run_matrix(args: argparse.Namespace) -> int:
-    """A throwaway virtualenv per (peft, transformers) pair; the suite runs in each."""
+    """A throwaway virtualenv per (peft, transformers) pair; the contract tests and the suite run in each."""
     cache = os.path.abspath(args.cache_dir)
     status = 0
     for peft_version, tf_version in MATRIX:
         label = f"[peft {peft_version} + transformers {tf_version}]"
         venv = os.path.join(cache, "venvs", f"peft-{peft_version}-transformers-{tf_version}")
-        python = os.path.join(venv, "bin", "python")
         start = time.monotonic()
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        installed = subprocess.run([*pip, TORCH]).returncode == 0 and subprocess.run(
-            [*pip, "-e", f"{REPO}[test]", f"peft=={peft_version}", f"transformers=={tf_version}"]).returncode == 0
-        install_s = time.monotonic() - start
-        if not installed:
-            log(f"{label}: cannot install ({install_s:.0f} s)")
+        if not make_venv(venv, [f"peft=={peft_version}", f"transformers=={tf_version}"]):
+            log(f"{label}: cannot install ({time.monotonic() - start:.0f} s)")
             status = 1
             continue
-        log(f"{label}: installed in {install_s:.0f} s")
-        result = run_suite(args, python=python, label=label)
+        log(f"{label}: installed in {time.monotonic() - start:.0f} s")
+        python = os.path.join(venv, "bin", "python")
+        result = run_contract_tests(python, label) | run_suite(args, python=python, label=label)
         log(f"{label}: {'ok' if result == 0 else 'FAILED'} in {time.monotonic() - start:.0f} s with the install")
         status |= result
         if not args.keep_venvs:
             shutil.rmtree(venv, ignore_errors=True)
+    return status
+
+
+def run_newest(args: argparse.Namespace) -> int:
+    """The newest peft and transformers the registry serves, whatever pyproject.toml allows: run before widening a
+    pin. Prints the versions, then what fails (contract tests, then PEFT's suite); exit 1 when anything does."""
+    venv = os.path.join(os.path.abspath(args.cache_dir), "venvs", "newest")
+    start = time.monotonic()
+    if not make_venv(venv, [], upgrade=["peft", "transformers"]):
+        log(f"[newest]: cannot install ({time.monotonic() - start:.0f} s)")
+        return 1
+    python = os.path.join(venv, "bin", "python")
+    peft_version, tf_version = installed_versions(python)
+    label = f"[newest: peft {peft_version} + transformers {tf_version}]"
+    log(f"{label}: installed in {time.monotonic() - start:.0f} s")
+    status = run_contract_tests(python, label) | run_suite(args, python=python, label=label)
+    log(f"{label}: {'nothing breaks' if status == 0 else 'FAILED (see above)'}")
+    if not args.keep_venvs:
+        shutil.rmtree(venv, ignore_errors=True)
     return status
 
 
@@ -196,12 +238,13 @@ def table() -> str:
     rows = ["| Case (PEFT's tests) | PEFT | softprompt-ext | Why |", "|---|---|---|---|"]
     rows += [f"| `{e.case}` | {cell(e.peft)} | {cell(e.ours)} | {cell(e.why)} |" for e in EXPECTATIONS if e.kind == "intended"]
     rows += ["", "Upstream bugs (they fail with PEFT's own class too) and what the harness cannot provide (skipped):", "",
-             "| Case (PEFT's tests) | Kind, variants, transformers | What happens | Why | Link |", "|---|---|---|---|---|"]
+             "| Case (PEFT's tests) | Kind, variants, versions | What happens | Why | Link |", "|---|---|---|---|---|"]
     for e in EXPECTATIONS:
         if e.kind != "intended":
             scope = f"{e.kind} ({e.requires}), " if e.requires else f"{e.kind}, "
             scope += "both" if len(e.variants) == 2 else e.variants[0]
             scope += f", transformers{e.transformers}" if e.transformers else ""
+            scope += f", peft{e.peft_versions}" if e.peft_versions else ""
             rows.append(f"| `{e.case}` | {scope} | {cell(e.peft)} | {cell(e.why)} | {cell(e.link or '-')} |")
     return "\n".join(rows)
 
@@ -217,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache_dir", default=os.environ.get("PEFT_SUITE_CACHE", DEFAULT_CACHE))
     parser.add_argument("--matrix", action="store_true", help="run in fresh virtualenvs for the oldest and newest versions")
     parser.add_argument("--matrix_only", choices=("oldest", "newest"), help="with --matrix: one combination")
-    parser.add_argument("--keep_venvs", action="store_true", help="with --matrix: keep the virtualenvs")
+    parser.add_argument("--newest", action="store_true",
+                        help="in a scratch virtualenv, the newest peft/transformers the registry has, ignoring the pin")
+    parser.add_argument("--keep_venvs", action="store_true", help="with --matrix/--newest: keep the virtualenvs")
     parser.add_argument("--table", action="store_true", help="print CONTRIBUTING.md's tables (from expectations.py) and exit")
     args = parser.parse_args(argv)
     args.variant = args.variant or list(VARIANTS)
@@ -225,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         print(table())
         return 0
+    if args.newest:
+        return run_newest(args)
     if args.matrix:
         global MATRIX
         if args.matrix_only:
