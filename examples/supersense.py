@@ -17,18 +17,24 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import random
 import tempfile
 import time
 
-import torch
-from peft import PeftModel, get_peft_model
+# Everything this job loads ships in the package, so it asks nothing of the Hub. Set before huggingface_hub is
+# imported (it reads the variable once): otherwise an import can still reach for the Hub on its own (bitsandbytes
+# looks up a CPU kernel on AVX512-BF16 machines, without a timeout). A user's own setting wins.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from softprompt_ext import SoftPromptConfig, generate_texts
-from softprompt_ext.embedded import embedded_model_path, load_embedded
-from softprompt_ext.precision import autocast, bf16_is_fast, resolve_precision
-from softprompt_ext.tasks.supersense import SUPERSENSE, SUPERSENSE_LABELS, read_supersense, supersense_batch
-from softprompt_ext.training.recipe import paper_optimizer
+import torch  # noqa: E402
+from peft import PeftModel, get_peft_model  # noqa: E402
+
+from softprompt_ext import SoftPromptConfig, generate_texts  # noqa: E402
+from softprompt_ext.embedded import embedded_model_path, load_embedded  # noqa: E402
+from softprompt_ext.precision import autocast, bf16_is_fast, resolve_precision  # noqa: E402
+from softprompt_ext.tasks.supersense import SUPERSENSE, SUPERSENSE_LABELS, read_supersense, supersense_batch  # noqa: E402
+from softprompt_ext.training.recipe import paper_optimizer  # noqa: E402
 
 
 def accuracy(predictions: list[str], rows: list[dict]) -> float:

@@ -100,7 +100,11 @@ def test_push_used_the_regular_commit_api_and_nothing_unknown(hub_run):
     requests = hub_run.hub.requests
     assert ("POST", f"/api/models/{ADAPTER_REPO}/preupload/main") in requests
     assert ("POST", f"/api/models/{ADAPTER_REPO}/commit/main") in requests
-    assert hub_run.hub.unhandled == []  # every request the client made is one the real Hub answers
+    # every request the client made is one the real Hub answers -- except bitsandbytes' own: importing it (PEFT
+    # 0.21 imports it at `import peft`) looks up a CPU kernel from the kernels-community organisation on CPUs with
+    # AVX512-BF16. That request is the third party's, made whatever softprompt-ext does; see docs/guides/hub.md.
+    ours = [r for r in hub_run.hub.unhandled if "kernels-community" not in str(r)]
+    assert ours == []
 
 
 def test_adapter_records_base_model_by_hub_id(hub_run):
