@@ -74,6 +74,7 @@ class PromptTuningConfigLoader(PromptTuningConfig):
         )
         if type(config) is PromptTuningConfig:
             config.__class__ = cls  # the registry's class, as from PeftConfig.from_pretrained (no fields added)
+        config._peft_version_missing = "peft_version" not in report.plain  # as PEFT 0.22's from_pretrained
         mark_weights_follow(config)
         return config
 

@@ -120,6 +120,8 @@ def test_peft_version_missing_is_recorded_as_peft_records_it(make_model, tmp_pat
     ours = SoftPromptConfig.from_pretrained(str(tmp_path))
     assert ours._peft_version_missing is (not saved_version)
     assert "_peft_version_missing" not in ours.to_dict()
+    through_peft = PeftModel.from_pretrained(make_model("t5"), str(tmp_path)).peft_config["default"]
+    assert through_peft._peft_version_missing is (not saved_version)
     theirs = PromptTuningConfig.from_pretrained(str(tmp_path))
     if Version(peft.__version__) >= Version("0.22"):
         assert theirs._peft_version_missing is (not saved_version)
