@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import get_peft_model
+from test_peft_internals import blind_to_the_cache
 
 from softprompt_ext import SoftPromptConfig, generate, generate_texts
+from softprompt_ext.inference import generate as generate_module
 from softprompt_ext.peft_internals import causal_generate_reinserts_prompt, prompt_weight
 
 STEPS = 6
@@ -35,8 +37,17 @@ def greedy_by_full_forwards(model, ids: torch.Tensor, steps: int) -> torch.Tenso
     return loop  # [B, T + steps]
 
 
+@pytest.fixture(params=["installed", "corrected"])
+def path(request, monkeypatch):
+    """Which causal path `generate` takes: the one the probe picks on this install, or the corrected one (the
+    mixed-batch path it takes where PEFT's generate re-inserts the prompt), so both run on every install."""
+    if request.param == "corrected":
+        monkeypatch.setattr(generate_module, "causal_generate_reinserts_prompt", lambda: True)
+    return request.param
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_causal_generate_equals_greedy_decoding(make_model, arch):
+def test_causal_generate_equals_greedy_decoding(make_model, arch, path):
     model = prompted(make_model, arch, "CAUSAL_LM")
     ids = torch.tensor([[5, 17, 23, 42, 8, 11], [7, 9, 30, 31, 12, 13]])
     expected = greedy_by_full_forwards(model, ids, STEPS)  # [2, 12]
@@ -48,17 +59,21 @@ def test_causal_generate_equals_greedy_decoding(make_model, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_the_upstream_bug_is_what_generate_corrects(make_model, arch):
-    # while PEFT's own generate is wrong here, the tokens differ from greedy decoding; once fixed, generate
-    # takes PEFT's path (causal_generate_reinserts_prompt() is False) and this test has nothing to compare
-    if not causal_generate_reinserts_prompt():
-        pytest.skip("the installed PEFT generates correctly; softprompt_ext.generate defers to it")
+def test_the_upstream_bug_is_what_generate_corrects(make_model, arch, monkeypatch):
+    """PEFT 0.21 under transformers >= 5.24 re-inserts the prompt at every step; where the installed PEFT is right,
+    the same bug is given to the model (`blind_to_the_cache`), so the corrected path is checked on every install."""
     model = prompted(make_model, arch, "CAUSAL_LM")
+    if not causal_generate_reinserts_prompt():
+        blind_to_the_cache(model)
+        monkeypatch.setattr(generate_module, "causal_generate_reinserts_prompt", lambda: True)
     ids = torch.tensor([[5, 17, 23, 42, 8, 11]])
+    expected = greedy_by_full_forwards(model, ids, STEPS)
     with torch.no_grad():
         theirs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=STEPS,
                                 min_new_tokens=STEPS, do_sample=False)
-    assert theirs.tolist() != greedy_by_full_forwards(model, ids, STEPS).tolist()
+        ours = generate(model, ids, torch.ones_like(ids), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+    assert theirs.tolist() != expected.tolist()
+    assert ours.tolist() == expected.tolist()
 
 
 def test_seq2seq_generate_is_peft_generate(make_model):
@@ -71,9 +86,8 @@ def test_seq2seq_generate_is_peft_generate(make_model):
     assert torch.equal(ours, theirs)
 
 
-def test_causal_generate_refuses_a_dict_output(make_model):
-    if not causal_generate_reinserts_prompt():
-        pytest.skip("the installed PEFT generates correctly; the dict output is PEFT's own")
+def test_corrected_causal_generate_refuses_a_dict_output(make_model, monkeypatch):
+    monkeypatch.setattr(generate_module, "causal_generate_reinserts_prompt", lambda: True)
     model = prompted(make_model, "llama", "CAUSAL_LM")
     ids = torch.tensor([[5, 17, 23]])
     with pytest.raises(ValueError, match=r"return_dict_in_generate=True is not supported on the corrected causal"):

@@ -518,7 +518,7 @@ def _probe_model(make_model, arch: str):
     return model
 
 
-def _blind_to_the_cache(model) -> None:
+def blind_to_the_cache(model) -> None:
     """Give `model` the bug of PEFT 0.21 under transformers >= 5.24: its `prepare_inputs_for_generation` does not
     see the cache (transformers passes it under a name PEFT 0.21 does not read), so it prepends the prompt again
     at every decoding step. PEFT's `generate` installs the model's `prepare_inputs_for_generation` on the base
@@ -543,7 +543,7 @@ def test_generate_differs_from_forward_is_true_with_the_bug_and_false_without(ma
     ids = torch.tensor([[5, 17, 23]])
     model = _probe_model(make_model, arch)
     assert pi.generate_differs_from_forward(model, ids) is causal_generate_reinserts_prompt()
-    _blind_to_the_cache(model)
+    blind_to_the_cache(model)
     assert pi.generate_differs_from_forward(model, ids) is True
 
 
