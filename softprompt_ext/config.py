@@ -33,6 +33,7 @@ from typing import Any
 from peft import PromptTuningConfig
 
 from .adapters.atomic import atomic_write_text, refresh_digest
+from .adapters.model_card import update_model_card
 from .peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, split_from_pretrained_kwargs
 from .version import __version__
 
@@ -326,8 +327,6 @@ class SoftPromptConfig(PromptTuningConfig):
         plain_text, record_text = self._saved_json(kwargs.pop("auto_mapping_dict", None))
         atomic_write_text(os.path.join(save_directory, CONFIG_NAME), plain_text)
         atomic_write_text(os.path.join(save_directory, RECORD_NAME), record_text)
-
-        from .adapters.model_card import update_model_card  # local import: model_card imports this module
 
         update_model_card(save_directory, self)
         # last: over an adapter saved by save_adapter_atomically, a save killed before this line leaves the old

@@ -31,6 +31,22 @@ def test_import_graph_has_no_cycles_and_no_upward_imports():
     assert import_graph.layer_violations(graph) == []
 
 
+def test_no_cycle_even_through_type_checking_imports():
+    assert import_graph.find_cycles(import_graph.build_graph(ROOT, type_checking=True)) == []
+
+
+def test_the_checker_sees_type_checking_imports_only_when_asked(tmp_path):
+    package = tmp_path / "softprompt_ext"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (package / "b.py").write_text("from . import a\n")
+    assert import_graph.find_cycles(import_graph.build_graph(tmp_path)) == []
+    assert import_graph.find_cycles(import_graph.build_graph(tmp_path, type_checking=True)) == [
+        ["softprompt_ext.a", "softprompt_ext.b"]
+    ]
+
+
 def test_the_checker_finds_a_cycle_and_an_upward_import():
     graph = {"softprompt_ext.a": {"softprompt_ext.b"}, "softprompt_ext.b": {"softprompt_ext.a"},
              "softprompt_ext.config": {"softprompt_ext.inference.scoring"}, "softprompt_ext.inference.scoring": set()}
