@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from softprompt_ext import AdapterError, SoftPromptConfig, adapter_info, load_for_training, validate_adapter
 from softprompt_ext.adapters.reader import MAX_JSON_BYTES, read_adapter_json, read_prompt
-from softprompt_ext.analysis.readout import load_prompt
+from softprompt_ext.prompt_tensor import load_prompt
 
 P, H = 4, 16
 
