@@ -6,7 +6,7 @@
     model = get_peft_model(base, SoftPromptConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=100))
 
 The public API is every name in `__all__`, imported from `softprompt_ext` itself (`from softprompt_ext import
-rank_classify`). The core (config, encoder, registration, checkpoints) is imported eagerly; the rest loads on
+rank_classify`). The core (config, encoder, registration, lm_adapted) is imported eagerly; the rest loads on
 first use, so `import softprompt_ext` (and the `softprompt` command) does not pull in the Trainer. Type
 checkers see the real objects through the `TYPE_CHECKING` imports below, which mirror the lazy table.
 """
@@ -16,14 +16,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .checkpoints import (
+from .config import SoftPromptConfig, SoftPromptInit
+from .encoder import SoftPromptEmbedding
+from .lm_adapted import (
     LM_ADAPTED,
     is_span_corruption_only,
     lm_adapted_counterpart,
     resolve_lm_adapted,
 )
-from .config import SoftPromptConfig, SoftPromptInit
-from .encoder import SoftPromptEmbedding
 from .registration import register
 from .version import __version__
 

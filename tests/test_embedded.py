@@ -11,8 +11,9 @@ import warnings
 import pytest
 import torch
 
-from softprompt_ext import SoftPromptConfig, checkpoints
+from softprompt_ext import SoftPromptConfig
 from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.lm_adapted import is_span_corruption_only
 from softprompt_ext.tasks.supersense import (
     NOUN_DIR,
     SUPERSENSE_LABELS,
@@ -73,7 +74,7 @@ def test_lm_adapted_config_records_adaptation_and_is_not_warned(lm_adapted):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
         record = json.load(handle)["lm_adaptation"]
     assert record["objective"] == "prefix_lm" and record["steps"] >= 1
-    assert not checkpoints.is_span_corruption_only(path)
+    assert not is_span_corruption_only(path)
     model, _ = lm_adapted
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -115,7 +116,7 @@ def test_both_checkpoints_read_their_input(kind, objective):
 
 
 def test_span_checkpoint_is_detected_as_span_corruption():
-    assert checkpoints.is_span_corruption_only(embedded_model_path("span"))
+    assert is_span_corruption_only(embedded_model_path("span"))
 
 
 def test_span_checkpoint_records_its_objective_and_no_adaptation():
