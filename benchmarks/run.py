@@ -34,7 +34,7 @@ from benchmarks import memory as mem  # noqa: E402
 from benchmarks import workloads as wl  # noqa: E402
 from benchmarks.profiling import profile  # noqa: E402
 from benchmarks.timing import paired_ratio, run_interleaved  # noqa: E402
-from softprompt_ext.training.fast_path import fuse_gelu  # noqa: E402
+from softprompt_ext.training.step_savings import fuse_gelu  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

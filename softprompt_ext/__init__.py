@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from .tasks.base import ClassificationTask, Task, tokenize_for_seq2seq
     from .tasks.registry import get_task, list_tasks, make_compute_metrics
     from .tasks.transfer import get_transfer
-    from .training.fast_path import causal_lm_target_loss, fuse_gelu
     from .training.mixing import equal_steps, mix_tasks, mixing_rates
     from .training.multitask import (
         MultiTaskCollator,
@@ -71,6 +70,7 @@ if TYPE_CHECKING:
         load_for_training,
         paper_optimizer,
     )
+    from .training.step_savings import causal_lm_target_loss, fuse_gelu
 
 # public name -> the module (below this package) that defines it; keep in step with the imports above
 _LAZY = {
@@ -78,7 +78,7 @@ _LAZY = {
     "check_trainable_prompt": "training.recipe",
     "load_for_training": "training.recipe",
     "paper_optimizer": "training.recipe",
-    "causal_lm_target_loss": "training.fast_path",
+    "causal_lm_target_loss": "training.step_savings",
     "MultiTaskCollator": "training.multitask",
     "MultiTaskTrainer": "training.multitask",
     "build_multitask_model": "training.multitask",
@@ -89,7 +89,7 @@ _LAZY = {
     "mixing_rates": "training.mixing",
     "save_task_prompts": "training.multitask_save",
     "evaluate_per_task": "inference.per_task",
-    "fuse_gelu": "training.fast_path",
+    "fuse_gelu": "training.step_savings",
     "autocast": "precision",
     "bf16_autocast": "precision",
     "bf16_is_fast": "precision",

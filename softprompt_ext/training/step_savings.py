@@ -1,4 +1,4 @@
-"""The fast path for training a soft prompt: less work per step for the same (or a tolerably close) result.
+"""Training-step savings for a frozen model: less work per step for the same (or a tolerably close) result.
 
 Prompt tuning freezes the whole model (Lester et al. 2021, section 2), so a training step is a forward
 pass plus a backward pass that needs only input gradients, never weight gradients: about twice a
