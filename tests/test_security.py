@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import free_port
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
@@ -381,14 +382,6 @@ def run_hub_client(tmp_path, **env_changes) -> tuple[str, float]:
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     return lines[0], float(lines[-1].split()[1])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_hub_connection_refused_fails_fast_and_says_so(tmp_path):

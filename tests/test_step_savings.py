@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import prompt_grad, prompt_model
+from helpers import prompt_grad, prompt_model
 
 from softprompt_ext.training.step_savings import (
     TanhGELU,
