@@ -101,7 +101,7 @@ def check_task_held_out(task: str, record_path: str | None = None) -> None:
     if directory not in held:
         raise ValueError(f"task={task!r}: the embedded model's build_record.json holds out only {held} (field "
                          f"data.held_out_tasks), so it was pretrained on {directory}'s dev/test glosses; rebuild it "
-                         "with scripts/build_embedded_model.py, which holds out both tasks.")
+                         "with python -m scripts.embedded_build, which holds out both tasks.")
 
 
 def first_label_tokens(tokenizer, labels: tuple[str, ...]) -> list[int]:

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from scripts.embedded_build import wordnet as wordnet_data
 from softprompt_ext import SoftPromptConfig
 from softprompt_ext.embedded import embedded_model_path, load_embedded
 from softprompt_ext.lm_adapted import is_span_corruption_only
@@ -24,8 +25,6 @@ from softprompt_ext.tasks.supersense import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import wordnet_data  # noqa: E402
 
 # shape documented in the model card and softprompt_ext/embedded.py
 SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4,
@@ -275,8 +274,9 @@ def test_default_config_works_on_the_embedded_model(lm_adapted):
 
 @pytest.mark.parametrize("kind", ["lm_adapt", "span"])
 def test_shipped_model_cards_are_written_from_the_shipped_record(kind):
-    """No number in a card is typed by hand: each is `scripts/model_card_text.py`'s text for the shipped record."""
-    import model_card_text
+    """No number in a card is typed by hand: each is `scripts/embedded_build/card_text.py`'s text for the shipped
+    record."""
+    from scripts.embedded_build import card_text as model_card_text
 
     root = os.path.dirname(embedded_model_path(kind))
     with open(os.path.join(root, "build_record.json"), encoding="utf-8") as handle:

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 @pytest.mark.parametrize("path", ["examples/quickstart.py", "examples/supersense.py", "examples/train_text2text.py",
                                   "examples/superglue.py", "benchmarks/run.py", "benchmarks/multi_prompt.py",
-                                  "benchmarks/quality.py", "scripts/build_embedded_model.py"])
+                                  "benchmarks/quality.py", "scripts/embedded_build/build.py"])
 def test_commands_named_in_readme_exist(path):
     assert path in README
     assert (ROOT / path).is_file()

@@ -2,7 +2,7 @@
 
 A noun's lemmas and definition ("corn syrup: syrup prepared from corn") -> its lexicographer category word
 ("food"), 8 classes, split by synset into 2,000 / 320 / 320 rows (`softprompt_ext/data/wordnet_supersense/`,
-WordNet 3.0 licence bundled beside the files; built by `scripts/build_embedded_model.py`). As in the paper
+WordNet 3.0 licence bundled beside the files; built by `scripts/embedded_build/build.py`). As in the paper
 (section 3) the target is the label *word*, so class-label initialisation (section 3.2) starts each prompt
 row from a label's embedding.
 

@@ -220,7 +220,7 @@ def _read_record(directory: str | None, key: str) -> dict[str, Any] | None:
 
 # T5's Adafactor (Mesh TensorFlow defaults: multiply_by_parameter_scale=True, decay -0.8, no momentum, update
 # clipping 1) in Transformers' names; the external learning rate is used as is. The embedded build's
-# pretraining uses the same (scripts/build_embedded_model.py --optimizer adafactor).
+# pretraining uses the same (scripts/embedded_build/build.py --optimizer adafactor).
 T5_ADAFACTOR_KWARGS: dict[str, Any] = {"scale_parameter": True, "relative_step": False, "warmup_init": False,
                                        "decay_rate": -0.8, "beta1": None, "clip_threshold": 1.0}
 

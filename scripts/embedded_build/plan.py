@@ -1,7 +1,7 @@
 """The embedded model's size: shape flags, parameter count, checkpoint sizes and the cap on what ships (issue 21).
 
 Issue 21 caps the shipped checkpoints (span corruption + LM-adapted, fp16 safetensors) at ~60 MB together, so a
-shape is sized before anything trains: `scripts/build_embedded_model.py --plan` prints `plan(...)` and a build
+shape is sized before anything trains: `python -m scripts.embedded_build --plan` prints `plan(...)` and a build
 refuses a shape over the cap unless `--allow_large`. The parameter count comes from the model class itself,
 instantiated on the meta device (no memory, no init), so it is exact for every shape; the tied embedding table
 counts once, as safetensors stores it once (the shipped 9,445,120-parameter model is 18,901,472 bytes: 2 bytes a
