@@ -8,6 +8,8 @@
 * `result_dir(benchmark)`: `benchmarks/results/<benchmark>/`, created on demand; `RESULTS.md` indexes them all.
 
 Entry points run as modules from the repository root (`python -m benchmarks.run`), so none edits `sys.path`.
+Not yet: `benchmarks/serving.py` keeps its own free port, `sys.path` edit and flat `results/serving.*`; it moves
+onto this module together with the server's restructuring.
 """
 
 from __future__ import annotations

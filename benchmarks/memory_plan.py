@@ -1,4 +1,4 @@
-"""Per-device memory of prompt tuning T5 1.1 (LM-adapted) Small..XXL under DDP, FSDP full shard, ZeRO-3 (issue 20).
+"""Per-device memory of prompt tuning T5 1.1 (LM-adapted) Small..XXL under DDP, FSDP full shard, ZeRO-3.
 
     python -m benchmarks.memory_plan                     # writes benchmarks/results/memory_plan/memory_plan.json, prints tables
     python -m benchmarks.memory_plan --measure           # also the measured tiny-model points (2 CPU processes)

@@ -44,7 +44,7 @@ THRESHOLDS = (0.3, 0.5)  # dev accuracy for time-to-accuracy (chance is 0.125)
 def panels(task: str = "supersense") -> dict[str, list[tuple[str, RunSpec]]]:
     """Panel name -> [(label on the plot, spec without seed)]; the CLASS_LABELS/P=20/LM-adapted run is shared.
 
-    `task`: "supersense" (the bundled noun task) or "verb_supersense" (the held-out one, issue 21).
+    `task`: "supersense" (the bundled noun task) or "verb_supersense" (the held-out one).
     """
     default = RunSpec(task=task)
     return {

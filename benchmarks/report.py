@@ -15,7 +15,7 @@ from .common import RESULTS, write_json, write_text
 from .timing import paired_ratio
 from .workloads import CASE_LABELS, METHOD_LABELS
 
-TARGETS = {  # issue 8's targets: (ratio <= limit)
+TARGETS = {  # the speed and memory targets: (ratio <= limit)
     "step_vs_peft_prompt_tuning": 1.0,
     "memory_vs_full_finetune": 0.5,
     "step_vs_forward": 2.3,

@@ -134,7 +134,7 @@ def test_record_and_card_name_every_source_and_segment(straight, corpus):
 
 
 def test_every_build_records_the_encoder_use_diagnostics(straight):
-    """Health first (issue 21): both exported checkpoints get the own- vs shuffled-input loss, the residual
+    """Health first: both exported checkpoints get the own- vs shuffled-input loss, the residual
     stream per encoder layer and the linear probe, measured on the exported files."""
     health = record(straight)["health"]
     assert set(health) == {"lm_adapt", "span"}

@@ -1,4 +1,4 @@
-"""Multi-process training of a `SoftPromptConfig` model under `accelerate launch` (issue 3, item 5).
+"""Multi-process training of a `SoftPromptConfig` model under `accelerate launch`.
 
 `tests/scripts/ddp_train.py` is a plain `Seq2SeqTrainer` script. Here it runs as two processes: DDP over gloo
 on this CPU, and on CUDA devices when there are any (those entries skip with a reason otherwise). The checks:

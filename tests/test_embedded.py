@@ -100,7 +100,7 @@ def test_encoder_keeps_tokens_apart(kind):
 def test_both_checkpoints_read_their_input(kind, objective):
     """Each checkpoint's own objective is predicted better from the example's own input than a neighbour's.
 
-    The issue-21 failure this pins: the first v3 attempt's LM-adapted decoder ignored its encoder (6.605 vs
+    The failure this pins: the first v3 attempt's LM-adapted decoder ignored its encoder (6.605 vs
     6.608), and v2's barely read it (5.824 vs 5.884), so no prompt could steer them. The shipped v3 build
     (Adafactor, T5's parameter-scaled LM adaptation): span 5.760 vs 5.887, LM-adapted 5.932 vs 6.073. The gap
     alone is no collapse test (the collapsed first build's span checkpoint had 0.43); the rank and norm test
@@ -216,7 +216,7 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
 
     Margins measured (fp32; training trajectories differ between CPU kinds by float rounding): AMD EPYC, AVX2
     only, no bf16 units: dev loss 7.315 -> 5.679 (-22%). The old absolute form of this test (training-loss drop
-    > 1.5 nats) saw 1.25 nats on that CPU kind and > 1.5 on an AVX-512 one (issue 14) -- both -17% or more of a
+    > 1.5 nats) saw 1.25 nats on that CPU kind and > 1.5 on an AVX-512 one -- both -17% or more of a
     ~7.2 start. The first build (its decoder ignored the encoder) did not move (~7.7 throughout). The bound,
     -8%, is under half the smallest relative drop seen on either kind."""
     import random

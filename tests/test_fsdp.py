@@ -1,4 +1,4 @@
-"""Prompt tuning a sharded frozen base (issue 20): FSDP on CPU over gloo, its CUDA twins, the example configs.
+"""Prompt tuning a sharded frozen base: FSDP on CPU over gloo, its CUDA twins, the example configs.
 
 What was found on this machine (torch 2.13.0+cpu, accelerate 1.15.0, transformers 5.24.0, peft 0.21.2):
 

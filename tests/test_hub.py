@@ -1,4 +1,4 @@
-"""Hub push/pull of a soft-prompt adapter through the real `huggingface_hub` client (issue 3, item 4).
+"""Hub push/pull of a soft-prompt adapter through the real `huggingface_hub` client.
 
 `tests/hub_server.py` serves a Hub-compatible API on 127.0.0.1; `tests/scripts/hub_client.py` runs the
 user's workflow in subprocesses with `HF_ENDPOINT` pointing at it (the client reads it at import, and this

@@ -1,4 +1,4 @@
-"""benchmarks/memory_plan.py (issue 20): published T5 sizes, the expected orderings, the saved results."""
+"""benchmarks/memory_plan.py: published T5 sizes, the expected orderings, the saved results."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`MultiTaskTrainer` in 2 processes (DDP over gloo on this CPU) equals 1 process with the global batch (issue 19).
+"""`MultiTaskTrainer` in 2 processes (DDP over gloo on this CPU) equals 1 process with the global batch.
 
 `tests/scripts/multitask_ddp_train.py` trains 4 prompts on tiny T5 for 3 steps of 8 rows; a task's examples
 are split over the ranks (and, with accumulation, over micro-batches) with different label counts, and one

@@ -1,4 +1,4 @@
-"""Security issue 16, round 2: each finding's regression test, one section per finding.
+"""Security review, round 2: each finding's regression test, one section per finding.
 
 Each test failed before its fix; the section names the finding and what it used to do.
 """
@@ -148,7 +148,7 @@ def test_pin_peft_from_pretrained_keyerror_for_a_missing_declared_module(tmp_pat
 
 @pytest.mark.parametrize("plain", [False, True], ids=["softprompt", "plain-peft"])
 def test_seq_cls_adapter_with_its_head_loads_without_warning(tmp_path, plain):
-    """Issue 17: every SEQ_CLS load warned "ignoring tensors ['base_model.score.weight']" (they were loaded)."""
+    """Before: every SEQ_CLS load warned "ignoring tensors ['base_model.score.weight']" (they were loaded)."""
     directory = save_seq_cls(tmp_path / "a", plain=plain)
     saved = load_file(os.path.join(directory, W))[SCORE]
     with warnings.catch_warnings(record=True) as caught:

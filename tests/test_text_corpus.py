@@ -1,4 +1,4 @@
-"""scripts/embedded_build/corpus.py: the issue-21 corpus builder (extraction, prose filter, leak filter, manifest), offline.
+"""scripts/embedded_build/corpus.py: the corpus builder (extraction, prose filter, leak filter, manifest), offline.
 
 Fetching is not run here (it needs the registries); `build(..., roots=...)` reads sources already unpacked.
 """

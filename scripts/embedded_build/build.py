@@ -305,7 +305,7 @@ def export(src: str, dst: str, tokenizer_dir: str) -> None:
 
 
 def health(export_dir: str) -> dict:
-    """Issue 21 (health first): `benchmarks/encoder_use.py` on both exported checkpoints -- the loss with each
+    """Health first: `benchmarks/encoder_use.py` on both exported checkpoints -- the loss with each
     example's own vs a neighbour's input (does the decoder read its encoder?), the encoder's residual stream
     (norms, effective rank) and a linear probe of the bundled task on the frozen encoder. A soft prompt acts
     only through the encoder (Lester et al. 2021, section 2), so a model that fails these cannot be prompt-tuned."""

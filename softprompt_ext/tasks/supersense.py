@@ -12,7 +12,7 @@ training batch directly from rows, for loops that do not go through `datasets`.
 
 `VERB_SUPERSENSE` (`get_task("verb_supersense")`, files in `softprompt_ext/data/wordnet_verb_supersense/`) is
 the same task on verb synsets ("parse: analyze syntactically ..." -> "cognition"), 8 classes, the same sizes.
-It is the held-out evaluation task of issue 21: no decision about the embedded model was taken on it, and its
+It is the held-out evaluation task: no decision about the embedded model was taken on it, and its
 dev/test synsets are left out of the model's pretraining text like the noun task's.
 """
 
