@@ -88,13 +88,8 @@ def run_variant(variant: str, k: int, steps: int, per_task_batch: int, out_path:
     import torch
     from peft import get_peft_model
 
-    from softprompt_ext import (
-        SoftPromptConfig,
-        autocast,
-        default_model_and_tokenizer,
-        paper_optimizer,
-        resolve_precision,
-    )
+    from softprompt_ext import SoftPromptConfig, default_model_and_tokenizer, paper_optimizer
+    from softprompt_ext.precision import autocast, resolve_precision
     from softprompt_ext.training.multitask import (
         build_multitask_model,
         multitask_optimizer,

@@ -191,7 +191,7 @@ def interrupted_save_hint(folder: str) -> str:
     if leftover is None:
         return ""
     return (
-        f" {leftover} exists: a save was interrupted; softprompt_ext.recover_adapter_dir({folder!r}) "
+        f" {leftover} exists: a save was interrupted; softprompt_ext.adapters.atomic.recover_adapter_dir({folder!r}) "
         "restores the previous adapter."
     )
 
