@@ -65,6 +65,7 @@ def record(root: Path) -> dict:
     return json.loads((root / "export" / "build_record.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_four_sittings_end_with_the_weights_of_a_straight_build(straight, corpus, tmp_path, monkeypatch):
     """SIGTERM at step 3; --sitting_steps 9 (pretraining to 10, LM to 2); --time_budget_s 0 (LM step 3); the rest."""
     step_done = build_sittings.Sitting.step_done

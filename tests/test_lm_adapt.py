@@ -250,6 +250,7 @@ def test_help_lists_the_flags(capsys):
         assert flag in shown
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_reports_a_bad_argument_in_one_line(tmp_path):
     bad = _run("--model_name_or_path", "x", "--train_files", "missing.txt", "--output_dir", str(tmp_path))
     assert bad.returncode == 2

@@ -392,6 +392,7 @@ def test_hub_connection_refused_fails_fast_and_says_so(tmp_path):
     assert seconds < 10, seconds
 
 
+@pytest.mark.slow
 def test_hub_that_never_answers_fails_within_the_timeout(tmp_path):
     """Packets dropped (a server that accepts and stays silent): before, still running at 300 s."""
     import socket
@@ -445,6 +446,7 @@ def test_cli_never_writes_raw_control_characters(tmp_path, capsys):
     assert "clear\\x1b[2Jscreen\\nfake line" in out and "\\x1b[5mBLINK" in err and "missing\\x1b[1m" in err
 
 
+@pytest.mark.slow
 def test_similar_on_two_huge_prompts_is_one_clear_error(tmp_path):
     """Before: two P=100,000 prompts made max_cosine allocate a 40 GB [P, Q] matrix: a traceback (or the OOM
     killer). The child gets a 6 GB address-space limit, so the old behaviour fails safely."""
