@@ -93,6 +93,6 @@ def check_size(sized: dict, allow_large: bool) -> None:
         raise ValueError(
             f"model shape {sized['model_shape']} has {sized['parameters']:,} parameters: the shipped checkpoints "
             f"(span + LM-adapted, fp16) would take {sized['shipped_fp16_bytes'] / 1e6:.1f} MB, over the "
-            f"{sized['cap_bytes'] / 1e6:.0f} MB cap; choose smaller --d_model/--d_ff/--num_layers/"
+            f"{sized['cap_bytes'] / 1e6:.0f} MB cap on what ships; choose smaller --d_model/--d_ff/--num_layers/"
             "--vocab_size, or pass --allow_large for a model that will not ship."
         )
