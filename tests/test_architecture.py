@@ -158,3 +158,13 @@ def test_moved_names_still_resolve_from_the_top_level_with_a_warning():
         assert value is getattr(importlib.import_module(f"softprompt_ext.{module}"), name), name
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         softprompt_ext.not_a_name  # noqa: B018
+
+
+def test_code_names_no_issue_numbers():
+    """An issue number in code goes stale the day the tracker moves; the reason goes in the text instead."""
+    found = []
+    for path in sorted((ROOT / "softprompt_ext").rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"\bissues? #?\d+|\bissue-\d+", line, re.IGNORECASE):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert found == []
