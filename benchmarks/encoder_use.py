@@ -1,6 +1,9 @@
 """Does an embedded model read its encoder, and does its encoder keep the tokens apart?
 
-    python benchmarks/encoder_use.py lm_adapt      # or: span; or: span /path/to/other/checkpoint
+    python -m benchmarks.encoder_use lm_adapt      # or: span; or: span /path/to/other/checkpoint
+
+Prints one JSON line and appends it, with the run info, to `benchmarks/results/encoder_use/encoder_use.jsonl`
+(`--no-save` only prints).
 
 A soft prompt acts only through the encoder (Lester et al. 2021, section 2), so prompt tuning can work only
 if the decoder's predictions depend on the encoder input, and only if the encoder's states still tell tokens
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import torch
 
+from benchmarks.common import RESULTS, run_info, write_text
 from softprompt_ext.embedded import load_embedded
 from softprompt_ext.tasks.supersense import read_supersense
 from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
@@ -112,5 +117,21 @@ def main(kind: str, path: str | None = None) -> dict:
             "linear_probe": linear_probe(model, tokenizer, read_supersense("train"), dev)}
 
 
+JSONL = os.path.join(RESULTS, "encoder_use", "encoder_use.jsonl")
+
+
+def cli(argv: list[str]) -> dict:
+    """`[KIND [CHECKPOINT_DIR]] [--no-save]`: measure, print, and append the record (with run info) to `JSONL`."""
+    save = "--no-save" not in argv
+    args = [a for a in argv if a != "--no-save"]
+    record = main(args[0] if args else "lm_adapt", *args[1:2])
+    print(json.dumps(record))
+    if save:
+        previous = open(JSONL, encoding="utf-8").read() if os.path.isfile(JSONL) else ""
+        line = json.dumps({**record, "meta": run_info("encoder_use", "encoder_use", argv)})
+        write_text(JSONL, previous + line + "\n")
+    return record
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else "lm_adapt", *sys.argv[2:3])))
+    cli(sys.argv[1:])

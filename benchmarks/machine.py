@@ -81,7 +81,11 @@ def _git_commit() -> str | None:
         return None
 
 
-def describe(device: torch.device, argv: list[str], mode: str, name: str) -> dict:
+def describe(device: torch.device, argv: list[str], mode: str, name: str, module: str = "run") -> dict:
+    """Machine, accelerator, versions, date and git commit, with `python -m benchmarks.<module> <argv>` as the
+    command (`common.run_info` is the entry points' way in)."""
+    from benchmarks.common import command_line
+
     versions = {}
     for package in PACKAGES:
         try:
@@ -92,7 +96,7 @@ def describe(device: torch.device, argv: list[str], mode: str, name: str) -> dic
         "name": name,
         "mode": mode,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": ("python benchmarks/run.py " + " ".join(argv)).strip(),
+        "command": command_line(module, argv),
         "device": str(device),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -102,7 +102,7 @@ def _load(spec: dict, shape: wl.Shape, device: torch.device) -> torch.nn.Module:
     if spec.get("gradient_checkpointing"):
         wl.enable_checkpointing(base)
     if spec.get("fused_gelu"):
-        from softprompt_ext.training.fast_path import fuse_gelu
+        from softprompt_ext.training.step_savings import fuse_gelu
 
         fuse_gelu(base)
     return base.to(device)

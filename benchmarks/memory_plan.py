@@ -1,6 +1,6 @@
-"""Per-device memory of prompt tuning T5 1.1 (LM-adapted) Small..XXL under DDP, FSDP full shard, ZeRO-3 (issue 20).
+"""Per-device memory of prompt tuning T5 1.1 (LM-adapted) Small..XXL under DDP, FSDP full shard, ZeRO-3.
 
-    python -m benchmarks.memory_plan                     # writes benchmarks/results/memory_plan.json, prints tables
+    python -m benchmarks.memory_plan                     # writes benchmarks/results/memory_plan/memory_plan.json, prints tables
     python -m benchmarks.memory_plan --measure           # also the measured tiny-model points (2 CPU processes)
 
 Shapes are the published T5 1.1 / LM-adapted configs (vocab 32128, d_kv 64, gated GELU, untied lm_head).
@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "memory_plan.json"
+RESULTS = ROOT / "benchmarks" / "results" / "memory_plan" / "memory_plan.json"
 GIB = 2**30
 PROMPT_LENGTH = 100
 BATCH = 32
@@ -201,8 +201,10 @@ def main(argv: list[str] | None = None) -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             result["measured"] = measure(Path(tmp))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    from benchmarks.common import run_info, write_json
+
+    result["meta"] = run_info("memory_plan", "memory_plan", argv if argv is not None else sys.argv[1:])
+    write_json(args.output, result, indent=1)
     for precision, ckpt in (("bf16", True), ("fp32", False)):
         print(f"\n{precision} weights and activations, activation checkpointing {'on' if ckpt else 'off'}"
               " -- GiB per device: total (weights)")

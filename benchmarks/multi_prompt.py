@@ -19,17 +19,14 @@ One torch thread by default: on a shared (oversubscribed) machine, two threads s
 operation waiting for each other (measured: 8 small PEFT forwards took 0.24 s with one thread and 20 s with
 two), which inflates the cost of many small calls and would flatter the mixed batches.
 
-    python benchmarks/multi_prompt.py            # T5-small shape, 3 repeats
-    python benchmarks/multi_prompt.py --quick    # d_model 64, 2 layers, vocabulary 2048, 2 repeats
+    python -m benchmarks.multi_prompt            # T5-small shape, 3 repeats
+    python -m benchmarks.multi_prompt --quick    # d_model 64, 2 layers, vocabulary 2048, 2 repeats
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +35,9 @@ from collections.abc import Callable
 
 import torch
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from benchmarks.common import RESULTS, run_info, write_json, write_text
+
+OUT = os.path.join(RESULTS, "multi_prompt")
 NUM_TASKS, NUM_REQUESTS, WINDOW, ENSEMBLE_N, ENSEMBLE_B = 8, 64, 16, 5, 8
 PROMPT_LENGTHS = (10, 20, 30)
 NEW_TOKENS = 8
@@ -91,15 +90,16 @@ def trim(ids: torch.Tensor, mask: torch.Tensor):
     return ids[:, :width], mask[:, :width]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model and 2 repeats")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed repeats per variant (default 3, quick 2)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, see above)")
-    parser.add_argument("--out", default=RESULTS, help="directory for multi_prompt.json / .md")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=OUT, help="directory for multi_prompt.json / .md")
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -249,32 +249,9 @@ def main() -> int:
             }
         )
 
-    import peft
-    import transformers
-
-    import softprompt_ext
-
     report = {
         "benchmark": "multi_prompt",
-        "command": "python benchmarks/multi_prompt.py"
-        + (" --quick" if args.quick else "")
-        + (f" --repeats {args.repeats}" if args.repeats else "")
-        + (f" --threads {args.threads}" if args.threads != 1 else ""),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": "cpu",
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "softprompt_ext": softprompt_ext.__version__,
-        },
+        "meta": run_info("multi_prompt", "multi_prompt", argv, mode="quick" if args.quick else "full"),
         "model": {"kind": "T5 1.1 shape, random weights", **shape},
         "settings": {
             "tasks": NUM_TASKS,
@@ -291,23 +268,20 @@ def main() -> int:
         "results": results,
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "multi_prompt.json"), "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(args.out, "multi_prompt.md"), "w") as f:
-        f.write(markdown(report))
+    write_json(os.path.join(args.out, "multi_prompt.json"), report)
+    write_text(os.path.join(args.out, "multi_prompt.md"), markdown(report))
     print(markdown(report))
     return 0 if all(r["outputs_identical"] for r in results) else 1
 
 
 def markdown(report: dict) -> str:
-    m, v = report["model"], report["versions"]
+    m, meta = report["model"], report["meta"]
+    v = meta["versions"]
     lines = [
         "# Multi-prompt benchmark",
         "",
-        f"`{report['command']}` on {report['date']}: {report['machine']['processor']}, "
-        f"{report['machine']['torch_threads']} torch threads; torch {v['torch']}, transformers {v['transformers']}, "
+        f"`{meta['command']}` on {meta['date_utc']}: {meta['cpu']}, "
+        f"{meta['torch_threads']} torch threads; torch {v['torch']}, transformers {v['transformers']}, "
         f"peft {v['peft']}. Model: {m['kind']} (d_model {m['d_model']}, {m['num_layers']} layers). "
         f"Median of {report['settings']['repeats']} interleaved repeats; whole run {report['total_wall_s']} s.",
         "",

@@ -16,31 +16,30 @@ Each variant runs in its own fresh process (so its peak RSS is its own), one aft
 invocation. Reported: wall time of the training steps, process peak RSS, per-task dev accuracy (rank
 classification over the task's two labels) and the largest prompt difference between the two sides.
 
-    python benchmarks/multitask.py                # K=4, 150 steps per task, batch 8 per task
-    python benchmarks/multitask.py --tasks 8      # K=8 (writes results/multitask_k8.json)
-    python benchmarks/multitask.py --quick        # 5 steps, batch 4 (smoke; writes nothing)
+    python -m benchmarks.multitask                # K=4, 150 steps per task, batch 8 per task
+    python -m benchmarks.multitask --tasks 8      # K=8 (writes results/multitask/multitask_k8.json)
+    python -m benchmarks.multitask --quick        # 5 steps, batch 4 (smoke; writes nothing)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from benchmarks.common import RESULTS, ROOT, run_info, write_json
+
 PAIRS = (("animal", "artifact"), ("body", "food"), ("location", "person"), ("plant", "substance"),
          ("animal", "plant"), ("artifact", "substance"), ("body", "person"), ("food", "location"))
 TASK_COUNTS = (4, 8)  # --tasks: the first K pairs
 
 
 def result_name(k: int) -> str:
-    """benchmarks/results/ file of a K-task run (K=4 keeps the original name)."""
+    """benchmarks/results/multitask/ file of a K-task run (K=4 keeps the original name)."""
     return "multitask.json" if k == 4 else f"multitask_k{k}.json"
 PROMPT_LENGTH = 20
 
@@ -89,13 +88,8 @@ def run_variant(variant: str, k: int, steps: int, per_task_batch: int, out_path:
     import torch
     from peft import get_peft_model
 
-    from softprompt_ext import (
-        SoftPromptConfig,
-        autocast,
-        default_model_and_tokenizer,
-        paper_optimizer,
-        resolve_precision,
-    )
+    from softprompt_ext import SoftPromptConfig, default_model_and_tokenizer, paper_optimizer
+    from softprompt_ext.precision import autocast, resolve_precision
     from softprompt_ext.training.multitask import (
         build_multitask_model,
         multitask_optimizer,
@@ -162,7 +156,7 @@ def run_variant(variant: str, k: int, steps: int, per_task_batch: int, out_path:
         json.dump(result, f)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--per_task_batch", type=int, default=8)
@@ -170,7 +164,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--variant", choices=("single", "multi"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(argv)
     if args.tasks not in TASK_COUNTS:
         parser.error(f"--tasks must be one of {TASK_COUNTS}, got {args.tasks}: the bundled supersense data has "
                      f"{len(PAIRS)} label pairs defined here (benchmarks/multitask.py PAIRS)")
@@ -185,16 +180,14 @@ def main() -> None:
 
     import torch
 
-    from softprompt_ext.precision import bf16_is_fast, cpu_model
-
-    load_start = list(os.getloadavg())
+    meta = run_info("multitask", "multitask", argv, mode="quick" if args.quick else "full")
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ("single", "multi"):
             path = os.path.join(tmp, f"{variant}.json")
-            subprocess.run([sys.executable, __file__, "--variant", variant, "--tasks", str(args.tasks),
+            subprocess.run([sys.executable, "-m", "benchmarks.multitask", "--variant", variant, "--tasks", str(args.tasks),
                             "--steps", str(args.steps),
-                            "--per_task_batch", str(args.per_task_batch), "--out", path], check=True)
+                            "--per_task_batch", str(args.per_task_batch), "--out", path], check=True, cwd=ROOT)
             with open(path) as f:
                 runs[variant] = json.load(f)
     diff = max(
@@ -205,16 +198,10 @@ def main() -> None:
     )
     for run in runs.values():
         run.pop("prompts")
-    import importlib.metadata as md
-
+    meta["load_average_after"] = list(os.getloadavg())
     record = {
         "benchmark": "multitask",
-        "command": " ".join(["python", "benchmarks/multitask.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "bf16_is_fast": bf16_is_fast(),
-                    "cores": os.cpu_count(), "model_name": cpu_model(),
-                    "load_average_start": load_start, "load_average": list(os.getloadavg())},
-        "versions": {p: md.version(p) for p in ("torch", "transformers", "peft")},
+        "meta": meta,
         "torch_threads": 1, "num_tasks": args.tasks, "tasks": [task_name(p) for p in PAIRS[: args.tasks]],
         "prompt_length": PROMPT_LENGTH,
         "steps_per_task": args.steps, "per_task_batch": args.per_task_batch,
@@ -225,10 +212,7 @@ def main() -> None:
     del torch
     print(json.dumps(record, indent=2))
     if not args.quick:
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, result_name(args.tasks)), "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
+        write_json(os.path.join(RESULTS, "multitask", result_name(args.tasks)), record)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Quality benchmark: the paper's Figure 3 ablations, one factor at a time, on the embedded tiny T5 (CPU scale).
 
-    python benchmarks/quality.py            # all panels, 3 seeds, 2 worker processes; writes
-                                            # benchmarks/results/quality.json and quality_*.png
-    python benchmarks/quality.py --task verb_supersense --panels init --only CLASS_LABELS   # held-out task:
-                                            # results/quality_verbs.json; benchmarks/quality_targets.py
-                                            # marks issue 21's targets met or not from both files
+    python -m benchmarks.quality            # all panels, 3 seeds, 2 worker processes; writes
+                                            # benchmarks/results/quality/quality_v3.json, its table and plots
+    python -m benchmarks.quality --task verb_supersense --panels init --only CLASS_LABELS   # held-out task:
+                                            # results/quality/quality_v3_verbs.json; benchmarks/quality_targets.py
+                                            # marks the quality targets met or not from both files
 
 Lester et al. (2021), Figure 3, vary one factor from a default (P=100, class-label init, LM-adapted T5) and
 find: (a) longer prompts help up to ~20 tokens (b) class-label init beats sampled vocabulary beats random
@@ -27,26 +27,24 @@ import argparse
 import json
 import multiprocessing
 import os
-import shlex
 import statistics
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.quality_runs import RunSpec, embedded_identity, run  # noqa: E402
-from softprompt_ext.adapters.atomic import atomic_write_text  # noqa: E402
-from softprompt_ext.precision import resolve_precision  # noqa: E402
+from benchmarks import common
+from benchmarks.common import run_info, write_text
+from benchmarks.quality_runs import RunSpec, embedded_identity, run
+from softprompt_ext.precision import resolve_precision
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.path.join(common.RESULTS, "quality")  # the JSON, its table and its plots
+DEFAULT_OUT = {"supersense": "quality_v3.json", "verb_supersense": "quality_v3_verbs.json"}  # the committed build's
 THRESHOLDS = (0.3, 0.5)  # dev accuracy for time-to-accuracy (chance is 0.125)
 
 
 def panels(task: str = "supersense") -> dict[str, list[tuple[str, RunSpec]]]:
     """Panel name -> [(label on the plot, spec without seed)]; the CLASS_LABELS/P=20/LM-adapted run is shared.
 
-    `task`: "supersense" (the bundled noun task) or "verb_supersense" (the held-out one, issue 21).
+    `task`: "supersense" (the bundled noun task) or "verb_supersense" (the held-out one).
     """
     default = RunSpec(task=task)
     return {
@@ -227,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--panels", nargs="+", default=list(panels()))
     parser.add_argument("--task", choices=("supersense", "verb_supersense"), default="supersense",
                         help="verb_supersense: the held-out task, on which no decision about the model was taken")
-    parser.add_argument("--out", default=None, help="default: results/quality.json, or results/quality_verbs.json "
-                        "for --task verb_supersense")
+    parser.add_argument("--out", default=None, help="default: results/quality/quality_v3.json, or "
+                        "results/quality/quality_v3_verbs.json for --task verb_supersense")
     parser.add_argument("--only", nargs="+", metavar="SETTING",
                         help="run only these settings of the chosen panels, named as in the table's 'setting' "
                         "column (e.g. CLASS_LABELS 'span corruption'); default: every setting")
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="only rebuild table and plots from --out")
     args = parser.parse_args(argv)
     if args.out is None:
-        args.out = os.path.join(RESULTS, "quality.json" if args.task == "supersense" else "quality_verbs.json")
+        args.out = os.path.join(RESULTS, DEFAULT_OUT[args.task])
     unknown = sorted(set(args.panels) - set(panels()))
     if unknown:
         parser.error(f"--panels: unknown {unknown}; choose from {sorted(panels())}")
@@ -278,14 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [] if args.report_only else [spec for spec in jobs if spec.key not in runs]
     started = time.time()
 
-    command = "python benchmarks/quality.py " + shlex.join(argv or sys.argv[1:])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = common.command_line("quality", argv)
+    meta = run_info("quality", "quality", argv)  # machine and versions of this invocation
     if jobs:
         commands.append(command)
 
     def save() -> None:  # atomic: a run killed mid-write leaves the previous file, every finished run intact
         summary = summarise(runs, args.seeds, args.task)
-        atomic_write_text(args.out, json.dumps(
-            {"command": command, "commands": commands,
+        write_text(args.out, json.dumps(
+            {"command": command, "commands": commands, "meta": meta,
              "settings": {**kwargs, "seeds": args.seeds, "workers": args.workers, "task": args.task,
                           "only": args.only, "embedded_model": identity},
              "wall_seconds": round(time.time() - started, 1), "summary": summary,
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     summary = summarise(runs, args.seeds, args.task)
     stem = os.path.splitext(os.path.basename(args.out))[0]  # quality.json -> quality_table.md, quality_*.png
-    atomic_write_text(os.path.join(RESULTS, f"{stem}_table.md"), table(summary))
+    write_text(os.path.join(RESULTS, f"{stem}_table.md"), table(summary))
     for path in plot(runs, summary, args.seeds, stem, args.task):
         print("wrote", path)
     print(f"{len(jobs)} runs in {time.time() - started:.0f} s; results in {args.out}")

@@ -1,7 +1,7 @@
 """One quality run: tune a soft prompt (or the whole model, or LoRA) on a WordNet supersense task and score it.
 
 The task is the bundled noun task (`supersense`, where every decision about the embedded model was taken) or
-the held-out verb task (`verb_supersense`, issue 21), `RunSpec.task`.
+the held-out verb task (`verb_supersense`), `RunSpec.task`.
 
 Used by `benchmarks/quality.py`. The recipe follows Lester et al. (2021), section 3, scaled to a CPU: frozen
 base, Adafactor at a constant learning rate 0.3 for prompts (`softprompt_ext.training.recipe.paper_optimizer`),
@@ -43,7 +43,7 @@ from softprompt_ext.training.recipe import paper_optimizer
 # rows (8,089 usable), so a pool of the 1,000 most common (~12%) keeps a similar "common words" character.
 SAMPLE_VOCAB_SIZE = 1000
 
-# task name -> (bundled directory, label words); "verb_supersense" is the held-out task (issue 21)
+# task name -> (bundled directory, label words); "verb_supersense" is the held-out task
 TASKS = {"supersense": (NOUN_DIR, SUPERSENSE_LABELS), "verb_supersense": (VERB_DIR, VERB_SUPERSENSE_LABELS)}
 
 
@@ -101,7 +101,7 @@ def check_task_held_out(task: str, record_path: str | None = None) -> None:
     if directory not in held:
         raise ValueError(f"task={task!r}: the embedded model's build_record.json holds out only {held} (field "
                          f"data.held_out_tasks), so it was pretrained on {directory}'s dev/test glosses; rebuild it "
-                         "with scripts/build_embedded_model.py, which holds out both tasks.")
+                         "with python -m scripts.embedded_build, which holds out both tasks.")
 
 
 def first_label_tokens(tokenizer, labels: tuple[str, ...]) -> list[int]:

@@ -1,6 +1,6 @@
-"""Issue 21's quality targets, marked met or not from the quality benchmark's JSON (never by hand).
+"""The quality targets, marked met or not from the quality benchmark's JSON (never by hand).
 
-    python benchmarks/quality_targets.py      # reads results/quality.json and results/quality_verbs.json,
+    python -m benchmarks.quality_targets      # reads results/quality/quality_v3.json and quality_v3_verbs.json,
                                               # prints the Markdown table of the targets, met or not
 
 The targets (the paper's direction at this scale; Lester et al. 2021, Figure 3) and how each is decided. They
@@ -27,8 +27,6 @@ import json
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
 CHANCE = 1 / 8  # both tasks: 8 balanced classes
 NOUN_TARGET, MAX_STEPS, HELD_OUT_FACTOR, MIN_SEEDS = 0.40, 800, 2.0, 3
 
@@ -126,8 +124,10 @@ def _load(path: str) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--noun", default=os.path.join(RESULTS, "quality.json"))
-    parser.add_argument("--verbs", default=os.path.join(RESULTS, "quality_verbs.json"))
+    from benchmarks.quality import DEFAULT_OUT, RESULTS  # the quality benchmark's own default files
+
+    parser.add_argument("--noun", default=os.path.join(RESULTS, DEFAULT_OUT["supersense"]))
+    parser.add_argument("--verbs", default=os.path.join(RESULTS, DEFAULT_OUT["verb_supersense"]))
     args = parser.parse_args(argv)
     try:
         print(render(targets(_load(args.noun), _load(args.verbs))), end="")

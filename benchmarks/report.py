@@ -1,7 +1,8 @@
 """Turn a benchmark result into its headline ratios, a Markdown report and PNG plots of the scaling curves.
 
 Everything in the report is computed from the result dictionary (the JSON written beside it), so a
-report can be regenerated from a saved JSON: `python -m benchmarks.report benchmarks/results/full-cpu.json`.
+report can be regenerated from a saved JSON: `python -m benchmarks.report benchmarks/results/run/full-cpu.json`.
+The report opens with the index of every benchmark report under `results/` (`index_section`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import json
 import os
 import sys
 
+from .common import RESULTS, write_json, write_text
 from .timing import paired_ratio
 from .workloads import CASE_LABELS, METHOD_LABELS
 
-TARGETS = {  # issue 8's targets: (ratio <= limit)
+TARGETS = {  # the speed and memory targets: (ratio <= limit)
     "step_vs_peft_prompt_tuning": 1.0,
     "memory_vs_full_finetune": 0.5,
     "step_vs_forward": 2.3,
@@ -255,7 +257,7 @@ def _mb(value: float | None) -> str:
 
 def scoring_section(markdown_dir: str) -> list[str]:
     """The label-scorer rows (`python benchmarks/scoring.py`, its own run) when `results/scoring.json` exists."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "scoring.json")
+    path = os.path.join(RESULTS, "scoring", "scoring.json")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
@@ -264,7 +266,7 @@ def scoring_section(markdown_dir: str) -> list[str]:
     lines = [
         "## Label scoring: one scorer that encodes each input once",
         "",
-        f"`python benchmarks/scoring.py` on {machine['date_utc']} ({machine['cpu']}, flags "
+        f"`{machine['command']}` on {machine['date_utc']} ({machine['cpu']}, flags "
         f"{', '.join(machine['cpu_flags']) or 'none'}, {machine['torch_threads']} torch thread, {saved['dtype']}; "
         f"{saved['repeats']} interleaved repeats; [`{os.path.relpath(path, markdown_dir)}`]"
         f"({os.path.relpath(path, markdown_dir)})). Old: {saved['old']}. New: {saved['new']}.",
@@ -277,6 +279,45 @@ def scoring_section(markdown_dir: str) -> list[str]:
             f"| {r['case']} | {r['batch']} x {r['candidates']} | {r['old_median_s']:.3f} | {r['new_median_s']:.3f} "
             f"| {_x(r['median_ratio'])} (CPU {_x(r['median_ratio_cpu'])}) | {r['max_abs_score_diff']:.1e} |"
         )
+    return [*lines, ""]
+
+
+# results/<folder> -> what it holds and the command that writes it (folders not listed get a generic line)
+REPORT_SOURCES = {
+    "run": ("speed, memory and adapter size beside PEFT, LoRA, full fine-tuning (this page)", "python -m benchmarks.run"),
+    "quality": ("the paper's Figure 3 ablations on the embedded T5, summarised in [`QUALITY.md`](QUALITY.md)",
+                "python -m benchmarks.quality"),
+    "multi_prompt": ("mixed-task batches and prompt ensembles", "python -m benchmarks.multi_prompt"),
+    "multitask": ("K prompts trained in one run beside K runs", "python -m benchmarks.multitask"),
+    "scoring": ("the label scorer, old way beside new", "python -m benchmarks.scoring"),
+    "memory_plan": ("memory plan of T5 shapes, planned beside measured", "python -m benchmarks.memory_plan"),
+    "encoder_use": ("how much of the embedded encoder a prompt uses", "python -m benchmarks.encoder_use"),
+    "embedded_v3_attempt1": ("the collapsed first v3 build of the embedded model, kept as a warning",
+                             "python -m scripts.embedded_build"),
+    "serving": ("`softprompt serve` under concurrent load", "python benchmarks/serving.py"),
+}
+
+
+def report_files(results_dir: str = RESULTS) -> dict[str, list[str]]:
+    """Every file under `results_dir`, by benchmark: its folder, or for a loose file the name before the first
+    dot. Paths are relative to `results_dir`."""
+    found: dict[str, list[str]] = {}
+    for root, _, files in os.walk(results_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), results_dir)
+            key = rel.split(os.sep)[0] if os.sep in rel else name.split(".")[0]
+            found.setdefault(key, []).append(rel)
+    return {key: sorted(paths) for key, paths in sorted(found.items())}
+
+
+def index_section(markdown_dir: str, results_dir: str = RESULTS) -> list[str]:
+    """The index of every report: one row per benchmark, linking each of its files under `results/`."""
+    rel = os.path.relpath(results_dir, markdown_dir)
+    lines = ["## Every report", "", "| benchmark | what | command | files |", "|---|---|---|---|"]
+    for key, paths in report_files(results_dir).items():
+        what, command = REPORT_SOURCES.get(key, ("-", "-"))
+        links = ", ".join(f"[`{p}`]({rel}/{p})" for p in paths)
+        lines.append(f"| {key} | {what} | `{command}` | {links} |")
     return [*lines, ""]
 
 
@@ -317,10 +358,7 @@ def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir:
         f" tokens, target {results['main'][shapes[0]]['inputs']['target_len']} tokens, P = "
         f"{results['main'][shapes[0]]['num_virtual_tokens']}, AdamW for every method.",
         "",
-        "Other benchmarks: quality on a pretrained model, the paper's Figure 3 ablations on the embedded tiny T5 "
-        "([`QUALITY.md`](QUALITY.md), `python benchmarks/quality.py`); mixed-task batches and prompt ensembling "
-        "([`results/multi_prompt.md`](results/multi_prompt.md), `python benchmarks/multi_prompt.py`).",
-        "",
+        *index_section(markdown_dir),
         *scoring_section(markdown_dir),
         *serving_section(markdown_dir),
         "## Headline",
@@ -467,19 +505,16 @@ def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir:
 def write_all(results: dict, results_dir: str, name: str, markdown_path: str) -> list[str]:
     """Write `<results_dir>/<name>.json`, the scaling PNGs and the Markdown report; return their paths."""
     os.makedirs(results_dir, exist_ok=True)
-    json_path = os.path.join(results_dir, f"{name}.json")
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=False)
+    json_path = write_json(os.path.join(results_dir, f"{name}.json"), results, indent=1)
     plots = plot_scaling(results["scaling"], results_dir, name, results["meta"].get("clock", "wall"))
     md_dir = os.path.dirname(os.path.abspath(markdown_path))
     text = markdown(results, plots, os.path.relpath(json_path, md_dir), md_dir)
-    with open(markdown_path, "w") as f:
-        f.write(text)
+    write_text(markdown_path, text)
     return [json_path, *plots, markdown_path]
 
 
 if __name__ == "__main__":  # regenerate a report from a saved JSON
     with open(sys.argv[1]) as f:
         saved = json.load(f)
-    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(sys.argv[1]), "..", "RESULTS.md")
+    out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(os.path.dirname(RESULTS), "RESULTS.md")
     print(write_all(saved, os.path.dirname(sys.argv[1]), saved["meta"]["name"], out))

@@ -136,7 +136,7 @@ def fast_path_section(results: dict) -> list[str]:
             )
         if "fused_gelu_vs_plain" in r:
             line = (
-                f"- **{shape_name}, fused GELU** (`softprompt_ext.training.fast_path.fuse_gelu`): step "
+                f"- **{shape_name}, fused GELU** (`softprompt_ext.training.step_savings.fuse_gelu`): step "
                 f"{_x(r['fused_gelu_vs_plain']['ratio'])} the default step, same result to float rounding"
             )
             cases = block["timing"]["cases"]
@@ -161,7 +161,7 @@ def fast_path_section(results: dict) -> list[str]:
         if "target_loss_vs_full_logits" in r:
             line = (
                 f"- **{shape_name}, logits at the target positions only** "
-                f"(`softprompt_ext.training.fast_path.causal_lm_target_loss`): step "
+                f"(`softprompt_ext.training.step_savings.causal_lm_target_loss`): step "
                 f"{_x(r['target_loss_vs_full_logits']['ratio'])} the default step, same loss"
             )
             line += _memory_clause(mem, fam, "target_loss")
@@ -174,14 +174,14 @@ def fast_path_section(results: dict) -> list[str]:
         return lines + ["(no fast-path variants measured in this mode)", ""]
     lines += found + [
         "",
-        "Proposed documentation of the fast path (the library's `softprompt_ext/fast_path.py`):",
+        "Proposed documentation of the fast path (the library's `softprompt_ext/training/step_savings.py`):",
         "",
-        "1. Train under bf16 autocast where the hardware has bf16 units: `with fast_path.bf16_autocast(device):`"
+        "1. Train under bf16 autocast where the hardware has bf16 units: `with precision.bf16_autocast(device):`"
         " around the forward and loss in your own loop, or `TrainingArguments(bf16=True)` with the Trainer.",
-        "   `fast_path.bf16_is_fast(device)` tells whether it helps (CUDA with bf16, CPUs with AVX512-BF16/AMX).",
+        "   `precision.bf16_is_fast(device)` tells whether it helps (CUDA with bf16, CPUs with AVX512-BF16/AMX).",
         "2. Models whose GELU transformers spells out in Python (T5 1.1 and its LM-adapted checkpoints, mT5, "
-        "GPT-2): call `fast_path.fuse_gelu(model)` once; same formula as one fused kernel, fewer saved tensors.",
-        "3. Decoder-only models: compute the loss with `fast_path.causal_lm_target_loss(model, input_ids, labels,"
+        "GPT-2): call `step_savings.fuse_gelu(model)` once; same formula as one fused kernel, fewer saved tensors.",
+        "3. Decoder-only models: compute the loss with `step_savings.causal_lm_target_loss(model, input_ids, labels,"
         " attention_mask)`, which asks the model for the logits of the labelled positions only; the loss equals "
         "`model(..., labels=labels).loss`.",
         "4. Keep PEFT's input-gradient-only backward: the base model must stay frozen (PEFT does this); do not "

@@ -1,11 +1,11 @@
 """Speed, memory and adapter size of SoftPromptConfig beside PEFT prompt tuning, LoRA and full fine-tuning.
 
-    python benchmarks/run.py            # full run: T5 1.1-small and Llama-small shapes, < 10 min on 2 CPU cores
-    python benchmarks/run.py --quick    # about a minute: T5 only, one round
-    python benchmarks/run.py --smoke    # seconds, tiny models: checks that every code path runs
-    python benchmarks/run.py --device cuda
+    python -m benchmarks.run            # full run: T5 1.1-small and Llama-small shapes, < 10 min on 2 CPU cores
+    python -m benchmarks.run --quick    # about a minute: T5 only, one round
+    python -m benchmarks.run --smoke    # seconds, tiny models: checks that every code path runs
+    python -m benchmarks.run --device cuda
 
-Writes `benchmarks/results/<name>.json` (every sample, machine, versions, date, command), PNG plots of
+Writes `benchmarks/results/run/<name>.json` (every sample, machine, versions, date, command), PNG plots of
 the scaling curves beside it, and a Markdown report (`benchmarks/RESULTS.md` for a full run).
 
 How it stays honest on a shared machine: methods are timed interleaved within each round and summarised
@@ -24,17 +24,16 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler: no start/stop lines in the log
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable (the memory children need it)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
 from benchmarks import machine, plans, report  # noqa: E402
 from benchmarks import memory as mem  # noqa: E402
 from benchmarks import workloads as wl  # noqa: E402
+from benchmarks.common import result_dir  # noqa: E402
 from benchmarks.profiling import profile  # noqa: E402
 from benchmarks.timing import paired_ratio, run_interleaved  # noqa: E402
-from softprompt_ext.training.fast_path import fuse_gelu  # noqa: E402
+from softprompt_ext.training.step_savings import fuse_gelu  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -267,12 +266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--name", default=None, help="result name (default: <mode>-<device type>)")
     parser.add_argument(
-        "--out", default=HERE, help="directory for results/ and the report (default: benchmarks/)"
+        "--out", default=HERE, help="directory for results/run/ and the report (default: benchmarks/)"
     )
     parser.add_argument(
         "--markdown",
         default=None,
-        help="report path (default: <out>/RESULTS.md for a full run, else results/<name>.md)",
+        help="report path (default: <out>/RESULTS.md for a full run, else results/run/<name>.md)",
     )
     parser.add_argument("--memory-workers", type=int, default=None, help="memory children run at once")
     parser.add_argument(
@@ -300,8 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name = args.name or f"{plan.mode}-{device.type}"
-    results_dir = os.path.join(args.out, "results")
-    os.makedirs(results_dir, exist_ok=True)
+    results_dir = result_dir("run", os.path.join(args.out, "results"))
     markdown = args.markdown or (
         os.path.join(args.out, "RESULTS.md")
         if plan.mode == "full"

@@ -20,14 +20,13 @@ per-repeat time ratio old/new (wall clock, and process CPU time, the steadier on
 median times, and the largest absolute difference between the two ways' [B, C] scores. fp32 throughout (no
 bf16 autocast: this CPU has no fast bf16). One torch thread by default (see `benchmarks/multi_prompt.py`).
 
-    python benchmarks/scoring.py                 # B=32, 5 repeats per way and model
-    python benchmarks/scoring.py --repeats 3 --batch 16
+    python -m benchmarks.scoring                 # B=32, 5 repeats per way and model
+    python -m benchmarks.scoring --repeats 3 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,10 +34,8 @@ import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable, as every benchmark does
-    sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, "results")
+from benchmarks.common import RESULTS, run_info, write_json
+
 IGNORE = -100
 
 
@@ -200,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="inputs per call (B)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each way per model")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "scoring.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "scoring", "scoring.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from benchmarks import machine
@@ -211,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         compare("T5 (embedded, P=20)", build_t5(args.batch), args.repeats, encoder_decoder=True),
         compare("Llama (tiny, P=20/10 mixed)", build_llama(args.batch), args.repeats, encoder_decoder=False),
     ]
-    command = "python benchmarks/scoring.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    info = machine.describe(torch.device("cpu"), [], "cpu", "label_scoring")
+    info = run_info("label_scoring", "scoring", argv if argv is not None else sys.argv[1:], mode="cpu")
     info.update(
-        command=command.strip(),
         load_average_before=load_before,
         load_average_after=machine.load_average(),
         cpu_pressure_avg60=machine.cpu_pressure(),
@@ -230,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "total_wall_s": round(time.perf_counter() - started, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    write_json(args.out, report)
     print("| case | B x C | old (s) | new (s) | speedup (wall) | speedup (CPU) | max abs score diff |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:

@@ -27,7 +27,7 @@ from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig
 from softprompt_ext.precision import autocast as library_autocast
-from softprompt_ext.training.fast_path import causal_lm_target_loss
+from softprompt_ext.training.step_savings import causal_lm_target_loss
 
 METHODS = ("softprompt", "peft_prompt_tuning", "lora", "full_finetune")
 METHOD_LABELS = {
@@ -240,7 +240,7 @@ class Step:
         precision: "fp32", "bf16_autocast" (forward under bf16 autocast), or "bf16_weights" (the caller
             cast the base to bf16; PEFT casts the float32 prompt to the embeddings' dtype).
         target_loss: decoder-only only: compute the loss from the labelled positions' logits
-            (`softprompt_ext.training.fast_path.causal_lm_target_loss`) instead of passing `labels` to the model.
+            (`softprompt_ext.training.step_savings.causal_lm_target_loss`) instead of passing `labels` to the model.
         lr: AdamW learning rate (irrelevant for speed; 0.3 is the paper's prompt-tuning rate).
     """
 

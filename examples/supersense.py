@@ -7,7 +7,7 @@
 
 Everything is offline and shipped with the package: a tiny T5 (9.4M parameters) that was pretrained with span
 corruption and LM-adapted on WordNet glosses and prose (`softprompt_ext.embedded`, built by
-`scripts/build_embedded_model.py`), and an 8-class task (a noun's lemmas and definition -> "animal", "plant",
+`scripts/embedded_build/build.py`), and an 8-class task (a noun's lemmas and definition -> "animal", "plant",
 "food", ...). The recipe is the paper's (Lester et al. 2021, section 3): the model stays frozen, only P soft
 prompt vectors train, initialised from the class labels' embeddings (section 3.2), with Adafactor at a
 constant learning rate of 0.3. The adapter is reloaded with PEFT's own `PeftModel.from_pretrained`.

@@ -31,10 +31,10 @@ from softprompt_ext import (
     evaluate_per_task,
     get_task,
     mix_tasks,
-    mixing_rates,
     save_task_prompts,
     tokenize_for_seq2seq,
 )
+from softprompt_ext.training.mixing import mixing_rates
 
 PAIRS = (("animal", "artifact"), ("body", "food"), ("location", "person"), ("plant", "substance"))
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU/NCCL check of issue 20 (FSDP, DeepSpeed ZeRO-3) and issue 3 (DDP) in one run, <= ~8 minutes.
+# Every GPU/NCCL check of the scale-out work (FSDP, DeepSpeed ZeRO-3) and of DDP in one run, <= ~8 minutes.
 #
 #   bash scripts/gpu_scale_out_check.sh            # from the repository root, in the project's venv
 #

@@ -56,11 +56,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `softprompt` (exposed for documentation tools)."""
-    parser = _Parser(prog=PROG, description="Inspect, compare and describe saved soft prompts (softprompt-ext).")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def _add_reading_commands(commands: argparse._SubParsersAction) -> None:
+    """The `inspect` and `similar` subcommands: reading one prompt, ranking a library of them."""
     inspect = commands.add_parser(
         "inspect",
         help="nearest vocabulary tokens of each prompt position (paper section 7)",
@@ -90,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--top-k", type=_positive_int, metavar="N", help="show the N best only")
     similar.add_argument("--json", action="store_true", help="print JSON instead of a table")
     similar.add_argument("--png", metavar="FILE", help="also write the similarity matrix as a PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `softprompt` (exposed for documentation tools)."""
+    parser = _Parser(prog=PROG, description="Inspect, compare and describe saved soft prompts (softprompt-ext).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    _add_reading_commands(commands)
 
     info = commands.add_parser("info", help="P, d_model, task type, base model, init record, size on disk",
                                description="Describe a saved prompt-tuning adapter.")

@@ -33,6 +33,7 @@ from typing import Any
 from peft import PromptTuningConfig
 
 from .adapters.atomic import atomic_write_text, refresh_digest
+from .adapters.model_card import update_model_card
 from .peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, split_from_pretrained_kwargs
 from .version import __version__
 
@@ -134,6 +135,18 @@ class SoftPromptConfig(PromptTuningConfig):
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
+        """Every field, in order: task and length, the init, what the init reads, the random draws."""
+        self._validate_task_and_length()
+        init = self._validate_init()
+        self._validate_init_inputs(init)
+        self._validate_random_draws()
+        self._validate_peft_fields()
+        if isinstance(self.prompt_tuning_init_text, str):
+            _check_unicode("prompt_tuning_init_text", self.prompt_tuning_init_text)
+        self._check_saved_json()
+
+    def _validate_task_and_length(self) -> None:
+        """`task_type` is required (it decides the placement); P is an int in [1, MAX_VIRTUAL_TOKENS]."""
         if self.task_type is None:
             # PEFT would accept it and fail later in get_peft_model with a bare KeyError: None
             raise ValueError(
@@ -156,6 +169,9 @@ class SoftPromptConfig(PromptTuningConfig):
                 f"num_virtual_tokens must be <= {MAX_VIRTUAL_TOKENS}, got {self.num_virtual_tokens}; "
                 "the paper goes up to 150 (section 3, Figure 3a)."
             )
+
+    def _validate_init(self) -> SoftPromptInit:
+        """`prompt_tuning_init` as a `SoftPromptInit`; the prompt goes in front of the encoder only."""
         try:
             self.prompt_tuning_init = SoftPromptInit(getattr(self.prompt_tuning_init, "value", self.prompt_tuning_init))
         except ValueError:
@@ -171,7 +187,10 @@ class SoftPromptConfig(PromptTuningConfig):
                 "For PEFT's encoder+decoder allocation use peft.PromptTuningConfig."
             )
         self.num_transformer_submodules = 1
+        return init
 
+    def _validate_init_inputs(self, init: SoftPromptInit) -> None:
+        """What the chosen init reads: class labels, a tokenizer, a text, a saved prompt."""
         if self.class_labels is not None:
             if isinstance(self.class_labels, str) or not isinstance(self.class_labels, list | tuple):
                 raise TypeError(
@@ -211,6 +230,9 @@ class SoftPromptConfig(PromptTuningConfig):
                 f"prompt_tuning_init='SAVED_PROMPT' needs init_prompt_path, got {self.init_prompt_path!r}; "
                 "pass an adapter directory, a Hub adapter id or a .safetensors file."
             )
+
+    def _validate_random_draws(self) -> None:
+        """The sampled vocabulary, the uniform range and the seed (paper section 3.2 defaults)."""
         if self.sample_vocab_size is not None and (
             isinstance(self.sample_vocab_size, bool)
             or not isinstance(self.sample_vocab_size, int)
@@ -240,10 +262,6 @@ class SoftPromptConfig(PromptTuningConfig):
             raise TypeError(f"init_seed must be an int or None, got {self.init_seed!r}.")
         if self.init_seed is not None and not -(2**63) <= self.init_seed < 2**64:
             raise ValueError(f"init_seed={self.init_seed} does not fit torch's 64-bit seed; pass a smaller int.")
-        self._validate_peft_fields()
-        if isinstance(self.prompt_tuning_init_text, str):
-            _check_unicode("prompt_tuning_init_text", self.prompt_tuning_init_text)
-        self._check_saved_json()
 
     def _check_saved_json(self) -> None:
         """Both files serialise as they will be written, each within what the adapter reader accepts."""
@@ -326,8 +344,6 @@ class SoftPromptConfig(PromptTuningConfig):
         plain_text, record_text = self._saved_json(kwargs.pop("auto_mapping_dict", None))
         atomic_write_text(os.path.join(save_directory, CONFIG_NAME), plain_text)
         atomic_write_text(os.path.join(save_directory, RECORD_NAME), record_text)
-
-        from .adapters.model_card import update_model_card  # local import: model_card imports this module
 
         update_model_card(save_directory, self)
         # last: over an adapter saved by save_adapter_atomically, a save killed before this line leaves the old

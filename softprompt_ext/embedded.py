@@ -1,7 +1,7 @@
 """The embedded tiny LM-adapted T5 (offline, shipped in the wheel) and the default base model of the examples.
 
 Prompt tuning only means something on a pretrained model (Lester et al. 2021), and nothing may be downloaded
-in tests, examples or CI. `scripts/build_embedded_model.py` therefore builds a T5 1.1-style model on WordNet 3.0
+in tests, examples or CI. `scripts/embedded_build/build.py` therefore builds a T5 1.1-style model on WordNet 3.0
 glosses and permissively licensed prose (span corruption, then LM adaptation with
 `softprompt_ext.training.lm_adapt`, paper section 3.3) and ships two checkpoints (9.4M parameters, vocabulary
 8,192, ~19 MB each) in fp16 under `softprompt_ext/data/embedded/`:
@@ -46,7 +46,7 @@ def embedded_model_path(kind: str = "lm_adapt") -> str:
     if not (path / "config.json").is_file():
         raise ValueError(
             f"the embedded checkpoint {kind!r} is missing at {path}; rebuild it with "
-            "`python scripts/build_embedded_model.py`."
+            "`python -m scripts.embedded_build`."
         )
     return str(path)
 

@@ -79,7 +79,7 @@ class SoftPromptEmbedding(PromptEncoderBase):
             weight = torch.zeros(num_rows, dim, dtype=torch.float32)  # [P, H]
         else:
             if config.warn_if_not_lm_adapted:
-                from .checkpoints import warn_if_span_corruption
+                from .lm_adapted import warn_if_span_corruption
 
                 warn_if_span_corruption(config.base_model_name_or_path)
             with gather_params_ctx(word_embeddings.parameters()):

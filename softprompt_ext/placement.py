@@ -1,9 +1,33 @@
 """Mixed-task batches, the placement and the forward: one frozen model, a different soft prompt per example.
 
-This is the core half of `inference/mixed_batches.py` (which re-exports every name here and adds
-`mixed_generate`): it lives at the top of the package so that both inference (`inference/`) and training
-(`training/multitask.py`, K prompts trained in one run) place prompts the same way -- one placement.
-The design notes are in `softprompt_ext.inference.mixed_batches`.
+Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
+https://arxiv.org/abs/2104.08691 -- sections 1 and 6: because only the prompt changes between tasks, one
+frozen model can serve a batch whose examples belong to different tasks. Inference (`inference/`, which adds
+`mixed_generate` in `inference/mixed_batches.py`) and training (`training/multitask.py`, K prompts trained in
+one run) place prompts here -- one placement.
+
+PEFT holds several prompt adapters in one `PeftModel` (`load_adapter`), but its forward and generate use
+the single active adapter for the whole batch. This module reads each loaded prompt
+(`peft_internals.prompt_weight`), places prompt i in front of example i itself and calls
+the frozen base model with `inputs_embeds`. PEFT is neither patched nor called for the placement.
+
+Design decisions
+----------------
+* The reference is "example i alone, without padding, with `model.set_adapter(adapter_names[i])`" -- what
+  PEFT computes for that single example. A mixed batch reproduces it to float tolerance (greedy tokens
+  identically), whatever the prompt lengths and however the input batch was padded: the real tokens of
+  example i are the positions where `attention_mask` is 1, in order; pad positions are dropped first.
+* Encoder-decoder (T5): the encoder input is `[prompt_i; tokens_i; pad...]` (right padding) with pad keys
+  masked. T5's relative position bias depends only on the distance between two real positions, and masked
+  keys get no attention weight, so every real position sees exactly what it sees alone. The decoder gets
+  no virtual tokens (paper section 2).
+* Decoder-only (Llama, GPT-2): the sequence is `[pad...; prompt_i; tokens_i]` (left padding, so that
+  generation continues right after every example's last token) with `position_ids` counting real
+  positions only: absolute (GPT-2) and rotary (Llama) positions are 0..L_i-1, as alone.
+* Causal-LM logits come back aligned to `input_ids` (`[B, T, V]`, virtual positions removed), unlike
+  PEFT's forward whose logits include the virtual positions. The loss follows PEFT: the label of the first
+  input token is predicted from the last prompt position.
+* Everything is differentiable in the prompts, so a mixed batch can also train several prompts at once.
 """
 
 from __future__ import annotations

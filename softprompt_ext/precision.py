@@ -4,7 +4,8 @@ Prompt tuning keeps the prompt, its gradient and the optimizer state in float32 
 runs in (paper section 2: only the prompt trains). The frozen model's matrix products may run in bfloat16
 under autocast, which changes results by bf16 rounding only -- and is a speed-up only on hardware with bf16
 units: CUDA devices that support it, CPUs with AVX512-BF16 or AMX. Other CPUs (AMD Zen 3 and older, most
-laptops: AVX2 only) emulate bf16, and autocast makes a training step ~20x *slower* than float32.
+laptops: AVX2 only) emulate bf16, and autocast makes a training step many times *slower* than float32
+(the ratio is in benchmarks/RESULTS.md).
 
 So nothing in the library, its examples, benchmarks or scripts hard-codes a precision. They all ask here:
 

@@ -1,5 +1,9 @@
 """Tiny models and a tokenizer built in-process, for tests, examples and benchmarks that must run offline.
 
+A supported public helper, not only a test fixture: the examples (`examples/quickstart.py`,
+`examples/superglue.py`) and the guides' code blocks build their offline stand-ins with it, so it ships in the
+wheel and its signatures stay stable (API page: docs/api/embedded.md).
+
 Nothing here downloads: the tokenizer is a SentencePiece-style Unigram model trained with `tokenizers` on a
 few sentences shipped in this file, and the models are built from config objects with random weights.
 Ids follow T5's layout: 0 = `<pad>`, 1 = `</s>`, 2 = `<unk>`, sentinels `<extra_id_i>` at the end.

@@ -1,6 +1,7 @@
 """Shared fixtures: a tokenizer trained offline and tiny T5 / Llama / GPT-2 models built from configs.
 
-Nothing here touches the network; `HF_HUB_OFFLINE=1` makes any accidental download fail fast.
+Nothing here touches the network; `HF_HUB_OFFLINE=1` makes any accidental download fail fast. Fixtures only:
+helpers that tests import live in `tests/helpers.py`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# `random_prompt_config` stays importable from here for tests/test_serving*.py until they import it from helpers
+from helpers import MODEL_BUILDERS, random_prompt_config  # noqa: E402,F401
 from peft import PeftModel, get_peft_model  # noqa: E402
 
 import softprompt_ext  # noqa: E402,F401  (registers with PEFT)
-from softprompt_ext import SoftPromptConfig, tiny_models  # noqa: E402
+from softprompt_ext import tiny_models  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models: splitting their matmuls over threads only costs (measured 3x)
-
-MODEL_BUILDERS = {
-    "t5": tiny_models.build_t5,
-    "llama": tiny_models.build_llama,
-    "gpt2": tiny_models.build_gpt2,
-}
-TASK_TYPES = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM"}
-
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -63,17 +59,6 @@ def make_model(tokenizer):
     return make
 
 
-def random_prompt_config(kind: str, length: int, seed: int) -> SoftPromptConfig:
-    """A RANDOM_UNIFORM(1.0) prompt of `length` rows for a model `kind` ("t5", "llama", "gpt2")."""
-    return SoftPromptConfig(
-        task_type=TASK_TYPES[kind],
-        num_virtual_tokens=length,
-        prompt_tuning_init="RANDOM_UNIFORM",
-        init_range=1.0,
-        init_seed=seed,
-    )
-
-
 @pytest.fixture
 def build(make_model, tmp_path):
     """`build(kind)`: a fresh base model with the prompts p3 (P=3), p7 (P=7), p5 (P=5) loaded through PEFT's
@@ -96,30 +81,3 @@ def build(make_model, tmp_path):
         return model.eval()
 
     return make
-
-
-def prompt_model(make_model, kind: str, num_virtual_tokens: int = 3):
-    """A tiny `kind` model with one SAMPLE_VOCAB soft prompt (the fast-path and precision tests)."""
-    task = TASK_TYPES[kind]
-    config = SoftPromptConfig(task_type=task, num_virtual_tokens=num_virtual_tokens, sample_vocab_size=50, init_seed=0)
-    return get_peft_model(make_model(kind), config)
-
-
-def prompt_grad(model, loss: torch.Tensor) -> torch.Tensor:
-    """d loss / d prompt `[P, H]` of the default adapter."""
-    return torch.autograd.grad(loss, model.prompt_encoder.default.embedding.weight)[0]  # [P, H]
-
-
-# ---------------------------------------------------------------------------------------------- shared inputs
-# of the multi-prompt tests (test_mixed_batches, test_ensembles, test_scoring): different lengths, so padding matters
-TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season", "the river"]
-
-
-def padded_batch(tokenizer, side: str, texts: list[str] = TEXTS):
-    """`(input_ids [B, T], attention_mask [B, T])` of `texts`, padded on `side` ("left" or "right")."""
-    previous, tokenizer.padding_side = tokenizer.padding_side, side
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = previous
-    return enc.input_ids, enc.attention_mask

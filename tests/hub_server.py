@@ -1,6 +1,6 @@
 """A small Hugging Face Hub-compatible HTTP server for tests: real `huggingface_hub` requests, no network.
 
-Issue 3 asks that `push_to_hub`, `PeftModel.from_pretrained(base, repo_id)` and the HF cache work with
+The Hub support promises that `push_to_hub`, `PeftModel.from_pretrained(base, repo_id)` and the HF cache work with
 softprompt adapters *unchanged*. Patching `huggingface_hub` would only prove that our patch works, so the
 test suite points the real client at this server with `HF_ENDPOINT=http://127.0.0.1:PORT` (read by
 `huggingface_hub.constants` at import, hence client code runs in a subprocess).

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 10): an adapter save killed at any point leaves the previous adapter loadable.
+"""Nothing lost: an adapter save killed at any point leaves the previous adapter loadable.
 
 Real subprocesses are killed with SIGKILL: (1) at each stage of `save_adapter_atomically`, stopped there by
 its own `on_stage` hook; (2) at random moments while saving a large prompt over and over, which lands

@@ -1,4 +1,4 @@
-"""benchmarks/run.py --smoke: every code path of the benchmark runs and writes JSON, Markdown and plots.
+"""python -m benchmarks.run --smoke: every code path of the benchmark runs and writes JSON, Markdown and plots.
 
 No timing is asserted (tiny models on a shared machine); what is checked is that the report has every
 section and the JSON every key a reader of RESULTS.md relies on, with values of the right kind.
@@ -24,7 +24,8 @@ def smoke(tmp_path_factory):
     proc = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "benchmarks", "run.py"),
+            "-m",
+            "benchmarks.run",
             "--smoke",
             "--threads",
             "1",
@@ -38,9 +39,9 @@ def smoke(tmp_path_factory):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with open(out / "results" / "smoke-cpu.json") as f:
+    with open(out / "results" / "run" / "smoke-cpu.json") as f:
         results = json.load(f)
-    return out, results, (out / "results" / "smoke-cpu.md").read_text()
+    return out, results, (out / "results" / "run" / "smoke-cpu.md").read_text()
 
 
 @pytest.mark.slow
@@ -48,7 +49,7 @@ def test_smoke_run_records_where_and_how_it_ran(smoke):
     _, results, _ = smoke
     meta = results["meta"]
     assert meta["mode"] == "smoke" and meta["device"] == "cpu" and meta["torch_threads"] == 1
-    assert meta["command"].startswith("python benchmarks/run.py --smoke")
+    assert meta["command"].startswith("python -m benchmarks.run --smoke")
     assert {"torch", "transformers", "peft", "softprompt-ext"} <= set(meta["versions"])
     assert meta["date_utc"][:2] == "20" and meta["wall_s"] > 0
 
@@ -101,7 +102,7 @@ def test_smoke_run_writes_scaling_curves_and_the_report(smoke):
     assert [r["P"] for r in results["scaling"]["prompt_length"]] == [1, 4]
     assert [r["L"] for r in results["scaling"]["input_length"]] == [8, 16]
     for name in ("smoke-cpu-scaling-prompt-length.png", "smoke-cpu-scaling-input-length.png"):
-        with open(out / "results" / name, "rb") as f:
+        with open(out / "results" / "run" / name, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for section in (
         "## Headline",

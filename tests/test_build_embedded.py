@@ -1,4 +1,4 @@
-"""scripts/build_embedded_model.py (issue 21): a build in sittings ends where a straight build does; --corpus, --plan.
+"""scripts/embedded_build (python -m scripts.embedded_build): a build in sittings ends where a straight build does; --corpus, --plan.
 
 Tiny shapes, a synthetic corpus made with `text_corpus.build` (valid manifest), `--without_wordnet` (no Debian
 data needed), CPU, fp32: a 10-step build with 4 steps of LM adaptation, straight and in four sittings.
@@ -11,19 +11,18 @@ import math
 import random
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from scripts.embedded_build import build as bem
+from scripts.embedded_build import corpus as text_corpus
+from scripts.embedded_build import plan as build_plan
+from scripts.embedded_build import sittings as build_sittings
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import build_embedded_model as bem  # noqa: E402
-import build_plan  # noqa: E402
-import build_sittings  # noqa: E402
-import text_corpus  # noqa: E402
 
 TINY = ["--d_model", "32", "--d_ff", "48", "--num_layers", "1", "--num_heads", "2", "--d_kv", "16",
         "--vocab_size", "160", "--batch_size", "4", "--input_length", "24", "--target_length", "8",
@@ -66,6 +65,7 @@ def record(root: Path) -> dict:
     return json.loads((root / "export" / "build_record.json").read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_four_sittings_end_with_the_weights_of_a_straight_build(straight, corpus, tmp_path, monkeypatch):
     """SIGTERM at step 3; --sitting_steps 9 (pretraining to 10, LM to 2); --time_budget_s 0 (LM step 3); the rest."""
     step_done = build_sittings.Sitting.step_done
@@ -135,7 +135,7 @@ def test_record_and_card_name_every_source_and_segment(straight, corpus):
 
 
 def test_every_build_records_the_encoder_use_diagnostics(straight):
-    """Health first (issue 21): both exported checkpoints get the own- vs shuffled-input loss, the residual
+    """Health first: both exported checkpoints get the own- vs shuffled-input loss, the residual
     stream per encoder layer and the linear probe, measured on the exported files."""
     health = record(straight)["health"]
     assert set(health) == {"lm_adapt", "span"}
@@ -151,7 +151,7 @@ def test_a_corpus_is_refused_unless_its_manifest_matches(corpus, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "corpus.txt").write_text((corpus / "corpus.txt").read_text(encoding="utf-8") + "One more line here.\n")
-    with pytest.raises(ValueError, match=r"has no manifest.json .*python scripts/text_corpus.py --out"):
+    with pytest.raises(ValueError, match=r"has no manifest.json .*python -m scripts.embedded_build corpus --out"):
         build(tmp_path, bad)
     (bad / "manifest.json").write_text((corpus / "manifest.json").read_text(encoding="utf-8"))
     with pytest.raises(ValueError, match=r"bad/corpus.txt has sha256 .* but .*manifest.json says corpus_sha256"):
@@ -249,7 +249,7 @@ def test_packing_fills_examples_and_keeps_every_token(straight, corpus, tmp_path
 # ------------------------------------------------------------------ what the WordNet part of a build holds out
 def _fake_wordnet(per_class: int = 330) -> list:
     """Enough synthetic synsets for both tasks' splits (330 a class), each with its own definition."""
-    import wordnet_data
+    from scripts.embedded_build import wordnet as wordnet_data
 
     synsets = []
     for lexname in (*wordnet_data.SUPERSENSES, *wordnet_data.VERB_SUPERSENSES, "adj.all"):
@@ -261,8 +261,8 @@ def _fake_wordnet(per_class: int = 330) -> list:
 
 
 def test_pretraining_lines_hold_out_the_dev_and_test_of_both_tasks(monkeypatch, tmp_path):
-    import build_data
-    import wordnet_data
+    from scripts.embedded_build import data as build_data
+    from scripts.embedded_build import wordnet as wordnet_data
 
     monkeypatch.setattr(build_data, "ensure_wordnet", lambda: None)
     monkeypatch.setattr(wordnet_data, "read_wordnet", _fake_wordnet)
@@ -283,8 +283,8 @@ def test_pretraining_lines_hold_out_the_dev_and_test_of_both_tasks(monkeypatch, 
 
 
 def test_a_corpus_not_filtered_against_both_tasks_is_refused(monkeypatch, corpus, tmp_path):
-    import build_data
-    import wordnet_data
+    from scripts.embedded_build import data as build_data
+    from scripts.embedded_build import wordnet as wordnet_data
 
     monkeypatch.setattr(build_data, "ensure_wordnet", lambda: None)
     monkeypatch.setattr(wordnet_data, "read_wordnet", _fake_wordnet)

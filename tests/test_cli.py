@@ -92,6 +92,7 @@ def own_stderr_lines(stderr: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- subprocess
+@pytest.mark.slow
 def test_inspect_json_through_python_dash_m(runs):
     code, out, err = runs["inspect"]
     assert code == 0, err
@@ -105,6 +106,7 @@ def test_inspect_json_through_python_dash_m(runs):
     assert not returned & ({0, 1, 2} | set(range(168, 176)))  # specials and sentinels skipped by default
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(files):
     # `softprompt inspect --json | head`: the reader goes away; before, the command ended with
     # "error: [Errno 32] Broken pipe" and exit code 2
@@ -134,6 +136,7 @@ def test_broken_pipe_in_process_returns_0_without_a_message(files, capsys, monke
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "message"),
     [

@@ -1,4 +1,4 @@
-"""Configs from anywhere (issue 10): property-based tests over SoftPromptConfig fields and adapter JSON files.
+"""Configs from anywhere: property-based tests over SoftPromptConfig fields and adapter JSON files.
 
 Properties:
 * any field values either build a config or raise ValueError/TypeError (nothing else);

@@ -1,4 +1,4 @@
-"""Multi-process training of a `SoftPromptConfig` model under `accelerate launch` (issue 3, item 5).
+"""Multi-process training of a `SoftPromptConfig` model under `accelerate launch`.
 
 `tests/scripts/ddp_train.py` is a plain `Seq2SeqTrainer` script. Here it runs as two processes: DDP over gloo
 on this CPU, and on CUDA devices when there are any (those entries skip with a reason otherwise). The checks:
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,18 +29,12 @@ MAX_STEPS = 6
 LAUNCH_TIMEOUT_S = 180
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(launch_flags: list[str], script_args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         *launch_flags,
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
+        "--main_process_port", str(free_port()),
         str(SCRIPT), *script_args,
     ]
     env = {

@@ -156,12 +156,12 @@ def test_api_reference_covers_every_public_name():
 
 
 def test_benchmark_plots_in_docs_are_the_committed_ones():
-    plots = sorted((ROOT / "benchmarks" / "results").glob("*.png"))
+    plots = sorted((ROOT / "benchmarks" / "results").rglob("*.png"))
     assert plots
     for plot in plots:
         copy = DOCS / "assets" / "benchmarks" / plot.name
         assert copy.is_file() and filecmp.cmp(plot, copy, shallow=False), (
-            f"{rel(copy)} differs from {rel(plot)}: cp benchmarks/results/*.png docs/assets/benchmarks/"
+            f"{rel(copy)} differs from {rel(plot)}: cp {rel(plot)} docs/assets/benchmarks/"
         )
 
 

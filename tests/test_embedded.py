@@ -11,8 +11,10 @@ import warnings
 import pytest
 import torch
 
-from softprompt_ext import SoftPromptConfig, checkpoints
+from scripts.embedded_build import wordnet as wordnet_data
+from softprompt_ext import SoftPromptConfig
 from softprompt_ext.embedded import embedded_model_path, load_embedded
+from softprompt_ext.lm_adapted import is_span_corruption_only
 from softprompt_ext.tasks.supersense import (
     NOUN_DIR,
     SUPERSENSE_LABELS,
@@ -23,8 +25,6 @@ from softprompt_ext.tasks.supersense import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import wordnet_data  # noqa: E402
 
 # shape documented in the model card and softprompt_ext/embedded.py
 SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4,
@@ -73,7 +73,7 @@ def test_lm_adapted_config_records_adaptation_and_is_not_warned(lm_adapted):
     with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
         record = json.load(handle)["lm_adaptation"]
     assert record["objective"] == "prefix_lm" and record["steps"] >= 1
-    assert not checkpoints.is_span_corruption_only(path)
+    assert not is_span_corruption_only(path)
     model, _ = lm_adapted
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -100,7 +100,7 @@ def test_encoder_keeps_tokens_apart(kind):
 def test_both_checkpoints_read_their_input(kind, objective):
     """Each checkpoint's own objective is predicted better from the example's own input than a neighbour's.
 
-    The issue-21 failure this pins: the first v3 attempt's LM-adapted decoder ignored its encoder (6.605 vs
+    The failure this pins: the first v3 attempt's LM-adapted decoder ignored its encoder (6.605 vs
     6.608), and v2's barely read it (5.824 vs 5.884), so no prompt could steer them. The shipped v3 build
     (Adafactor, T5's parameter-scaled LM adaptation): span 5.760 vs 5.887, LM-adapted 5.932 vs 6.073. The gap
     alone is no collapse test (the collapsed first build's span checkpoint had 0.43); the rank and norm test
@@ -115,7 +115,7 @@ def test_both_checkpoints_read_their_input(kind, objective):
 
 
 def test_span_checkpoint_is_detected_as_span_corruption():
-    assert checkpoints.is_span_corruption_only(embedded_model_path("span"))
+    assert is_span_corruption_only(embedded_model_path("span"))
 
 
 def test_span_checkpoint_records_its_objective_and_no_adaptation():
@@ -216,7 +216,7 @@ def test_a_soft_prompt_steers_the_lm_adapted_model():
 
     Margins measured (fp32; training trajectories differ between CPU kinds by float rounding): AMD EPYC, AVX2
     only, no bf16 units: dev loss 7.315 -> 5.679 (-22%). The old absolute form of this test (training-loss drop
-    > 1.5 nats) saw 1.25 nats on that CPU kind and > 1.5 on an AVX-512 one (issue 14) -- both -17% or more of a
+    > 1.5 nats) saw 1.25 nats on that CPU kind and > 1.5 on an AVX-512 one -- both -17% or more of a
     ~7.2 start. The first build (its decoder ignored the encoder) did not move (~7.7 throughout). The bound,
     -8%, is under half the smallest relative drop seen on either kind."""
     import random
@@ -274,8 +274,9 @@ def test_default_config_works_on_the_embedded_model(lm_adapted):
 
 @pytest.mark.parametrize("kind", ["lm_adapt", "span"])
 def test_shipped_model_cards_are_written_from_the_shipped_record(kind):
-    """No number in a card is typed by hand: each is `scripts/model_card_text.py`'s text for the shipped record."""
-    import model_card_text
+    """No number in a card is typed by hand: each is `scripts/embedded_build/card_text.py`'s text for the shipped
+    record."""
+    from scripts.embedded_build import card_text as model_card_text
 
     root = os.path.dirname(embedded_model_path(kind))
     with open(os.path.join(root, "build_record.json"), encoding="utf-8") as handle:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TEXTS, padded_batch
+from helpers import TEXTS, padded_batch
 
 from softprompt_ext.inference.ensembles import (
     answer_key,

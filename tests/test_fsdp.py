@@ -1,4 +1,4 @@
-"""Prompt tuning a sharded frozen base (issue 20): FSDP on CPU over gloo, its CUDA twins, the example configs.
+"""Prompt tuning a sharded frozen base: FSDP on CPU over gloo, its CUDA twins, the example configs.
 
 What was found on this machine (torch 2.13.0+cpu, accelerate 1.15.0, transformers 5.24.0, peft 0.21.2):
 
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +36,6 @@ SCRIPT = ROOT / "tests" / "scripts" / "fsdp_train.py"
 EXAMPLES = ROOT / "examples" / "accelerate"
 TIMEOUT_S = 240
 ATOL = 1e-4  # float32 round-off of a different reduction order over 4 Adafactor steps (seen: 9e-6)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(tmp_path: Path) -> dict:
@@ -64,7 +58,7 @@ def _train(tmp_path: Path, name: str, mode: str, processes: int, device: str = "
         _run([sys.executable, str(SCRIPT), *args], tmp_path)
     else:
         _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-              "--master_port", str(_free_port()), str(SCRIPT), *args], tmp_path)
+              "--master_port", str(free_port()), str(SCRIPT), *args], tmp_path)
     return out
 
 
@@ -153,7 +147,7 @@ def test_accelerate_fsdp_on_cpu_falls_back_to_ddp(tmp_path):
         sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--fsdp_cpu_ram_efficient_loading", "false", "--fsdp_sync_module_states", "false",
-        "--main_process_port", str(_free_port()),
+        "--main_process_port", str(free_port()),
         str(ROOT / "tests" / "scripts" / "ddp_train.py"), "--output_dir", str(out), "--use_cpu", "--world_only",
     ]
     _run(command, tmp_path)
@@ -169,7 +163,7 @@ def test_deepspeed_zero3_runs_or_skips_with_the_reason(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(EXAMPLES / "deepspeed_zero3.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-               "--main_process_port", str(_free_port()), str(ROOT / "tests" / "scripts" / "ddp_train.py"),
+               "--main_process_port", str(free_port()), str(ROOT / "tests" / "scripts" / "ddp_train.py"),
                "--output_dir", str(out), "--max_steps", "4"]
     _run(command, tmp_path)
     prompts = [load_file(str(out / f"prompt_rank{r}.safetensors"))["final"] for r in (0, 1)]

@@ -1,4 +1,4 @@
-"""Hub push/pull of a soft-prompt adapter through the real `huggingface_hub` client (issue 3, item 4).
+"""Hub push/pull of a soft-prompt adapter through the real `huggingface_hub` client.
 
 `tests/hub_server.py` serves a Hub-compatible API on 127.0.0.1; `tests/scripts/hub_client.py` runs the
 user's workflow in subprocesses with `HF_ENDPOINT` pointing at it (the client reads it at import, and this
@@ -82,6 +82,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_push_to_hub_uploads_exactly_the_adapter_files(hub_run):
     repo = hub_run.hub.repo(ADAPTER_REPO)
     assert len(repo.commits) == 3  # the empty initial commit and one per push_to_hub
@@ -96,6 +97,7 @@ def test_push_to_hub_uploads_exactly_the_adapter_files(hub_run):
     assert record["class_labels"] == ["positive", "negative"] and record["init_seed"] == 7
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_push_used_the_regular_commit_api_and_nothing_unknown(hub_run):
     requests = hub_run.hub.requests
     assert ("POST", f"/api/models/{ADAPTER_REPO}/preupload/main") in requests
@@ -107,6 +109,7 @@ def test_push_used_the_regular_commit_api_and_nothing_unknown(hub_run):
     assert ours == []
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_adapter_records_base_model_by_hub_id(hub_run):
     assert hub_run.facts["push"]["base_model_name_or_path"] == BASE_REPO
     config = json.loads(hub_run.hub.files(ADAPTER_REPO)["adapter_config.json"])
@@ -114,12 +117,14 @@ def test_adapter_records_base_model_by_hub_id(hub_run):
     assert config["num_virtual_tokens"] == 4 and config["num_transformer_submodules"] == 1
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_peft_model_from_pretrained_gives_the_original_logits(hub_run):
     pushed, pulled = hub_run.tensors["push"], hub_run.tensors["pull"]
     assert torch.equal(pulled["prompt"], pushed["prompt_second"])
     _close(pulled["logits"], pushed["logits_second"])
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_auto_peft_model_loads_base_by_name_and_gives_the_original_logits(hub_run):
     pushed, pulled = hub_run.tensors["push"], hub_run.tensors["pull"]
     assert hub_run.facts["pull"]["auto_base_model"] == BASE_REPO
@@ -127,6 +132,7 @@ def test_auto_peft_model_loads_base_by_name_and_gives_the_original_logits(hub_ru
     _close(pulled["logits_auto"], pushed["logits_second"])
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 @pytest.mark.parametrize("phase", ["pull", "offline"])
 def test_loaded_config_is_a_softprompt_config_with_its_record(hub_run, phase):
     facts = hub_run.facts[phase]
@@ -143,6 +149,7 @@ def test_loaded_config_is_a_softprompt_config_with_its_record(hub_run, phase):
     }
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_offline_pull_from_the_hf_cache(hub_run):
     pushed, offline = hub_run.tensors["push"], hub_run.tensors["offline"]
     assert not hub_run.hub.running
@@ -151,6 +158,7 @@ def test_offline_pull_from_the_hf_cache(hub_run):
     _close(offline["logits_auto"], pushed["logits_second"])
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_revision_pins_the_older_prompt(hub_run):
     pushed, pulled = hub_run.tensors["push"], hub_run.tensors["pull"]
     first, second = hub_run.facts["push"]["first_commit"], hub_run.facts["push"]["second_commit"]
@@ -161,6 +169,7 @@ def test_revision_pins_the_older_prompt(hub_run):
     assert (pulled["logits_pinned"] - pushed["logits_second"]).abs().max() > 1e-3  # a different model indeed
 
 
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_save_pretrained_and_upload_folder_keep_the_model_card(hub_run):
     card = hub_run.facts["pull"]["card_uploaded"]
     assert hub_run.facts["pull"]["card_files"] == ADAPTER_FILES
@@ -179,6 +188,7 @@ def test_save_pretrained_and_upload_folder_keep_the_model_card(hub_run):
     "lost; push with softprompt_ext.push_adapter instead (test above). Strict: an upstream fix "
     "turns this into a failure to notice.",
 )
+@pytest.mark.slow  # hub_run: a Hub server and client subprocesses
 def test_push_to_hub_keeps_the_model_card(hub_run):
     card = hub_run.facts["pull"]["card"]
     assert card["library_name"] == "peft"

@@ -1,4 +1,4 @@
-"""Interrupted training resumes to the same result (issue 10): real runs killed with SIGKILL, then resumed.
+"""Interrupted training resumes to the same result: real runs killed with SIGKILL, then resumed.
 
 1. Prompt tuning with the stock `Seq2SeqTrainer` (tests/scripts/interrupted_training.py): a subprocess is
    killed once a checkpoint is whole, resumed in-process from the last complete checkpoint, and ends with

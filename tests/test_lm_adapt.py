@@ -14,7 +14,7 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from softprompt_ext import SoftPromptConfig, checkpoints, tiny_models
+from softprompt_ext import SoftPromptConfig, lm_adapted, tiny_models
 from softprompt_ext.training.lm_adapt import lm_adapt, main, resolve_resume
 from softprompt_ext.training.lm_objectives import LMObjective, Seq2SeqCollator
 
@@ -99,8 +99,8 @@ def test_checkpoint_loads_and_records_the_adaptation(adapted, source):
 
 @pytest.mark.slow
 def test_adapted_model_is_recognised_and_prompt_tunes(adapted, source, tokenizer, corpus, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_warned", set())
-    assert checkpoints.is_span_corruption_only(source) and not checkpoints.is_span_corruption_only(adapted.output_dir)
+    monkeypatch.setattr(lm_adapted, "_warned", set())
+    assert lm_adapted.is_span_corruption_only(source) and not lm_adapted.is_span_corruption_only(adapted.output_dir)
     assert len(_span_warnings(AutoModelForSeq2SeqLM.from_pretrained(source))) == 1
     base = AutoModelForSeq2SeqLM.from_pretrained(adapted.output_dir)
     assert _span_warnings(base) == []
@@ -163,7 +163,7 @@ def test_span_corruption_run_is_recorded_as_not_adapted(source, corpus, tmp_path
     assert "lm_adaptation" not in config
     assert (config["continued_pretraining"]["objective"], config["continued_pretraining"]["steps"]) == ("span_corruption", 2)
     # still span corruption: the warning names the source's LM-adapted counterpart
-    assert checkpoints.lm_adapted_counterpart(out) == "google/t5-small-lm-adapt"
+    assert lm_adapted.lm_adapted_counterpart(out) == "google/t5-small-lm-adapt"
 
 
 def test_a_callback_can_stop_the_run_with_a_checkpoint_to_resume_from(source, corpus, tmp_path):
@@ -250,6 +250,7 @@ def test_help_lists_the_flags(capsys):
         assert flag in shown
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_reports_a_bad_argument_in_one_line(tmp_path):
     bad = _run("--model_name_or_path", "x", "--train_files", "missing.txt", "--output_dir", str(tmp_path))
     assert bad.returncode == 2
@@ -275,7 +276,7 @@ def test_cli_adapts_from_jsonl(source, tmp_path):
     with open(os.path.join(out, "config.json"), encoding="utf-8") as handle:
         record = json.load(handle)["lm_adaptation"]
     assert (record["steps"], record["input_length"], record["target_length"], record["data"]) == (3, 12, 8, ["rows.jsonl"])
-    assert not checkpoints.is_span_corruption_only(out)
+    assert not lm_adapted.is_span_corruption_only(out)
 
 
 def test_the_trainer_builds_t5s_parameter_scaled_adafactor(source, tmp_path):

@@ -1,4 +1,4 @@
-"""Under load (issue 10): 64 prompt adapters in one model, mixed-task batches of 128, and no leaks.
+"""Under load: 64 prompt adapters in one model, mixed-task batches of 128, and no leaks.
 
 * 64 SoftPromptConfig adapters (P from 1 to 8) are saved, then loaded into one model with PEFT's
   `load_adapter` through `load_adapter_safely`.

@@ -1,4 +1,4 @@
-"""benchmarks/memory_plan.py (issue 20): published T5 sizes, the expected orderings, the saved results."""
+"""benchmarks/memory_plan.py: published T5 sizes, the expected orderings, the saved results."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_sharding_orders_as_expected(shape):
 
 
 def test_saved_results_are_the_current_plan():
-    saved = json.loads((ROOT / "benchmarks" / "results" / "memory_plan.json").read_text(encoding="utf-8"))
+    saved = json.loads((ROOT / "benchmarks" / "results" / "memory_plan" / "memory_plan.json").read_text(encoding="utf-8"))
     fresh = full_plan()
     assert len(saved["rows"]) == len(fresh["rows"])
     for old, new in zip(saved["rows"], fresh["rows"], strict=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TEXTS, padded_batch
+from helpers import TEXTS, padded_batch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from softprompt_ext import SoftPromptConfig

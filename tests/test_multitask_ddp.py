@@ -1,4 +1,4 @@
-"""`MultiTaskTrainer` in 2 processes (DDP over gloo on this CPU) equals 1 process with the global batch (issue 19).
+"""`MultiTaskTrainer` in 2 processes (DDP over gloo on this CPU) equals 1 process with the global batch.
 
 `tests/scripts/multitask_ddp_train.py` trains 4 prompts on tiny T5 for 3 steps of 8 rows; a task's examples
 are split over the ranks (and, with accumulation, over micro-batches) with different label counts, and one
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -29,15 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "multitask_ddp_train.py"
 TIMEOUT_S = 180
 sys.path.insert(0, str(SCRIPT.parent))
+from helpers import free_port  # noqa: E402
 from multitask_ddp_train import LAYOUT  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(command: list[str], tmp_path: Path) -> None:
@@ -46,9 +40,9 @@ def _run(command: list[str], tmp_path: Path) -> None:
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if result.returncode != 0 and "--main_process_port" in command and "address already in use" in result.stderr.lower():
-        # the free port was taken between _free_port() and the launcher binding it: once more, on a new port
+        # the free port was taken between free_port() and the launcher binding it: once more, on a new port
         command = list(command)
-        command[command.index("--main_process_port") + 1] = str(_free_port())
+        command[command.index("--main_process_port") + 1] = str(free_port())
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if result.returncode != 0:
         pytest.fail(f"{command[:4]} failed (exit {result.returncode}):\n{result.stdout[-2000:]}\n"
@@ -64,7 +58,7 @@ def _train(tmp_path: Path, processes: int, batch: int, accumulation: int) -> Pat
     else:
         _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), *args], tmp_path)
+              "--main_process_port", str(free_port()), *args], tmp_path)
     return out
 
 

@@ -28,6 +28,7 @@ def model_and_rows(make_model, tokenizer):
     return model, task, {"animal": rows[:12], "food": rows[12:20]}
 
 
+@pytest.mark.slow
 def test_each_prompt_is_a_plain_peft_adapter_and_the_summary_lists_scores(make_model, tokenizer, tmp_path):
     model, task, rows = model_and_rows(make_model, tokenizer)
     scores = evaluate_per_task(model, tokenizer, {name: (task, rows[name]) for name in TASKS})

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import prompt_grad, prompt_model
+from helpers import prompt_grad, prompt_model
 
 from softprompt_ext import precision
 from softprompt_ext.precision import autocast, bf16_autocast, bf16_is_fast, resolve_precision

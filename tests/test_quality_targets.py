@@ -1,4 +1,4 @@
-"""benchmarks/quality_targets.py: issue 21's targets are decided from the benchmark's own summary, each one able
+"""benchmarks/quality_targets.py: the quality targets are decided from the benchmark's own summary, each one able
 to come out met, not met, or not measured. Reports are built with `quality.summarise` from made-up runs."""
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ import torch
 from peft import get_peft_model
 from safetensors.torch import save_file
 
-from softprompt_ext import AdapterError, SoftPromptConfig, adapter_info, load_for_training, validate_adapter
+from softprompt_ext import AdapterError, SoftPromptConfig, load_for_training, validate_adapter
 from softprompt_ext.adapters.reader import MAX_JSON_BYTES, read_adapter_json, read_prompt
-from softprompt_ext.analysis.readout import load_prompt
+from softprompt_ext.analysis.readout import adapter_info
+from softprompt_ext.prompt_tensor import load_prompt
 
 P, H = 4, 16
 

@@ -14,7 +14,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 @pytest.mark.parametrize("path", ["examples/quickstart.py", "examples/supersense.py", "examples/train_text2text.py",
                                   "examples/superglue.py", "benchmarks/run.py", "benchmarks/multi_prompt.py",
-                                  "benchmarks/quality.py", "scripts/build_embedded_model.py"])
+                                  "benchmarks/quality.py", "scripts/embedded_build/build.py"])
 def test_commands_named_in_readme_exist(path):
     assert path in README
     assert (ROOT / path).is_file()
@@ -28,7 +28,7 @@ def test_readme_is_short_and_links_every_guide():
 
 
 def test_main_job_runs_the_embedded_default():
-    """The set-up block's main command prompt-tunes the shipped LM-adapted model (issue 9), offline."""
+    """The set-up block's main command prompt-tunes the shipped LM-adapted model, offline."""
     main, tests = re.findall(r"```bash\n(python3 -m venv .*?)\n```", README)[:2]
     assert main.endswith("pip install -e . && python examples/supersense.py")
     assert tests.endswith('pip install -e ".[test]" && python -m pytest -q')

@@ -18,11 +18,11 @@ from softprompt_ext.analysis.readout import (
     adapter_info,
     adapter_readout,
     format_readout,
-    load_prompt,
     model_readout,
     nearest_tokens,
     readout_to_dict,
 )
+from softprompt_ext.prompt_tensor import load_prompt
 from softprompt_ext.special_tokens import readout_skip_ids
 
 # Hand-made table [V=6, H=4]: rows of different norms, so only a cosine (not a dot product) ranks them right.

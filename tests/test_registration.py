@@ -1,4 +1,4 @@
-"""Every PEFT entry point gives a soft adapter's config the same class (issue 17), and PEFT's semantics hold.
+"""Every PEFT entry point gives a soft adapter's config the same class, and PEFT's semantics hold.
 
 PeftModel.from_pretrained, PeftConfig.from_pretrained, PromptTuningConfig.from_pretrained, from_peft_type,
 get_peft_config: a SoftPromptConfig for an adapter softprompt-ext saved, the registry's PromptTuningConfig

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import padded_batch, random_prompt_config
+from helpers import padded_batch, random_prompt_config
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 
 from softprompt_ext.inference.ensembles import ensemble_classify, score_labels

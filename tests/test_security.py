@@ -1,4 +1,4 @@
-"""Security issue 16, round 2: each finding's regression test, one section per finding.
+"""Security review, round 2: each finding's regression test, one section per finding.
 
 Each test failed before its fix; the section names the finding and what it used to do.
 """
@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import free_port
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
@@ -147,7 +148,7 @@ def test_pin_peft_from_pretrained_keyerror_for_a_missing_declared_module(tmp_pat
 
 @pytest.mark.parametrize("plain", [False, True], ids=["softprompt", "plain-peft"])
 def test_seq_cls_adapter_with_its_head_loads_without_warning(tmp_path, plain):
-    """Issue 17: every SEQ_CLS load warned "ignoring tensors ['base_model.score.weight']" (they were loaded)."""
+    """Before: every SEQ_CLS load warned "ignoring tensors ['base_model.score.weight']" (they were loaded)."""
     directory = save_seq_cls(tmp_path / "a", plain=plain)
     saved = load_file(os.path.join(directory, W))[SCORE]
     with warnings.catch_warnings(record=True) as caught:
@@ -383,14 +384,6 @@ def run_hub_client(tmp_path, **env_changes) -> tuple[str, float]:
     return lines[0], float(lines[-1].split()[1])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_hub_connection_refused_fails_fast_and_says_so(tmp_path):
     """Before: 23-32 s of retries, then "No adapter_config.json at ...: it is not an adapter directory or repo"."""
     message, seconds = run_hub_client(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
@@ -399,6 +392,7 @@ def test_hub_connection_refused_fails_fast_and_says_so(tmp_path):
     assert seconds < 10, seconds
 
 
+@pytest.mark.slow
 def test_hub_that_never_answers_fails_within_the_timeout(tmp_path):
     """Packets dropped (a server that accepts and stays silent): before, still running at 300 s."""
     import socket
@@ -452,6 +446,7 @@ def test_cli_never_writes_raw_control_characters(tmp_path, capsys):
     assert "clear\\x1b[2Jscreen\\nfake line" in out and "\\x1b[5mBLINK" in err and "missing\\x1b[1m" in err
 
 
+@pytest.mark.slow
 def test_similar_on_two_huge_prompts_is_one_clear_error(tmp_path):
     """Before: two P=100,000 prompts made max_cosine allocate a 40 GB [P, Q] matrix: a traceback (or the OOM
     killer). The child gets a 6 GB address-space limit, so the old behaviour fails safely."""

@@ -1,4 +1,4 @@
-"""scripts/text_corpus.py: the issue-21 corpus builder (extraction, prose filter, leak filter, manifest), offline.
+"""scripts/embedded_build/corpus.py: the corpus builder (extraction, prose filter, leak filter, manifest), offline.
 
 Fetching is not run here (it needs the registries); `build(..., roots=...)` reads sources already unpacked.
 """
@@ -6,14 +6,13 @@ Fetching is not run here (it needs the registries); `build(..., roots=...)` read
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from scripts.embedded_build import corpus as tc
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import text_corpus as tc  # noqa: E402
 
 HELD = "gregarious bird having plumage with dark metallic gloss; builds nests around dwellings and other structures"
 
@@ -95,12 +94,12 @@ def test_read_corpus_checks_the_manifest(tmp_path):
     with open(out / "corpus.txt", "a", encoding="utf-8") as handle:
         handle.write("An edited line that the manifest does not know about.\n")
     with pytest.raises(ValueError, match=r"corpus.txt has sha256 .* but .*manifest.json says corpus_sha256 .*"
-                                         r"rebuild it with `python scripts/text_corpus.py --out"):
+                                         r"rebuild it with `python -m scripts.embedded_build corpus --out"):
         tc.read_corpus(str(out))
     del manifest["corpus_sha256"]
     (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ValueError, match="manifest.json has no corpus_sha256"):
         tc.read_corpus(str(out))
     (out / "manifest.json").unlink()
-    with pytest.raises(ValueError, match=r"has no manifest.json .*scripts/text_corpus.py"):
+    with pytest.raises(ValueError, match=r"has no manifest.json .*scripts/embedded_build/corpus.py"):
         tc.read_corpus(str(out))

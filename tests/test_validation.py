@@ -1,4 +1,4 @@
-"""Untrusted adapters (issue 10): every damaged or hostile adapter gives one clear error naming the file.
+"""Untrusted adapters: every damaged or hostile adapter gives one clear error naming the file.
 
 One table of cases, each a way to damage a freshly saved adapter, run through `validate_adapter`,
 `load_adapter_safely` (which must also leave no half-loaded adapter behind) and PEFT's own

@@ -1,59 +1,16 @@
 """Saving without losing work: atomic adapter saves, their recovery, the last *complete* Trainer checkpoint.
 
-Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
-https://arxiv.org/abs/2104.08691 -- section 3: prompts train for 30,000 steps; on a shared machine such a
-run gets killed, and a kill must cost at most the steps since the last checkpoint, never the saved prompt.
+Paper section 3: prompts train for 30,000 steps, and a killed run must cost at most the steps since the last
+checkpoint, never the saved prompt. `save_adapter_atomically(model, dir)` writes the adapter into a marked
+staging directory beside `dir` and swaps it in with two atomic renames, so `dir` is always the whole previous
+adapter or the whole new one (`recover_adapter_dir` undoes a swap cut in half); only what a save made is ever
+deleted or renamed. A digest file (`DIGEST_NAME`) lets the strict reader refuse a directory whose files this
+save did not write. `atomic_write` / `atomic_write_text` apply the same rule to one file;
+`last_complete_checkpoint` is the highest `checkpoint-N` whose Trainer state is whole.
 
-`save_adapter_atomically(model, "out/adapter")`
-    1. writes the whole adapter (`model.save_pretrained`) into a fresh sibling `.adapter.tmp-XXXX`, marked as
-       this save's own (a `MARK_NAME` file holding a fresh random token), writes `DIGEST_NAME` (the sha256 of
-       every adapter file, and the token) into each adapter folder, fsyncs every file and the directory;
-       stage "saved";
-    2. marks the existing `adapter` with the same token and renames it to `adapter.old`; stage "moved_old";
-    3. renames the staging directory to `adapter` and fsyncs the parent; stage "swapped";
-    4. deletes `adapter.old` and the marks; stage "done".
-    Each rename is atomic (POSIX `rename`, one file system), so at every instant `adapter` is either the
-    complete previous adapter, missing (only between 2 and 3), or the complete new one -- never a mix of
-    both, never a half-written file. A kill between 2 and 3 leaves `adapter.old` (complete) and no
-    `adapter`: `recover_adapter_dir("out/adapter")` renames it back (the previous adapter, not the new one:
-    nothing proves the staging copy complete after a crash). The next `save_adapter_atomically` runs that
-    recovery first and removes stale staging directories; `validate_adapter` names the leftover in its error.
-    One writer per directory: two processes saving to the same directory at once are not supported.
-
-Only what a save made is ever touched: a `.old` or staging directory is deleted or renamed back only when it
-holds this module's mark (an `adapter.old` is deleted only when its token is the one of the adapter that
-replaced it). A user's own `sst2.old/` backup is never deleted, renamed into place or swapped away; a save that
-would need the name refuses instead. A symlinked adapter directory is followed: the save goes next to its
-target, so the link keeps pointing at the adapter and later saves work.
-
-Swapping replaces the whole directory, so it refuses a directory holding files the new save does not
-write (training logs, `checkpoint-N`, `.git`): nothing of the user's is deleted. A `README.md` already
-there is carried into the new save first, so an edited model card is updated, not replaced.
-
-The digest (`DIGEST_NAME`, ignored by PEFT) lets the strict reader (`adapters/reader.py`) refuse a local
-adapter directory whose files are not the ones this save wrote: one file replaced by another save, a half
-finished copy, a `save_pretrained` over it that was killed midway. The model card is not covered (users edit
-it; it is never loaded). An adapter without the file (plain `save_pretrained`) loads as before.
-
-What PEFT's own `model.save_pretrained(dir)` (and the Trainer, which calls it) can still lose: it writes in
-place, one file after another (card, weights, config), so a kill midway leaves new weights beside the old
-config or a truncated weights file, and the previous adapter is gone either way; a reader running while it
-saves can get one adapter's config with the other's weights. Over a directory saved here the digest makes
-the reader refuse such a mix with a clear error (a complete `save_pretrained` of a `SoftPromptConfig` model
-refreshes the digest last, so it loads; a complete plain-`PromptTuningConfig` save over it is refused until
-the digest file is deleted), but the previous adapter cannot be brought back. Call
-`save_adapter_atomically(model, dir)` instead, also for a Trainer's final `trainer.model`; Trainer
-checkpoints go into fresh `checkpoint-N` folders, so there a kill costs only that checkpoint
-(`last_complete_checkpoint`).
-
-`atomic_write(path, write)` / `atomic_write_text(path, text)`: the same rule for one file -- write a
-temporary file in the target's directory, fsync it, `os.replace` it over the target, fsync the directory.
-The file gets the permissions an ordinary `open(path, "w")` would (0666 minus the umask), as PEFT's files do.
-
-`last_complete_checkpoint(output_dir)`: transformers' `get_last_checkpoint` returns the highest
-`checkpoint-N` even when the run was killed while writing it (Trainer writes `trainer_state.json` last).
-This returns the highest checkpoint whose `trainer_state.json` parses and says `global_step == N`, so
-`trainer.train(resume_from_checkpoint=last_complete_checkpoint(dir))` resumes from one that is whole.
+The one decision: swapping replaces the whole directory, so a save refuses a directory holding files it would
+not write (logs, `checkpoint-N`, `.git`) instead of deleting them. The stages, the marks and what plain
+`save_pretrained` can still lose: docs/reference/design-notes.md, "Atomic saves".
 """
 
 from __future__ import annotations

@@ -8,22 +8,47 @@ a card that says what the prompt is and how it was made. Re-saving replaces the 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..peft_internals import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from .atomic import CARD_NAME, atomic_write_text
 
-if TYPE_CHECKING:
-    from ..config import SoftPromptConfig
+
+class CardFacts(Protocol):
+    """The fields the card reads. `SoftPromptConfig` has them; this module does not import it, so `config.py`
+    imports this module without a cycle."""
+
+    @property
+    def task_type(self) -> Any: ...
+    @property
+    def num_virtual_tokens(self) -> int: ...
+    @property
+    def token_dim(self) -> int | None: ...
+    @property
+    def base_model_name_or_path(self) -> str | None: ...
+    @property
+    def prompt_tuning_init(self) -> Any: ...
+    @property
+    def class_labels(self) -> Sequence[str] | None: ...
+    @property
+    def sample_vocab_size(self) -> int | None: ...
+    @property
+    def init_range(self) -> float: ...
+    @property
+    def init_prompt_path(self) -> str | None: ...
+    @property
+    def init_seed(self) -> int | None: ...
+
 
 TAGS = ("prompt-tuning", "softprompt-ext", "peft")
 _BEGIN = "<!-- softprompt-ext:begin -->"
 _END = "<!-- softprompt-ext:end -->"
 
 
-def card_section(config: SoftPromptConfig) -> str:
+def card_section(config: CardFacts) -> str:
     """The markdown section describing the prompt."""
     init = getattr(config.prompt_tuning_init, "value", config.prompt_tuning_init)
     lines = [
@@ -64,7 +89,7 @@ def card_section(config: SoftPromptConfig) -> str:
     return "\n".join(lines)
 
 
-def update_model_card(directory: str, config: SoftPromptConfig) -> bool:
+def update_model_card(directory: str, config: CardFacts) -> bool:
     """Add the soft-prompt section and tags to `directory/README.md` when the directory holds an adapter.
 
     Returns whether a card was written.

@@ -69,8 +69,8 @@ def _hub_file(repo: str, filename: str, subfolder: str | None, hub_kwargs: dict[
     """`filename` of a Hub repo through the local cache; offline or unreachable is one clear `AdapterError`.
 
     huggingface_hub alone answers both with a `LocalEntryNotFoundError` (an `EntryNotFoundError`, as for a
-    file the repo lacks) and, online, only after retrying a failed request 5 times with 60 s timeouts (23-32 s
-    when the connection is refused, minutes when packets are dropped). So: offline (`HF_HUB_OFFLINE=1` or
+    file the repo lacks) and, online, only after retrying a failed request 5 times with 60 s timeouts (tens of
+    seconds when the connection is refused, minutes when packets are dropped). So: offline (`HF_HUB_OFFLINE=1` or
     `local_files_only`) only the cache is asked; online, a file that is not cached is first looked up with one
     HEAD request without retries (timeout `HF_HUB_ETAG_TIMEOUT`, default here `HUB_PROBE_TIMEOUT` s).
     """
@@ -97,7 +97,7 @@ def _hub_file(repo: str, filename: str, subfolder: str | None, hub_kwargs: dict[
             "the local Hugging Face cache, and there is no local directory of that name. Connect once without "
             "HF_HUB_OFFLINE to download it, or pass the adapter's directory."
         )
-    if not isinstance(cached, str):  # a failed request would now be retried for 23 s to minutes: look once
+    if not isinstance(cached, str):  # a failed request would now be retried for many seconds: look once
         url = hf_hub_url(repo, filename, subfolder=subfolder, repo_type=repo_type, revision=revision,
                          endpoint=hub_kwargs.get("endpoint"))
         try:
@@ -191,7 +191,7 @@ def interrupted_save_hint(folder: str) -> str:
     if leftover is None:
         return ""
     return (
-        f" {leftover} exists: a save was interrupted; softprompt_ext.recover_adapter_dir({folder!r}) "
+        f" {leftover} exists: a save was interrupted; softprompt_ext.adapters.atomic.recover_adapter_dir({folder!r}) "
         "restores the previous adapter."
     )
 

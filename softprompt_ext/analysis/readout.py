@@ -21,7 +21,7 @@ Design decisions
   (a span-corruption-only T5 pulls prompts towards sentinels, paper section 3.3, so keeping them can be the
   point). Table rows past the tokenizer (T5 pads 32,100 tokens to 32,128 rows) name no token and are
   skipped with the special tokens.
-* The prompt is read from `adapter_model.safetensors` only (`adapters.reader.read_prompt`, never pickle). Plain PEFT
+* The prompt is read from `adapter_model.safetensors` only (`prompt_tensor.load_prompt`, never pickle). Plain PEFT
   seq2seq adapters save 2P rows (encoder and decoder halves); only the first P reach the encoder, so only
   they are read.
 """
@@ -35,17 +35,11 @@ from typing import Any
 import torch
 
 from ..adapters.model_card import CARD_NAME
-from ..adapters.reader import locate, read_prompt
+from ..adapters.reader import locate
 from ..adapters.validation import validate_adapter
 from ..config import RECORD_NAME
-from ..peft_internals import (
-    CONFIG_NAME,
-    SAFETENSORS_WEIGHTS_NAME,
-    encoder_prompt,
-    has_prompt_encoder,
-    is_prompt_tuning,
-    prompt_weight,
-)
+from ..peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, encoder_prompt
+from ..prompt_tensor import adapter_prompt, check_exists, model_prompt
 from ..special_tokens import readout_skip_ids
 from .base_model import embedding_table, tokenizer_for
 
@@ -112,59 +106,6 @@ def nearest_tokens(
     ]
 
 
-# ---------------------------------------------------------------------------------------------- prompts
-def load_prompt(source: Any, adapter_name: str | None = None) -> torch.Tensor:
-    """The prompt `[P, H]` (float32, on the CPU) of an adapter, a `PeftModel`, or a tensor.
-
-    Args:
-        source: an adapter directory, a Hub adapter id, a `.safetensors` file holding `prompt_embeddings`, a
-            `peft.PeftModel` with a prompt-tuning adapter, or a `[P, H]` tensor.
-        adapter_name: for a `PeftModel`: which adapter (default: the active one).
-    Raises:
-        ValueError: the source is missing, damaged or not a prompt-tuning adapter.
-    """
-    if isinstance(source, torch.Tensor):
-        if source.dim() != 2:
-            raise ValueError(f"a prompt tensor must be [P, d_model], got shape {tuple(source.shape)}.")
-        return source.detach().float().cpu()
-    if hasattr(source, "peft_config") and hasattr(source, "get_base_model"):
-        return _model_prompt(source, adapter_name)[0]
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if not isinstance(source, str):
-        raise TypeError(
-            f"a prompt source must be an adapter path, a Hub id, a PeftModel or a tensor, got {type(source).__name__}."
-        )
-    _check_exists(source)
-    if os.path.isfile(source):
-        return read_prompt(source)  # [P, H]: a bare .safetensors file, checked by the one reader
-    report = validate_adapter(source)  # config, record and weights through the one reader
-    return encoder_prompt(report.prompt, report.config)  # [P, H]: plain PEFT seq2seq saves 2P rows
-
-
-def _check_exists(source: str) -> None:
-    """A string that is clearly a local path (not a Hub id `owner/name`) must exist."""
-    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-    looks_local = looks_local or source.endswith(".safetensors")
-    if looks_local and not os.path.exists(source):
-        raise ValueError(f"{source!r}: no such file or directory; pass an adapter directory or a Hub adapter id.")
-
-
-def _model_prompt(model: Any, adapter_name: str | None) -> tuple[torch.Tensor, Any]:
-    """(prompt `[P, H]`, its config) of one adapter of a `PeftModel`."""
-    name = adapter_name or model.active_adapter
-    if name not in model.peft_config:
-        raise ValueError(f"adapter_name={name!r} is not in this model; it has {sorted(model.peft_config)}.")
-    config = model.peft_config[name]
-    if not is_prompt_tuning(config) or not has_prompt_encoder(model, name):
-        raise ValueError(
-            f"adapter {name!r} is a {getattr(config.peft_type, 'value', config.peft_type)} adapter; the readout "
-            "reads prompt-tuning (PROMPT_TUNING) adapters only."
-        )
-    weight = prompt_weight(model, name)  # [rows, H]
-    return encoder_prompt(weight, config).detach().float().cpu(), config  # [P, H]
-
-
 # ---------------------------------------------------------------------------------------------- readouts
 def model_readout(
     model: Any,
@@ -186,7 +127,7 @@ def model_readout(
     Returns:
         P lists of `top_k` `Neighbour`s, best first.
     """
-    prompt, config = _model_prompt(model, adapter_name)  # [P, H]
+    prompt, config = model_prompt(model, adapter_name)  # [P, H]
     if tokenizer is None:
         tokenizer = tokenizer_for([config.tokenizer_name_or_path, config.base_model_name_or_path])
     table = model.get_base_model().get_input_embeddings().weight  # [V, H]
@@ -216,9 +157,8 @@ def adapter_readout(
     Returns:
         P lists of `top_k` `Neighbour`s, best first.
     """
-    _check_exists(adapter)
-    report = validate_adapter(adapter)  # config, record and weights through the one reader
-    prompt = encoder_prompt(report.prompt, report.config)  # [P, H]
+    check_exists(adapter)
+    prompt, report = adapter_prompt(adapter)  # [P, H]
     config = report.plain
     base = base_model if base_model is not None else config.get("base_model_name_or_path")
     if base is None:
@@ -244,7 +184,7 @@ def adapter_info(adapter: str) -> dict[str, Any]:
     Returns:
         A JSON-ready dict; `record` is the content of `softprompt_config.json` (None for plain PEFT adapters).
     """
-    _check_exists(adapter)
+    check_exists(adapter)
     report = validate_adapter(adapter)  # config, record and weights through the one reader
     config, record, saved = report.plain, report.record, report.prompt  # saved: [rows, H]
     prompt = encoder_prompt(saved, report.config)  # [P, H]

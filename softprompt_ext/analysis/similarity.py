@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..peft_internals import SAFETENSORS_WEIGHTS_NAME
-from .readout import load_prompt
+from ..prompt_tensor import load_prompt
 
 BLOCK_COSINES = 1 << 24  # cosines computed at once by max_cosine: 64 MB of float32
 MAX_COSINES = 1 << 30  # P x Q above which max_cosine refuses (about a minute on one CPU core)

@@ -1,31 +1,8 @@
-"""Mixed-task batches: one frozen model, a different soft prompt for every example.
+"""`mixed_generate`: generate with a different soft prompt for every example of one batch.
 
-Lester, Al-Rfou, Constant (2021), "The Power of Scale for Parameter-Efficient Prompt Tuning",
-https://arxiv.org/abs/2104.08691 -- sections 1 and 6: because only the prompt changes between tasks, one
-frozen model can serve a batch whose examples belong to different tasks.
-
-PEFT holds several prompt adapters in one `PeftModel` (`load_adapter`), but its forward and generate use
-the single active adapter for the whole batch. This module reads each loaded prompt
-(`peft_internals.prompt_weight`), places prompt i in front of example i itself and calls
-the frozen base model with `inputs_embeds`. PEFT is neither patched nor called for the placement.
-
-Design decisions
-----------------
-* The reference is "example i alone, without padding, with `model.set_adapter(adapter_names[i])`" -- what
-  PEFT computes for that single example. A mixed batch reproduces it to float tolerance (greedy tokens
-  identically), whatever the prompt lengths and however the input batch was padded: the real tokens of
-  example i are the positions where `attention_mask` is 1, in order; pad positions are dropped first.
-* Encoder-decoder (T5): the encoder input is `[prompt_i; tokens_i; pad...]` (right padding) with pad keys
-  masked. T5's relative position bias depends only on the distance between two real positions, and masked
-  keys get no attention weight, so every real position sees exactly what it sees alone. The decoder gets
-  no virtual tokens (paper section 2).
-* Decoder-only (Llama, GPT-2): the sequence is `[pad...; prompt_i; tokens_i]` (left padding, so that
-  generation continues right after every example's last token) with `position_ids` counting real
-  positions only: absolute (GPT-2) and rotary (Llama) positions are 0..L_i-1, as alone.
-* Causal-LM logits come back aligned to `input_ids` (`[B, T, V]`, virtual positions removed), unlike
-  PEFT's forward whose logits include the virtual positions. The loss follows PEFT: the label of the first
-  input token is predicted from the last prompt position.
-* Everything is differentiable in the prompts, so a mixed batch can also train several prompts at once.
+The placement (`[B, T]` ids -> `[B, P_i + T_i, H]` embeddings with prompt i in front of example i) and the
+forward are `softprompt_ext.placement` (design notes there), shared with training; this module adds generation
+and is the inference-side import point for `mixed_forward`, `MixedOutput` and the checks. Paper sections 1 and 6.
 """
 
 from __future__ import annotations
@@ -35,12 +12,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-# The placement and the forward live in the core (`placement.py`), so training shares them; re-exported here.
-from ..placement import (  # noqa: F401
+from ..placement import (
     MixedOutput,
     _is_encoder_decoder,
-    _Placed,
-    _with_loss,
     check_batch,
     loaded_prompts,
     mixed_forward,

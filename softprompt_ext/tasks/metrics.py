@@ -1,5 +1,7 @@
 """Metrics of the paper's evaluations, with the standard definitions: pure functions of strings.
 
+(Task metrics; `inference/serving/metrics.py` counts the server's requests. Same name, each in its package.)
+
 Lester et al. (2021) report SuperGLUE dev scores (section 3, Figure 1, Table 1), SQuAD -> MRQA F1 (section 5,
 Table 2) and QQP <-> MRPC accuracy / F1 (section 5, Table 3). They use T5's metrics; this module implements
 the same definitions in plain Python (no scikit-learn, no `evaluate` download):

@@ -1,7 +1,8 @@
 """Every task by name (`get_task`, `list_tasks`) and the `Seq2SeqTrainer` metrics hook built on it.
 
 The registry is the one module that imports every task module, so the task modules import only `base.py`
-and `metrics.py` and never each other (no cycles).
+and `metrics.py` and never each other (no cycles). Same file name, other job: `inference/serving/registry.py`
+is the server's store of loaded adapters; each is named for what it registers inside its own package.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A noun's lemmas and definition ("corn syrup: syrup prepared from corn") -> its lexicographer category word
 ("food"), 8 classes, split by synset into 2,000 / 320 / 320 rows (`softprompt_ext/data/wordnet_supersense/`,
-WordNet 3.0 licence bundled beside the files; built by `scripts/build_embedded_model.py`). As in the paper
+WordNet 3.0 licence bundled beside the files; built by `scripts/embedded_build/build.py`). As in the paper
 (section 3) the target is the label *word*, so class-label initialisation (section 3.2) starts each prompt
 row from a label's embedding.
 
@@ -12,7 +12,7 @@ training batch directly from rows, for loops that do not go through `datasets`.
 
 `VERB_SUPERSENSE` (`get_task("verb_supersense")`, files in `softprompt_ext/data/wordnet_verb_supersense/`) is
 the same task on verb synsets ("parse: analyze syntactically ..." -> "cognition"), 8 classes, the same sizes.
-It is the held-out evaluation task of issue 21: no decision about the embedded model was taken on it, and its
+It is the held-out evaluation task: no decision about the embedded model was taken on it, and its
 dev/test synsets are left out of the model's pretraining text like the noun task's.
 """
 

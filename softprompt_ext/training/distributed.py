@@ -1,4 +1,4 @@
-"""Prompt tuning a frozen base sharded across processes (FSDP): keep the prompt whole, sync it, save it (issue 20).
+"""Prompt tuning a frozen base sharded across processes (FSDP): keep the prompt whole, sync it, save it.
 
 Only the prompt `[P, d_model]` trains; the base is frozen and, for XL/XXL, too big for one device, so FSDP
 (or ZeRO-3) shards it. Three things go wrong when the prompt is sharded together with the base, and this

@@ -1,7 +1,7 @@
 """`softprompt-lm-adapt`: LM-adapt any encoder-decoder checkpoint yourself (Lester et al. 2021, section 3.3).
 
 Prompt tuning on span-corruption T5 is unstable; 100K extra steps on the prefix-LM objective fix it. Google
-released LM-adapted T5 1.1 (`checkpoints.LM_ADAPTED`); for mT5, ByT5 or a domain model, run:
+released LM-adapted T5 1.1 (`lm_adapted.LM_ADAPTED`); for mT5, ByT5 or a domain model, run:
 
     softprompt-lm-adapt --model_name_or_path google/mt5-base --train_files corpus.txt \\
         --max_steps 100000 --output_dir mt5-base-lm-adapt
@@ -23,7 +23,7 @@ Design decisions
   index), so a resumed run sees exactly the data an uninterrupted run would.
 * The model is loaded in float32 whatever the checkpoint's dtype (use `--bf16` for mixed precision).
 * `config.json` records `"lm_adaptation": {"objective": "prefix_lm", "steps": N, "source": ..., ...}` in the
-  final checkpoint and in every `checkpoint-N`, so `checkpoints.is_span_corruption_only` knows them as adapted.
+  final checkpoint and in every `checkpoint-N`, so `lm_adapted.is_span_corruption_only` knows them as adapted.
   N includes steps the source had already recorded. `objective="span_corruption"` records
   `"continued_pretraining"` instead: such a model is still not LM-adapted.
 """
@@ -220,7 +220,7 @@ def _read_record(directory: str | None, key: str) -> dict[str, Any] | None:
 
 # T5's Adafactor (Mesh TensorFlow defaults: multiply_by_parameter_scale=True, decay -0.8, no momentum, update
 # clipping 1) in Transformers' names; the external learning rate is used as is. The embedded build's
-# pretraining uses the same (scripts/build_embedded_model.py --optimizer adafactor).
+# pretraining uses the same (scripts/embedded_build/build.py --optimizer adafactor).
 T5_ADAFACTOR_KWARGS: dict[str, Any] = {"scale_parameter": True, "relative_step": False, "warmup_init": False,
                                        "decay_rate": -0.8, "beta1": None, "clip_threshold": 1.0}
 

@@ -1,50 +1,15 @@
-"""Train K soft prompts in one run through one frozen model (multi-task prompt tuning, issue 19).
+"""Train K soft prompts in one run through one frozen model (multi-task prompt tuning).
 
-Lester, Al-Rfou, Constant (2021), https://arxiv.org/abs/2104.08691 -- sections 1 and 6: only the prompt
-differs between tasks, so one frozen model serves (and here: trains) a batch whose examples belong to
-different tasks. Each example carries its task name; the forward is the mixed-batch forward
-(`softprompt_ext.placement.mixed_forward`): example i is run with prompt `task_names[i]`, so the gradient of
-example i reaches only its own task's prompt.
+Paper sections 1 and 6: only the prompt differs between tasks, so one frozen model trains a batch whose
+examples belong to different tasks. Example i carries `task_names[i]` and goes through the mixed-batch
+forward (`softprompt_ext.placement.mixed_forward`, `[B, P_i + T_i, H]`), so its gradient reaches only its own
+task's prompt; one PEFT adapter per task, all trainable (`build_multitask_model`).
 
-Design decisions
-----------------
-* **K adapters, all trainable.** One PEFT adapter per task (`build_multitask_model`: `get_peft_model` for
-  the first, `PeftModel.add_adapter` for the others, each with its own `SoftPromptConfig` and init). PEFT
-  trains "the active adapter" only in the sense that its forward uses it; a prompt adapter's parameter is
-  trainable exactly when its config has `inference_mode=False`, which `add_adapter` honours for every
-  adapter (`PeftModel.set_requires_grad` refuses prompt learning). Nothing in PEFT is patched; the active
-  adapter is irrelevant because the forward places every prompt itself.
-* **The loss: sum over tasks of each task's own mean.** A separate run of task t with batch B_t minimises
-  L_t = sum_{i in B_t} nll_i / sum_{i in B_t} n_i (the token mean over its batch, what PEFT's forward and the
-  Trainer report). The multi-task batch is the union of the B_t and its loss is L = sum_t L_t. Prompt t
-  appears only in L_t, so dL/d(prompt_t) = dL_t/d(prompt_t): every prompt gets exactly its separate-run
-  gradient. (The mean over the whole mixed batch would instead scale task t's gradient by its share of the
-  batch's tokens, which changes with the mixture.)
-* **Optimizer: one Adafactor param group per prompt.** Transformers' Adafactor keeps its state (step count,
-  factored second moments, update RMS clipping) per tensor and uses no statistic across tensors; with
-  `scale_parameter=False, relative_step=False` (the paper's recipe) the group holds only hyperparameters.
-  One group per prompt (`group["task"]`) therefore updates every prompt as K separate optimizers would, and a
-  prompt absent from a batch (no gradient) is skipped, as its separate run never saw that step. The
-  equivalence is tested (`tests/test_multitask.py`).
-* **Order.** `MultiTaskTrainer` reads the training set in its stored order (no extra shuffle): the order is
-  the mixture's, built with `softprompt_ext.training.mixing` (proportional, uniform, temperature, or equal
-  steps per task); a resumed run skips the batches already seen, in the same order.
-* **Accumulation and processes.** With M micro-batches per optimizer step (`gradient_accumulation_steps`)
-  and W processes (DDP: `accelerate launch` / torchrun), the step's batch is the union of all M x W
-  micro-batches, and the loss must still be sum_t L_t with L_t task t's summed NLL over that whole batch
-  divided by its label tokens there (what one process with the whole batch computes). `MultiTaskTrainer`
-  counts every task's label tokens over the step's micro-batches before the first forward
-  (`get_batch_samples`; `label_token_counts` counts as `mixed_forward` does, and the counts the forwards
-  report are checked against it), all-reduces the counts over processes, and each micro-batch's loss is
-  sum_t (its summed NLL of task t) / (task t's count over the step); `loss_is_scaled_for_ga = True` stops the
-  Trainer from dividing it by M again. The forward places the K prompts itself and so does not go through
-  the DDP wrapper, which therefore does not reduce; after the step's last backward every prompt's gradient
-  is summed over the processes (a task with no label token in the step keeps no gradient, as before). The
-  logged loss is the global one. Tested: M=2 equals M=1 with the doubled batch (`tests/test_multitask.py`),
-  2 CPU processes equal 1 process with the global batch (`tests/test_multitask_ddp.py`).
-* Not supported: `predict_with_generate` during training (PEFT's generate uses one active adapter);
-  evaluate per task afterwards (`softprompt_ext.inference.per_task.evaluate_per_task`). FSDP and DeepSpeed
-  are not tested with `MultiTaskTrainer`.
+The one decision: the loss is the sum over tasks of each task's own token mean, L = sum_t L_t, so every
+prompt gets exactly the gradient of its separate run; with one Adafactor param group per prompt
+(`multitask_optimizer`) K prompts train as K runs would, also under gradient accumulation and DDP
+(`MultiTaskTrainer` counts each task's label tokens over the whole step first). Why, and what is not
+supported: docs/reference/design-notes.md, "Training K prompts in one run".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-process prompt tuning with the stock `Seq2SeqTrainer` (issue 3, item 5), for test_distributed.py.
+"""Multi-process prompt tuning with the stock `Seq2SeqTrainer`, for test_distributed.py.
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no --main_process_port PORT tests/scripts/ddp_train.py --output_dir OUT --use_cpu

@@ -1,4 +1,4 @@
-"""Prompt tuning under PyTorch FSDP, on CPU over gloo or on CUDA over NCCL (issue 20), for test_fsdp.py.
+"""Prompt tuning under PyTorch FSDP, on CPU over gloo or on CUDA over NCCL, for test_fsdp.py.
 
     torchrun --nproc_per_node 2 tests/scripts/fsdp_train.py --output_dir OUT --mode fsdp1-ignored
     python tests/scripts/fsdp_train.py --output_dir OUT --mode single          # the same run on one process

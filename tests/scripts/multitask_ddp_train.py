@@ -1,4 +1,4 @@
-"""Multi-task prompt tuning (`MultiTaskTrainer`) in several processes, for tests/test_multitask_ddp.py (issue 19).
+"""Multi-task prompt tuning (`MultiTaskTrainer`) in several processes, for tests/test_multitask_ddp.py.
 
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no --main_process_port PORT tests/scripts/multitask_ddp_train.py --output_dir OUT \\

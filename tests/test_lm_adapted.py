@@ -10,8 +10,8 @@ import pytest
 from peft import get_peft_model
 from transformers import AutoModelForSeq2SeqLM, T5Config
 
-from softprompt_ext import SoftPromptConfig, checkpoints
-from softprompt_ext.checkpoints import (
+from softprompt_ext import SoftPromptConfig, lm_adapted
+from softprompt_ext.lm_adapted import (
     LM_ADAPTED,
     SPAN_CORRUPTION_ONLY,
     SPAN_CORRUPTION_TO_LM_ADAPTED,
@@ -53,7 +53,7 @@ T5_V1_1_BASE = {**T5_V1_0_BASE, "d_ff": 2048, "feed_forward_proj": "gated-gelu",
 @pytest.fixture(autouse=True)
 def _fresh_warning_registry(monkeypatch):
     """Each test starts with no model warned about yet."""
-    monkeypatch.setattr(checkpoints, "_warned", set())
+    monkeypatch.setattr(lm_adapted, "_warned", set())
 
 
 def _write_config(directory, config: dict) -> str:

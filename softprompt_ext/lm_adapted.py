@@ -12,7 +12,7 @@ Detection never uses the network. In order:
    <sha>`), and any path or id whose last component is a checkpoint's name (`./models/t5-v1_1-base`,
    `t5-v1_1-base`, `me/t5-v1_1-base`);
 3. the config when the name says nothing: `pretraining.objective == "span_corruption"` (recorded by
-   `scripts/build_embedded_model.py`), `continued_pretraining.source` (written by
+   `scripts/embedded_build/build.py`), `continued_pretraining.source` (written by
    `softprompt-lm-adapt --objective span_corruption`), and the shape of the original T5 (ReLU, tied
    embeddings, vocabulary 32,128, one of five sizes), which only span-corruption checkpoints have. T5 1.1 shapes
    are shared by span-corruption, LM-adapted and Flan-T5 checkpoints, so a T5 1.1 config alone never warns.
@@ -151,7 +151,7 @@ def _is_span_name(name: str | None) -> bool:
 
 def _from_config(config: dict[str, Any]) -> str | None:
     """The span-corruption checkpoint a config says it comes from, or None (see the module docstring)."""
-    pretraining = config.get("pretraining")  # recorded by scripts/build_embedded_model.py and similar builders
+    pretraining = config.get("pretraining")  # recorded by scripts/embedded_build/build.py and similar builders
     if isinstance(pretraining, dict) and pretraining.get("objective") == "span_corruption":
         return "span_corruption"
     continued = config.get("continued_pretraining")

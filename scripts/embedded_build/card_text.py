@@ -1,6 +1,6 @@
 """Text of the model cards and of the task's README, filled from the build record (no number typed by hand).
 
-    python scripts/model_card_text.py softprompt_ext/data/embedded   # rewrite both checkpoints' README.md
+    python -m scripts.embedded_build cards softprompt_ext/data/embedded   # rewrite both checkpoints' README.md
                                                                      # from that directory's build_record.json
 
 `tests/test_embedded.py` checks that the shipped cards are exactly what this writes from the shipped record.
@@ -58,7 +58,7 @@ def _health(record: dict, kind: str) -> str:
     """The build's encoder-use diagnostics of this checkpoint (benchmarks/encoder_use.py), or a note if skipped."""
     report = record.get("health", {}).get(kind)
     if not report:
-        return ("Not in this build's record (builds before issue 21 did not record it; `--no_health` skips it): "
+        return ("Not in this build's record (older builds did not record it; `--no_health` skips it): "
                 "`python benchmarks/encoder_use.py lm_adapt` and `... span` measure it.")
     rank = report["residual_stream"][-1]["effective_rank"] if report.get("residual_stream") else float("nan")
     return (f"Decoder loss with each example's own encoder input {report['own_input_loss']:.3f} vs a neighbour's "
@@ -85,7 +85,7 @@ def model_card(record: dict, kind: str = "lm_adapt") -> str:
     wordnet_text = (f"WordNet 3.0 glosses and example sentences of all parts of speech ({data['synsets']:,} synsets, "
                     f"Debian `wordnet-base`), leaving out the {data['held_out_synsets']} dev/test synsets of the "
                     f"bundled tasks ({', '.join(f'`{t}`' for t in held_out)}). {LICENCE_NOTE}" if wordnet else "")
-    corpus_data = (f"Paragraphs from `scripts/text_corpus.py` (corpus sha256 {data['corpus']['corpus_sha256'][:16]}..., "
+    corpus_data = (f"Paragraphs from `scripts/embedded_build/corpus.py` (corpus sha256 {data['corpus']['corpus_sha256'][:16]}..., "
                    "each source's licence as its package states it; paragraphs reproducing a held-out task definition "
                    "were dropped):" if others else "")
     sources = (f"Every source of the pretraining text and its licence:\n{_sources(record)}\n" if data.get("sources")
@@ -103,7 +103,7 @@ A tiny T5 1.1-shaped encoder-decoder (GeGLU, relative attention; d_model {shape[
 {shape['num_layers']}+{shape['num_decoder_layers']} layers, d_ff {shape['d_ff']}, {shape['num_heads']} heads,
 {record['parameters']:,} parameters, stored in fp16) with T5 1.0's tied embeddings (Transformers 5.x ties T5's
 input and output embeddings whatever the config says, so the table is unit-scale and decoder outputs are scaled
-by d_model^-0.5) built offline by `scripts/build_embedded_model.py` to make
+by d_model^-0.5) built offline by `scripts/embedded_build/build.py` to make
 prompt tuning (Lester et al. 2021) runnable on a laptop CPU. It knows only {knows};
 it is a test bed, not a general language model, and it is badly under-trained: pre-training made
 {pre['steps'] * pre['batch_size'] / pre['examples_per_epoch']:.1f} passes over its {record['tokenizer']['corpus_tokens']:,}-token corpus, about
@@ -163,8 +163,8 @@ def task_readme(per_class: dict[str, int], verbs: bool = False) -> str:
     if verbs:
         return f"""# wordnet_verb_supersense (held out)
 
-WordNet verb supersense classification, built by `scripts/build_embedded_model.py` from WordNet 3.0 as the
-evaluation task that no build decision was taken on (issue 21: every decision was taken on the noun task,
+WordNet verb supersense classification, built by `scripts/embedded_build/build.py` from WordNet 3.0 as the
+evaluation task that no build decision was taken on (every decision was taken on the noun task,
 `wordnet_supersense`). Input (`text`): up to three lemmas and the definition of a verb synset; label (`label`):
 its lexicographer file as a word (verb.motion -> `motion`; classes change, cognition, communication, contact,
 creation, motion, possession, social: the eight most frequent verb files named by a plain word). Balanced,
@@ -176,7 +176,7 @@ pretraining corpus exclude every dev and test synset, and the prose corpus is le
 """
     return f"""# wordnet_supersense
 
-WordNet noun supersense classification, built by `scripts/build_embedded_model.py` from WordNet 3.0.
+WordNet noun supersense classification, built by `scripts/embedded_build/build.py` from WordNet 3.0.
 Input (`text`): up to three lemmas and the definition of a noun synset; label (`label`): its lexicographer
 file as a word (noun.animal -> `animal`; classes animal, artifact, body, food, location, person, plant,
 substance). Balanced, drawn per synset with seed 0 ({sizes}); `id` is `offset-type`, unique across splits, and
@@ -188,8 +188,10 @@ and test synset (and those of the held-out verb task, `wordnet_verb_supersense`)
 """
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "build_record.json")):
-        sys.exit("usage: python scripts/model_card_text.py EXPORT_DIR  (a directory holding build_record.json)")
-    for written in write_cards(sys.argv[1]):
+def main(argv: list[str]) -> int:
+    """`cards EXPORT_DIR`: rewrite both checkpoints' README.md from EXPORT_DIR/build_record.json."""
+    if len(argv) != 1 or not os.path.isfile(os.path.join(argv[0], "build_record.json")):
+        sys.exit("usage: python -m scripts.embedded_build cards EXPORT_DIR  (a directory holding build_record.json)")
+    for written in write_cards(argv[0]):
         print("wrote", written)
+    return 0

@@ -1,9 +1,9 @@
 """Build the embedded tiny T5 (span corruption, then LM adaptation) and the WordNet supersense tasks, offline.
 
-    python scripts/build_embedded_model.py [--pretrain_steps 3000] [--work_dir build/embedded]
-    python scripts/build_embedded_model.py --corpus build/corpus --d_model 384 --plan      # size it first
-    python scripts/build_embedded_model.py --corpus build/corpus --time_budget_s 3000      # one sitting ...
-    python scripts/build_embedded_model.py --corpus build/corpus --resume                  # ... and the next
+    python -m scripts.embedded_build [--pretrain_steps 3000] [--work_dir build/embedded]
+    python -m scripts.embedded_build --corpus build/corpus --d_model 384 --plan      # size it first
+    python -m scripts.embedded_build --corpus build/corpus --time_budget_s 3000      # one sitting ...
+    python -m scripts.embedded_build --corpus build/corpus --resume                  # ... and the next
 
 Lester et al. (2021) prompt-tune T5 1.1 checkpoints that were pretrained with span corruption and then
 "LM-adapted" for 100K more steps of prefix LM (section 3.3; ~10% on top of ~1M). This script repeats that
@@ -11,7 +11,7 @@ recipe at CPU scale, every step seeded:
 
 1. data: Debian's `wordnet-base` (installed with apt-get when /usr/share/wordnet is missing), WordNet 3.0
    licence. The splits of both supersense tasks (nouns, and the held-out verbs) are drawn first; the corpus leaves
-   their dev/test synsets out. `--corpus DIR` adds the paragraphs of a `scripts/text_corpus.py` output
+   their dev/test synsets out. `--corpus DIR` adds the paragraphs of a `scripts/embedded_build/corpus.py` output
    (permissive licences; refused unless leak-filtered against both tasks' dev/test definitions and unless its
    manifest's sha256 matches corpus.txt); every source and its
    licence goes into the build record and the model card. `--without_wordnet` trains on the corpus alone and
@@ -19,7 +19,7 @@ recipe at CPU scale, every step seeded:
 2. tokenizer: SentencePiece-style Unigram (`tokenizers`) on the pretraining lines (`--tokenizer_lines N`:
    N evenly spaced ones), T5 id layout (0 pad, 1 EOS, 2 unk, 100 sentinels `<extra_id_i>` last).
 3. pretraining: a T5 1.1-shaped model (GeGLU, relative attention, dropout 0 as in T5 1.1 pretraining; size
-   from `--d_model --d_ff --num_layers --num_heads --d_kv`, see `build_plan.py`: `--plan` prints parameters,
+   from `--d_model --d_ff --num_layers --num_heads --d_kv`, see `plan.py`: `--plan` prints parameters,
    checkpoint sizes and tokens per step, and a shape whose two shipped fp16 checkpoints exceed 60 MB is refused
    without `--allow_large`) on span corruption (`softprompt_ext.training.lm_objectives`, T5's noise 0.15, spans
    of 3), `--precision` through `softprompt_ext.precision` (default auto: bf16 autocast where the device has
@@ -39,7 +39,7 @@ Health: `--watch_every N` records the encoder's per-layer norm and effective ran
 and `--min_rank R` ends the sitting (exit status 3, state saved) when a layer falls below R; after the export,
 the encoder-use diagnostics of both checkpoints go into the record and the model cards (`--no_health` skips).
 
-Sittings (`build_sittings.py`): the training state is saved atomically into `--work_dir` every `--save_every`
+Sittings (`sittings.py`): the training state is saved atomically into `--work_dir` every `--save_every`
 steps and when a sitting ends -- SIGINT/SIGTERM, `--sitting_steps N` steps, or `--time_budget_s` seconds of
 wall time -- and `--resume` continues pretraining, or LM adaptation (from the Trainer's checkpoint-N), exactly
 where it stopped: N steps straight and N/2 + resume give the same weights (tests/test_build_embedded.py). Each
@@ -65,14 +65,13 @@ from softprompt_ext.adapters.atomic import atomic_write_text
 from softprompt_ext.embedded import CHECKPOINTS
 from softprompt_ext.precision import PRECISIONS, autocast, resolve_precision
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import build_plan  # noqa: E402
-import build_sittings as sittings  # noqa: E402
-import model_card_text  # noqa: E402
-from build_data import NUM_SENTINELS, data_label, load_or_train_tokenizer, pretraining_lines, write_licence  # noqa: E402
-from build_sittings import Build, precision_label  # noqa: E402
+from . import card_text as model_card_text
+from . import plan as build_plan
+from . import sittings
+from .data import NUM_SENTINELS, data_label, load_or_train_tokenizer, pretraining_lines, write_licence
+from .sittings import Build, precision_label
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMBEDDED = os.path.join(REPO, "softprompt_ext", "data", "embedded")
 MODEL_SHAPE = build_plan.MODEL_SHAPE
 # what decides the weights: a --resume with any of these changed is refused (build_sittings.check_fingerprint)
@@ -274,9 +273,7 @@ def watch_encoder(model, tokenizer, at: dict, step: int, min_rank: float, sittin
     record. With `--min_rank R`, a layer whose effective rank falls below R ends the sitting (state saved, exit
     status 3): the first v3 build's encoder collapsed to rank 3.5-8.7 unnoticed until its export, two hours in
     (benchmarks/results/embedded_v3_attempt1/). Reads no random numbers and changes no weight."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    from benchmarks import encoder_use
+    from benchmarks import encoder_use  # run from the repository root (python -m scripts.embedded_build)
 
     texts = _watch_texts()
     model.eval()
@@ -308,13 +305,11 @@ def export(src: str, dst: str, tokenizer_dir: str) -> None:
 
 
 def health(export_dir: str) -> dict:
-    """Issue 21 (health first): `benchmarks/encoder_use.py` on both exported checkpoints -- the loss with each
+    """Health first: `benchmarks/encoder_use.py` on both exported checkpoints -- the loss with each
     example's own vs a neighbour's input (does the decoder read its encoder?), the encoder's residual stream
     (norms, effective rank) and a linear probe of the bundled task on the frozen encoder. A soft prompt acts
     only through the encoder (Lester et al. 2021, section 2), so a model that fails these cannot be prompt-tuned."""
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-    from benchmarks import encoder_use
+    from benchmarks import encoder_use  # run from the repository root (python -m scripts.embedded_build)
 
     threads = torch.get_num_threads()
     try:
@@ -380,7 +375,7 @@ def validate(args) -> None:
         raise ValueError(f"--vocab_size={args.vocab_size}: it counts 3 special tokens and {NUM_SENTINELS} "
                          f"sentinels too, so it must be > {NUM_SENTINELS + 3} (default 8192).")
     if args.without_wordnet and not args.corpus:
-        raise ValueError("--without_wordnet leaves no text to train on; pass --corpus DIR (a text_corpus.py output).")
+        raise ValueError("--without_wordnet leaves no text to train on; pass --corpus DIR (a corpus.py output).")
     for name in ("pretrain_steps", "batch_size", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name}={getattr(args, name)}: must be >= 1.")
@@ -435,7 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", default=os.path.join(REPO, "build", "embedded"))
     parser.add_argument("--export_dir", default=EMBEDDED, help="where the checkpoints and build_record.json go")
-    parser.add_argument("--corpus", help="a scripts/text_corpus.py output directory (corpus.txt + manifest.json) "
+    parser.add_argument("--corpus", help="a scripts/embedded_build/corpus.py output directory (corpus.txt + manifest.json) "
                         "whose paragraphs join the WordNet glosses")
     parser.add_argument("--without_wordnet", action="store_true",
                         help="train on --corpus alone; writes no task and no WordNet licence")
@@ -510,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     os.makedirs(args.work_dir, exist_ok=True)
-    command = "python scripts/build_embedded_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m scripts.embedded_build " + " ".join(sys.argv[1:] if argv is None else argv)
     record: dict = {"command": command, "torch": torch.__version__, "model_shape": shape}
     with sittings.Sitting(args.time_budget_s, args.sitting_steps) as sitting:
         build = Build(args, device, sitting, command)
@@ -596,9 +591,3 @@ def run(build: Build, record: dict, shape: dict[str, int]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValueError as err:  # a user error: one line, exit status 2
-        print(f"build_embedded_model.py: error: {err}", file=sys.stderr)
-        sys.exit(2)

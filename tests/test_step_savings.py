@@ -1,4 +1,4 @@
-"""softprompt_ext.training.fast_path: the same loss from fewer logits, and a fused GELU with the same loss."""
+"""softprompt_ext.training.step_savings: the same loss from fewer logits, and a fused GELU with the same loss."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import prompt_grad, prompt_model
+from helpers import prompt_grad, prompt_model
 
-from softprompt_ext.training.fast_path import (
+from softprompt_ext.training.step_savings import (
     TanhGELU,
     causal_lm_target_loss,
     fuse_gelu,

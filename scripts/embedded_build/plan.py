@@ -1,7 +1,7 @@
-"""The embedded model's size: shape flags, parameter count, checkpoint sizes and the cap on what ships (issue 21).
+"""The embedded model's size: shape flags, parameter count, checkpoint sizes and the cap on what ships.
 
-Issue 21 caps the shipped checkpoints (span corruption + LM-adapted, fp16 safetensors) at ~60 MB together, so a
-shape is sized before anything trains: `scripts/build_embedded_model.py --plan` prints `plan(...)` and a build
+The shipped checkpoints are capped (span corruption + LM-adapted, fp16 safetensors) at ~60 MB together, so a
+shape is sized before anything trains: `python -m scripts.embedded_build --plan` prints `plan(...)` and a build
 refuses a shape over the cap unless `--allow_large`. The parameter count comes from the model class itself,
 instantiated on the meta device (no memory, no init), so it is exact for every shape; the tied embedding table
 counts once, as safetensors stores it once (the shipped 9,445,120-parameter model is 18,901,472 bytes: 2 bytes a
@@ -17,7 +17,7 @@ import torch
 # T5 1.1 proportions at CPU scale (d_ff = 8/3 d_model for GeGLU); the shipped embedded model's shape
 MODEL_SHAPE = {"d_model": 256, "d_kv": 64, "d_ff": 683, "num_layers": 4, "num_decoder_layers": 4, "num_heads": 4}
 SHAPE_FLAGS = ("d_model", "d_ff", "num_layers", "num_heads", "d_kv")
-SHIPPED_CAP_BYTES = 60_000_000  # issue 21: span + LM-adapted checkpoints together, fp16
+SHIPPED_CAP_BYTES = 60_000_000  # span + LM-adapted checkpoints together, fp16
 VOCAB_MULTIPLE = 64  # embedding rows rounded up, as T5 pads 32,100 to 32,128
 
 
@@ -93,6 +93,6 @@ def check_size(sized: dict, allow_large: bool) -> None:
         raise ValueError(
             f"model shape {sized['model_shape']} has {sized['parameters']:,} parameters: the shipped checkpoints "
             f"(span + LM-adapted, fp16) would take {sized['shipped_fp16_bytes'] / 1e6:.1f} MB, over the "
-            f"{sized['cap_bytes'] / 1e6:.0f} MB cap (issue 21); choose smaller --d_model/--d_ff/--num_layers/"
+            f"{sized['cap_bytes'] / 1e6:.0f} MB cap on what ships; choose smaller --d_model/--d_ff/--num_layers/"
             "--vocab_size, or pass --allow_large for a model that will not ship."
         )

@@ -1,4 +1,4 @@
-"""Building the embedded model in several sittings: saved state, stop conditions, run segments (issue 21).
+"""Building the embedded model in several sittings: saved state, stop conditions, run segments.
 
 A sitting ends when it is told to (SIGINT/SIGTERM, `--sitting_steps`, `--time_budget_s`) or when the build is
 done; what it trained survives in `work_dir`, and `--resume` continues exactly where it stopped:

@@ -1,4 +1,4 @@
-"""The embedded build's text and tokenizer: WordNet glosses, a text_corpus.py corpus, the Unigram tokenizer.
+"""The embedded build's text and tokenizer: WordNet glosses, a corpus.py corpus, the Unigram tokenizer.
 
 `pretraining_lines` joins the WordNet glosses (without the dev/test synsets of the bundled task and of the
 held-out verb task, whose files it also writes) and the paragraphs of
@@ -14,16 +14,16 @@ import json
 import os
 import subprocess
 
-import build_plan
-import model_card_text
-import text_corpus
-import wordnet_data
-
 from softprompt_ext.adapters.atomic import atomic_write_text
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import card_text as model_card_text
+from . import corpus as text_corpus
+from . import plan as build_plan
+from . import wordnet as wordnet_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_supersense")
-VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # held out: issue 21
+VERB_TASK_DIR = os.path.join(REPO, "softprompt_ext", "data", "wordnet_verb_supersense")  # the held-out task
 PER_CLASS = {"train": 250, "dev": 40, "test": 40}
 NUM_SENTINELS = 100
 
@@ -128,8 +128,8 @@ def pretraining_lines(args, record: dict) -> list[str]:
                           "held_out": sorted(held), "paragraphs": len(paragraphs), "words": manifest.get("words")}
         if not args.without_wordnet and not needed <= held:  # its prose could hold a dev/test definition
             raise ValueError(f"--corpus {args.corpus}: its manifest.json lists held_out {sorted(held)}, so it was not "
-                             f"leak-filtered against {sorted(needed - held)}; rebuild it with `python "
-                             f"scripts/text_corpus.py --out {args.corpus}` (its default --held_out covers both tasks).")
+                             f"leak-filtered against {sorted(needed - held)}; rebuild it with `python -m "
+                             f"scripts.embedded_build corpus --out {args.corpus}` (its default --held_out covers both tasks).")
         for name, source in manifest.get("sources", {}).items():
             sources.append({"name": name, **{k: source.get(k) for k in
                                              ("registry", "package", "version", "sha256", "licence", "paragraphs", "words")}})
@@ -144,7 +144,7 @@ def data_label(record: dict) -> str:
     others = [s["name"] for s in record["data"]["sources"] if s["name"] != "wordnet"]
     if others:
         parts.append(f"{record['data']['corpus']['paragraphs']:,} paragraphs of permissively licensed prose "
-                     f"({', '.join(others)}; scripts/text_corpus.py)")
+                     f"({', '.join(others)}; scripts/embedded_build/corpus.py)")
     return " + ".join(parts)
 
 

@@ -53,7 +53,7 @@ SUPERSENSES = {
 }
 LABELS = tuple(SUPERSENSES.values())
 
-# the held-out evaluation task (issue 21): the eight most frequent verb lexicographer files with a plain-word
+# the held-out evaluation task: the eight most frequent verb lexicographer files with a plain-word
 # name (verb.stative, also frequent, is not one). No build decision was taken on it; every decision was taken on
 # the noun task, and its dev/test synsets are left out of the pretraining text like the noun task's.
 VERB_SUPERSENSES = {
