@@ -1,4 +1,4 @@
-"""What several test files share: model builders by kind, prompt configs, inputs, a free port.
+"""What several test files share: model builders by kind, prompt configs, inputs, a free port, a PEFT bug.
 
 Fixtures stay in `conftest.py`; plain helpers live here and tests import them (`from helpers import ...`),
 as PEFT's tests import `testing_common.py`.
@@ -66,3 +66,20 @@ def padded_batch(tokenizer, side: str, texts: list[str] = TEXTS):
     finally:
         tokenizer.padding_side = previous
     return enc.input_ids, enc.attention_mask
+
+
+def blind_to_the_cache(model) -> None:
+    """Give `model` the bug of PEFT 0.21 under transformers >= 5.24: its `prepare_inputs_for_generation` does not
+    see the cache (transformers passes it under a name PEFT 0.21 does not read), so it prepends the prompt again
+    at every decoding step. PEFT's `generate` installs the model's `prepare_inputs_for_generation` on the base
+    model, so an instance attribute is what it calls."""
+    original = model.prepare_inputs_for_generation
+
+    def blind(*args, **kwargs):
+        names = [n for n in ("cache", "past_key_values") if kwargs.get(n) is not None]
+        hidden = {n: kwargs.pop(n) for n in names}
+        inputs = original(*args, **kwargs)
+        inputs.update(hidden)  # the base model still gets its cache, and the prompt on top of it
+        return inputs
+
+    model.prepare_inputs_for_generation = blind

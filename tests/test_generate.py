@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import blind_to_the_cache
 from peft import get_peft_model
-from test_peft_internals import blind_to_the_cache
 
 from softprompt_ext import SoftPromptConfig, generate, generate_texts
 from softprompt_ext.inference import generate as generate_module

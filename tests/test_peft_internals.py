@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import peft
 import pytest
 import torch
+from helpers import blind_to_the_cache
 from packaging.version import Version
 from peft import (
     LoraConfig,
@@ -516,23 +517,6 @@ def _probe_model(make_model, arch: str):
     with torch.no_grad():
         prompt_weight(model, "default").normal_(0, 3.0)  # a prompt that matters
     return model
-
-
-def blind_to_the_cache(model) -> None:
-    """Give `model` the bug of PEFT 0.21 under transformers >= 5.24: its `prepare_inputs_for_generation` does not
-    see the cache (transformers passes it under a name PEFT 0.21 does not read), so it prepends the prompt again
-    at every decoding step. PEFT's `generate` installs the model's `prepare_inputs_for_generation` on the base
-    model, so an instance attribute is what it calls."""
-    original = model.prepare_inputs_for_generation
-
-    def blind(*args, **kwargs):
-        names = [n for n in ("cache", "past_key_values") if kwargs.get(n) is not None]
-        hidden = {n: kwargs.pop(n) for n in names}
-        inputs = original(*args, **kwargs)
-        inputs.update(hidden)  # the base model still gets its cache, and the prompt on top of it
-        return inputs
-
-    model.prepare_inputs_for_generation = blind
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

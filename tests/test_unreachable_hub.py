@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import peft
 import pytest
+from helpers import free_port
 from packaging.version import Version
 
 from softprompt_ext.precision import cpu_flags
@@ -109,7 +110,7 @@ def test_import_and_the_cli_finish_within_seconds(hub, tmp_path):
 
 @hang_through_peft
 def test_serve_on_a_local_base_answers_within_seconds(hub, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = user_env(hub, tmp_path)
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--demo", "--port", str(port),
@@ -156,9 +157,3 @@ def test_hf_hub_offline_keeps_bitsandbytes_off_the_network(hub, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert seconds < WITHIN_S
     assert hub.connections == []
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
