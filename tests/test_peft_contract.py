@@ -6,6 +6,7 @@ Run it against every PEFT version named in pyproject.toml before widening the ra
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,12 +29,15 @@ from softprompt_ext.peft_internals import causal_generate_reinserts_prompt
 from softprompt_ext.registration import PromptTuningConfigLoader
 
 TESTED_PEFT_SERIES = ((0, 21), (0, 22))  # every series this file and the PEFT suite passed on (CONTRIBUTING.md)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from peft_suite.run import MATRIX  # noqa: E402  (the oldest and newest pairs CI installs)
 
 
-def _peft_requirement() -> Requirement:
-    with open(Path(__file__).resolve().parents[1] / "pyproject.toml", "rb") as f:
+def _requirement(name: str) -> Requirement:
+    with open(ROOT / "pyproject.toml", "rb") as f:
         dependencies = tomllib.load(f)["project"]["dependencies"]
-    return next(Requirement(d) for d in dependencies if Requirement(d).name == "peft")
+    return next(Requirement(d) for d in dependencies if Requirement(d).name == name)
 
 
 def test_supported_peft_version():
@@ -42,15 +46,26 @@ def test_supported_peft_version():
 
 
 def test_pyproject_allows_exactly_the_tested_peft_series():
-    """The pin's bounds are the oldest tested release and the series after the newest tested one, so a user on the
-    newest tested PEFT is never downgraded and an untested series is never installed."""
-    specifier = _peft_requirement().specifier
-    oldest, newest = TESTED_PEFT_SERIES[0], TESTED_PEFT_SERIES[-1]
-    assert Version(f"{oldest[0]}.{oldest[1]}.0") in specifier
+    """The pin's bounds are the oldest tested release (CI's oldest pair) and the series after the newest tested
+    one, so a user on the newest tested PEFT is never downgraded and an untested series is never installed."""
+    specifier = _requirement("peft").specifier
+    newest = TESTED_PEFT_SERIES[-1]
+    oldest_peft, oldest_transformers = MATRIX[0]
+    assert Version(oldest_peft) in specifier
+    assert not any(Version(v) in specifier for v in _releases_below(oldest_peft))
     assert Version(f"{newest[0]}.{newest[1]}.99") in specifier
     assert Version(f"{newest[0]}.{newest[1] + 1}.0") not in specifier
-    assert Version(f"{oldest[0]}.{oldest[1] - 1}.99") not in specifier
     assert Version(peft.__version__) in specifier
+    transformers_specifier = _requirement("transformers").specifier
+    assert Version(oldest_transformers) in transformers_specifier
+    assert not any(Version(v) in transformers_specifier for v in _releases_below(oldest_transformers))
+
+
+def _releases_below(version: str) -> list[str]:
+    """Versions just below `version` (`0.21.2` -> `0.21.1`, `0.20.99`): what the lower bound must leave out."""
+    major, minor, patch = (int(x) for x in version.split("."))
+    below = [f"{major}.{minor}.{patch - 1}"] if patch else []
+    return below + ([f"{major}.{minor - 1}.99"] if minor else [f"{major - 1}.99.99"])
 
 
 def test_new_peft_types_cannot_be_registered():

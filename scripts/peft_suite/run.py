@@ -39,8 +39,9 @@ REPO = os.path.dirname(SCRIPTS)
 DEFAULT_CACHE = os.path.join(REPO, ".cache", "peft_suite")
 TEST_FILES = ("test_encoder_decoder_models.py", "test_decoder_models.py", "test_seq_classifier.py", "test_config.py")
 VARIANTS = ("peft", "softprompt")
-# oldest and newest releases that pyproject.toml allows (peft>=0.21.0,<0.23; transformers>=5.0,<6)
-MATRIX = (("0.21.0", "5.0.0"), ("0.22.0", "5.25.0"))
+# oldest and newest releases that pyproject.toml allows (peft>=0.21.2,<0.23; transformers>=5.23,<6); a test
+# checks that pyproject's lower bounds are the first pair
+MATRIX = (("0.21.2", "5.23.0"), ("0.22.0", "5.25.0"))
 # softprompt-ext's own pins of PEFT's behaviour, run in each matrix virtualenv before PEFT's suite
 CONTRACT_TESTS = ("tests/test_peft_contract.py", "tests/test_peft_internals.py")
 TORCH = "torch==2.13.0"  # the CPU build on this machine's disk (plain `torch` pulls a multi-GB CUDA build)
