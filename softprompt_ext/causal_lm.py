@@ -52,7 +52,7 @@ class PeftModelForCausalLM(peft.PeftModelForCausalLM):
         """
         config = active_prompt_config(self)
         options = dict(kwargs, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                       return_dict=return_dict, task_ids=task_ids)
+                       return_dict=return_dict, task_ids=task_ids, labels=labels)
         reason = None
         if isinstance(config, SoftPromptConfig):
             reason = per_row_reason(self.get_base_model(), options)
@@ -71,4 +71,5 @@ class PeftModelForCausalLM(peft.PeftModelForCausalLM):
         return shared_prefix_forward(
             self.get_base_model(), prompt, inputs_embeds, attention_mask, labels,
             use_cache=kwargs.get("use_cache"), num_items_in_batch=kwargs.get("num_items_in_batch"),
+            logits_to_keep=kwargs.get("logits_to_keep") or 0,
         )

@@ -49,7 +49,7 @@ POSITION_RULES: dict[str, tuple[str, ...]] = {
 }
 
 # keyword arguments the shared forward handles; anything else goes to PEFT's per-row forward
-_HANDLED = {"use_cache", "num_items_in_batch"}
+_HANDLED = {"use_cache", "num_items_in_batch", "logits_to_keep"}
 
 _explained: set[str] = set()
 
@@ -104,8 +104,14 @@ def per_row_reason(base: torch.nn.Module, options: dict[str, Any]) -> str | None
     if _cache_argument(base) is None:
         return f"{type(base).__name__}.forward takes no KV cache argument"
     given = {name for name, value in options.items() if value is not None and value is not False}
-    if given - _HANDLED - {"return_dict"}:
-        return f"the call passes {sorted(given - _HANDLED - {'return_dict'})}, which the shared forward does not handle"
+    unknown = sorted(given - _HANDLED - {"return_dict", "labels"})
+    if unknown:
+        return f"the call passes {unknown}, which the shared forward does not handle"
+    keep = options.get("logits_to_keep")
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 0):
+        return f"logits_to_keep={keep!r} is not a count of last positions"
+    if keep and options.get("labels") is not None:
+        return "logits_to_keep is combined with labels"
     if options.get("return_dict") is False:
         return "return_dict=False asks for a tuple"
     if base.training and torch.is_grad_enabled() and any(
@@ -130,6 +136,7 @@ def shared_prefix_forward(
     *,
     use_cache: bool | None = None,
     num_items_in_batch: Any = None,
+    logits_to_keep: int = 0,
 ) -> CausalLMOutputWithPast:
     """The prompt-tuning forward of a causal LM with the prompt computed once.
 
@@ -142,6 +149,8 @@ def shared_prefix_forward(
         use_cache: returns the KV cache of all P + T positions when it resolves True (as the base model would).
         num_items_in_batch: the Trainer's token count across gradient-accumulation steps; the loss is then the
             summed token loss divided by it, as in transformers' causal-LM loss.
+        logits_to_keep: k > 0 returns the logits of the last k of the P + T positions only (`lm_head` runs on
+            those alone), as transformers' `logits_to_keep`; 0 keeps all. Not combined with `labels`.
 
     Returns:
         `CausalLMOutputWithPast` with `logits [B, P + T, V]` (virtual positions first, equal in every row) and
@@ -157,14 +166,22 @@ def shared_prefix_forward(
     ones = torch.ones(1, num_virtual, dtype=attention_mask.dtype, device=attention_mask.device)
     full_mask = torch.cat([ones.expand(batch, -1), attention_mask], dim=1)  # [B, P + T]
 
-    head = base(inputs_embeds=prompt, attention_mask=ones, use_cache=True)  # logits [1, P, V]
+    # logits_to_keep: how many of the prompt's and of the rows' last positions need logits (0: all)
+    row_keep = min(logits_to_keep, length) if logits_to_keep else 0
+    head_keep = max(logits_to_keep - length, 1) if logits_to_keep else 0
+    head = base(inputs_embeds=prompt, attention_mask=ones, use_cache=True,
+                **({"logits_to_keep": head_keep} if head_keep else {}))  # logits [1, P, V] (or the last ones)
     cache = head.get("cache", None) or head.get("past_key_values", None)
     for layer in cache.layers:  # [1, heads, P, d] -> [B, heads, P, d] views (no copy)
         layer.keys = layer.keys.expand(batch, -1, -1, -1)
         layer.values = layer.values.expand(batch, -1, -1, -1)
-    rows = base(inputs_embeds=inputs_embeds, attention_mask=full_mask, use_cache=use_cache, **{cache_name: cache})
+    rows = base(inputs_embeds=inputs_embeds, attention_mask=full_mask, use_cache=use_cache,
+                **({"logits_to_keep": row_keep} if row_keep else {}), **{cache_name: cache})
     prompt_logits, row_logits = head.logits, rows.logits  # [1, P, V], [B, T, V]
-    logits = torch.cat([prompt_logits.expand(batch, -1, -1), row_logits], dim=1)  # [B, P + T, V]
+    if logits_to_keep and logits_to_keep <= length:
+        logits = row_logits  # [B, k, V]
+    else:
+        logits = torch.cat([prompt_logits.expand(batch, -1, -1), row_logits], dim=1)  # [B, P + T, V] (or the last k)
 
     loss = None
     if labels is not None:

@@ -167,6 +167,33 @@ def test_training_a_few_steps_follows_the_per_row_run():
     assert rel(prompts[0], prompts[1]) <= 1e-5
 
 
+@pytest.mark.parametrize("keep", [1, 4, T, T + 2])
+def test_logits_to_keep_returns_the_last_positions(keep):
+    model = make_model("bloom")
+    ids, mask, _ = make_batch("left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+    ref = per_row(model, input_ids=ids, attention_mask=mask)
+    assert out.logits.shape == (B, keep, V)
+    torch.testing.assert_close(out.logits, ref.logits[:, -keep:], rtol=1e-5, atol=1e-5)
+
+
+def test_the_target_loss_fast_path_runs_shared_and_equals_the_full_loss():
+    from softprompt_ext.training.fast_path import causal_lm_target_loss
+
+    model = make_model("llama")
+    ids, mask, _ = make_batch("right")
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]
+    shapes, hook = count_base_calls(model)
+    loss = causal_lm_target_loss(model, ids, labels, attention_mask=torch.ones_like(ids))
+    hook.remove()
+    assert shapes == [(1, P, 16), (B, T, 16)]
+    ref = per_row(model, input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    torch.testing.assert_close(loss, ref.loss, rtol=1e-5, atol=0)
+
+
 # ---------------------------------------------------------------------------------------------- fallbacks
 def test_an_unknown_architecture_runs_per_row_and_says_why_once():
     from transformers import MistralConfig, MistralForCausalLM
@@ -237,6 +264,14 @@ def test_options_with_per_position_outputs_run_per_row(option, match):
         out = model(input_ids=ids, attention_mask=mask, labels=labels, **option)
     ref = per_row(model, input_ids=ids, attention_mask=mask, labels=labels, **option)
     torch.testing.assert_close(out[0], ref[0])
+
+
+def test_logits_to_keep_with_labels_goes_to_peft_and_fails_as_there():
+    model = make_model("llama")
+    ids, mask, labels = make_batch("left")
+    with pytest.warns(UserWarning, match="logits_to_keep is combined with labels"):
+        with pytest.raises(ValueError, match="Expected input batch_size"):  # transformers' own error, as per row
+            model(input_ids=ids, attention_mask=mask, labels=labels, logits_to_keep=2)
 
 
 # ---------------------------------------------------------------------------------------------- the class
