@@ -101,8 +101,11 @@ def per_row_reason(base: torch.nn.Module, options: dict[str, Any]) -> str | None
             f"model_type {model_type!r} is not one whose position rule is tested with a shared prefix "
             f"({', '.join(sorted(POSITION_RULES))})"
         )
-    if _cache_argument(base) is None:
-        return f"{type(base).__name__}.forward takes no KV cache argument"
+    stack = getattr(base, "base_model", None)
+    if not isinstance(stack, torch.nn.Module) or stack is base or _cache_argument(stack) is None:
+        return f"{type(base).__name__}'s layer stack takes no KV cache argument"
+    if base.get_output_embeddings() is None:
+        return f"{type(base).__name__} has no output embeddings (lm_head)"
     given = {name for name, value in options.items() if value is not None and value is not False}
     unknown = sorted(given - _HANDLED - {"return_dict", "labels"})
     if unknown:
@@ -158,7 +161,8 @@ def shared_prefix_forward(
     """
     batch, length = inputs_embeds.shape[:2]
     num_virtual = prompt.shape[1]
-    cache_name = _cache_argument(base)
+    stack, lm_head = base.base_model, base.get_output_embeddings()  # the layers (final norm included), lm_head
+    cache_name = _cache_argument(stack)
     assert cache_name is not None  # per_row_reason checked it
     device = inputs_embeds.device
     if attention_mask is None:
@@ -166,45 +170,51 @@ def shared_prefix_forward(
     ones = torch.ones(1, num_virtual, dtype=attention_mask.dtype, device=attention_mask.device)
     full_mask = torch.cat([ones.expand(batch, -1), attention_mask], dim=1)  # [B, P + T]
 
-    # logits_to_keep: how many of the prompt's and of the rows' last positions need logits (0: all)
-    row_keep = min(logits_to_keep, length) if logits_to_keep else 0
-    head_keep = max(logits_to_keep - length, 1) if logits_to_keep else 0
-    head = base(inputs_embeds=prompt, attention_mask=ones, use_cache=True,
-                **({"logits_to_keep": head_keep} if head_keep else {}))  # logits [1, P, V] (or the last ones)
+    head = stack(inputs_embeds=prompt, attention_mask=ones, use_cache=True)
+    prompt_hidden = head.last_hidden_state  # [1, P, H]
     cache = head.get("cache", None) or head.get("past_key_values", None)
     for layer in cache.layers:  # [1, heads, P, d] -> [B, heads, P, d] views (no copy)
         layer.keys = layer.keys.expand(batch, -1, -1, -1)
         layer.values = layer.values.expand(batch, -1, -1, -1)
-    rows = base(inputs_embeds=inputs_embeds, attention_mask=full_mask, use_cache=use_cache,
-                **({"logits_to_keep": row_keep} if row_keep else {}), **{cache_name: cache})
-    prompt_logits, row_logits = head.logits, rows.logits  # [1, P, V], [B, T, V]
+    rows = stack(inputs_embeds=inputs_embeds, attention_mask=full_mask, use_cache=use_cache, **{cache_name: cache})
+    row_hidden = rows.last_hidden_state  # [B, T, H]
+
+    # The logits the caller gets. The loss below does not go through them: it applies lm_head again to the
+    # labelled positions only, so the backward pass multiplies by lm_head's [V, H] weight for those alone.
     if logits_to_keep and logits_to_keep <= length:
-        logits = row_logits  # [B, k, V]
+        logits = lm_head(row_hidden[:, length - logits_to_keep:])  # [B, k, V]
     else:
-        logits = torch.cat([prompt_logits.expand(batch, -1, -1), row_logits], dim=1)  # [B, P + T, V] (or the last k)
+        tail = num_virtual if not logits_to_keep else logits_to_keep - length
+        prompt_logits = lm_head(prompt_hidden[:, num_virtual - tail:])  # [1, P, V] (or the last ones)
+        logits = torch.cat([prompt_logits.expand(batch, -1, -1), lm_head(row_hidden)], dim=1)  # [B, P + T, V]
 
     loss = None
     if labels is not None:
-        loss = _next_token_loss(prompt_logits[0, -1], row_logits, labels.to(device), num_items_in_batch)
+        loss = _next_token_loss(lm_head, prompt_hidden[0, -1], row_hidden, labels.to(device), num_items_in_batch)
     returned_cache = rows.get("cache", None) or rows.get("past_key_values", None)
     return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=returned_cache)
 
 
 def _next_token_loss(
-    last_prompt: torch.Tensor, row_logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: Any
+    lm_head: torch.nn.Module,
+    last_prompt: torch.Tensor,
+    row_hidden: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: Any,
 ) -> torch.Tensor:
-    """transformers' causal-LM loss over `[prompt; input]` with the prompt's labels -100, without building the
-    `[B, P + T, V]` scores: `last_prompt [V]` predicts `labels[:, 0]`, `row_logits[:, t]` predicts
-    `labels[:, t + 1]`. Upcast to float32 as transformers does."""
-    batch, vocab = labels.shape[0], last_prompt.shape[-1]
+    """transformers' causal-LM loss over `[prompt; input]` with the prompt's labels -100, computed on the
+    labelled positions only: `lm_head(last_prompt [H])` predicts `labels[:, 0]`, `lm_head(row_hidden[:, t])`
+    predicts `labels[:, t + 1]` (`row_hidden [B, T, H]`). A position whose label is -100 adds nothing to the
+    loss or its gradient, so its scores are never formed. Upcast to float32 as transformers does."""
+    batch = labels.shape[0]
+    first_scores = lm_head(last_prompt).float()  # [V]
     first = torch.nn.functional.cross_entropy(
-        last_prompt.float().expand(batch, vocab), labels[:, 0], ignore_index=IGNORE_INDEX, reduction="sum"
+        first_scores.expand(batch, -1), labels[:, 0], ignore_index=IGNORE_INDEX, reduction="sum"
     )
-    # logits at t predict the label at t + 1: shift the labels, not the [B, T, V] logits (no copy of them)
-    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [B, T]
-    rest = torch.nn.functional.cross_entropy(
-        row_logits.float().reshape(-1, vocab), shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    shifted = labels[:, 1:]  # [B, T - 1]: what row positions 0..T-2 predict
+    b, t = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+    scores = lm_head(row_hidden[b, t]).float()  # [N, V]
+    rest = torch.nn.functional.cross_entropy(scores, shifted[b, t], reduction="sum")
     if num_items_in_batch is None:
         denominator: Any = (labels != IGNORE_INDEX).sum()
     elif isinstance(num_items_in_batch, torch.Tensor):

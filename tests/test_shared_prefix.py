@@ -60,9 +60,9 @@ def per_row(model, **kwargs):
 
 
 def count_base_calls(model):
-    """Record the `inputs_embeds` shape of every call of the base model."""
+    """Record the `inputs_embeds` shape of every call of the base model's layer stack."""
     shapes: list[tuple[int, ...]] = []
-    hook = model.get_base_model().register_forward_pre_hook(
+    hook = model.get_base_model().base_model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(tuple(kwargs["inputs_embeds"].shape)), with_kwargs=True
     )
     return shapes, hook
@@ -98,6 +98,19 @@ def test_loss_gradient_and_logits_equal_the_per_row_forward(arch, side):
     assert abs(float(out.loss) - float(ref.loss)) <= 1e-5 * abs(float(ref.loss))
     assert rel(grad, ref_grad) <= 1e-5
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_loss_computed_from_the_returned_logits_has_the_per_row_gradient():
+    """The returned logits stay differentiable (a custom loss, label smoothing): same gradient as per row."""
+    model = make_model("gpt2")
+    ids, mask, _ = make_batch("left")
+    weight = prompt_param(model)
+    grads = []
+    for out in (model(input_ids=ids, attention_mask=mask), per_row(model, input_ids=ids, attention_mask=mask)):
+        logits = out.logits[:, P - 1 : -1]  # [B, T, V]: what predicts each input token
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids.reshape(-1), label_smoothing=0.1)
+        grads.append(torch.autograd.grad(loss, weight)[0])
+    assert rel(grads[0], grads[1]) <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt"])
