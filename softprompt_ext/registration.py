@@ -26,8 +26,8 @@ import peft
 from peft import PromptTuningConfig
 
 from .adapters.validation import build_config, validate_adapter
-from .config import SoftPromptConfig, known_fields, split_embedded_record
 from .causal_lm import PeftModelForCausalLM
+from .config import SoftPromptConfig, known_fields, split_embedded_record
 from .encoder import SoftPromptEmbedding, mark_weights_follow
 from .peft_internals import (
     PromptEmbedding,

@@ -15,8 +15,7 @@ import pytest
 import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
-from softprompt_ext import SoftPromptConfig, tiny_models
-from softprompt_ext import shared_prefix
+from softprompt_ext import SoftPromptConfig, shared_prefix, tiny_models
 from softprompt_ext.causal_lm import PeftModelForCausalLM
 from softprompt_ext.precision import autocast
 
