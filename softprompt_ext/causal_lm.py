@@ -33,7 +33,7 @@ class PeftModelForCausalLM(peft.PeftModelForCausalLM):
             return peft.PeftModelForCausalLM(*args, **kwargs)  # another method: PEFT's own class, untouched
         return super().__new__(cls)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         input_ids=None,
         attention_mask=None,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -52,6 +52,9 @@ POSITION_RULES: dict[str, tuple[str, ...]] = {
 _HANDLED = {"use_cache", "num_items_in_batch", "logits_to_keep"}
 
 _explained: set[str] = set()
+
+# where a model output keeps the KV cache: `cache` from transformers 5.24 on, `past_key_values` before
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def explain_once(reason: str) -> None:
@@ -104,7 +107,7 @@ def per_row_reason(base: torch.nn.Module, options: dict[str, Any]) -> str | None
     stack = getattr(base, "base_model", None)
     if not isinstance(stack, torch.nn.Module) or stack is base or _cache_argument(stack) is None:
         return f"{type(base).__name__}'s layer stack takes no KV cache argument"
-    if base.get_output_embeddings() is None:
+    if cast(Any, base).get_output_embeddings() is None:
         return f"{type(base).__name__} has no output embeddings (lm_head)"
     given = {name for name, value in options.items() if value is not None and value is not False}
     unknown = sorted(given - _HANDLED - {"return_dict", "labels"})
@@ -192,7 +195,7 @@ def shared_prefix_forward(
     if labels is not None:
         loss = _next_token_loss(lm_head, prompt_hidden[0, -1], row_hidden, labels.to(device), num_items_in_batch)
     returned_cache = rows.get("cache", None) or rows.get("past_key_values", None)
-    return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=returned_cache)
+    return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: returned_cache})
 
 
 def _next_token_loss(

@@ -137,7 +137,7 @@ def test_the_returned_cache_holds_prompt_and_input_keys_of_every_row():
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, use_cache=True)
         ref = per_row(model, input_ids=ids, attention_mask=mask, use_cache=True)
-    cache = out.past_key_values
+    cache = out.get("cache", None) or out.past_key_values
     ref_cache = ref.get("cache", None) or ref.past_key_values
     for layer, ref_layer in zip(cache.layers, ref_cache.layers, strict=True):
         assert layer.keys.shape == ref_layer.keys.shape == (B, 2, P + T, 8)
