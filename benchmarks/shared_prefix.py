@@ -81,12 +81,24 @@ def t5_block(shape: wl.Shape, inputs: wl.Inputs, P: int, repeats: int, device: t
             if hasattr(module, "dropout") and isinstance(module.dropout, float):
                 module.dropout = 0.0
         steps["softprompt_dropout0"] = wl.Step(wl.wrap(no_dropout, shape, "softprompt", P), batch, device)
+    # the same step with eager attention (the training step runs SDPA's unfused path while attention dropout is on)
+    eager = wl.fresh_copy(base)
+    eager.set_attn_implementation("eager")
+    steps["softprompt_eager_attention"] = wl.Step(wl.wrap(eager, shape, "softprompt", P), batch, device)
+    losses = []
+    for name in ("softprompt", "softprompt_eager_attention"):  # one training-mode loss each, same dropout seed
+        steps[name].model.train()
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
+            losses.append(float(steps[name].loss()))
     log(f"{shape.name}: {len(steps)} cases interleaved, {repeats} rounds")
     timing = run_interleaved(steps, repeats, 0, repeats, None, log, between=machine.release_freed_memory)
     block = {
         "shape": shape.to_dict(),
         "inputs": vars(inputs),
         "P": P,
+        "eager_vs_sdpa_step": paired_ratio(timing, "softprompt_eager_attention", "softprompt"),
+        "sdpa_and_eager_loss_same_seed": losses,
         "timing": timing,
         "step_vs_forward": paired_ratio(timing, "softprompt", "forward"),
         "softprompt_vs_peft": paired_ratio(timing, "softprompt", "peft_prompt_tuning"),
@@ -150,6 +162,11 @@ def markdown(results: dict) -> str:
             f"- ours / PEFT: **{op['ratio']:.2f}** ({op['min']:.2f}-{op['max']:.2f}); process CPU time "
             f"{op['cpu_ratio']:.2f} ({op['cpu_min']:.2f}-{op['cpu_max']:.2f})",
         ]
+        e = t5["eager_vs_sdpa_step"]
+        lines.append(f"- the step with eager attention / with SDPA (the default): {e['ratio']:.2f} "
+                     f"({e['min']:.2f}-{e['max']:.2f}); process CPU time {e['cpu_ratio']:.2f}; training-mode loss with the "
+                     f"same dropout seed, SDPA / eager: {t5['sdpa_and_eager_loss_same_seed'][0]!r} / "
+                     f"{t5['sdpa_and_eager_loss_same_seed'][1]!r}")
         if "dropout0_step_vs_forward" in t5:
             d = t5["dropout0_step_vs_forward"]
             lines.append(f"- the same step with dropout 0 (not the paper's recipe) / forward: {d['ratio']:.2f} "
