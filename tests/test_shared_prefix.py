@@ -206,6 +206,34 @@ def test_the_target_loss_fast_path_runs_shared_and_equals_the_full_loss():
     torch.testing.assert_close(loss, ref.loss, rtol=1e-5, atol=0)
 
 
+def test_the_trainer_runs_the_shared_prefix_and_ends_where_per_row_training_ends(tmp_path):
+    """transformers' Trainer (with its num_items_in_batch) on a SoftPromptConfig model shares the prompt; the same
+    run on a plain PromptTuningConfig model (PEFT's class, per row) from the same prompt ends on the same prompt."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    ids, mask, labels = make_batch("right")
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(), "labels": labels.tolist()})
+    shared = make_model("llama")
+    per_row_model = get_peft_model(tiny_models.build_llama(V), PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                                   num_virtual_tokens=P))
+    assert type(per_row_model) is peft.PeftModelForCausalLM
+    with torch.no_grad():
+        prompt_param(per_row_model).copy_(prompt_param(shared))
+    start = prompt_param(shared).detach().clone()
+    shapes, hook = count_base_calls(shared)
+    finals = []
+    for name, model in (("shared", shared), ("per_row", per_row_model)):
+        args = TrainingArguments(str(tmp_path / name), per_device_train_batch_size=B, max_steps=2, learning_rate=0.3,
+                                 report_to=[], save_strategy="no", use_cpu=True, seed=0, logging_steps=1)
+        Trainer(model=model, args=args, train_dataset=data).train()
+        finals.append(prompt_param(model).detach().clone())
+    hook.remove()
+    assert shapes[:2] == [(1, P, 16), (B, T, 16)]
+    assert rel(finals[0], start) > 1e-2  # it trained
+    assert rel(finals[0], finals[1]) <= 1e-5
+
+
 # ---------------------------------------------------------------------------------------------- fallbacks
 def test_an_unknown_architecture_runs_per_row_and_says_why_once():
     from transformers import MistralConfig, MistralForCausalLM
