@@ -155,7 +155,8 @@ def test_bf16_autocast_matches_the_per_row_forward_under_the_same_autocast():
     with autocast("cpu", "bf16"):
         ref = per_row(model, input_ids=ids, attention_mask=mask, labels=labels)
     (ref_grad,) = torch.autograd.grad(ref.loss, weight)
-    # bf16 rounds differently at batch 1 and batch B: bf16's own resolution (measured: loss 0, grad 4e-3)
+    # bf16 rounds differently at batch 1 and batch B: bf16's own resolution (measured on an AVX512-BF16 Xeon:
+    # loss 0, prompt gradient 1.9e-3 relative)
     assert abs(float(out.loss) - float(ref.loss)) <= 2e-2 * abs(float(ref.loss))
     assert rel(grad, ref_grad) <= 5e-2
 
