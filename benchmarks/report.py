@@ -295,7 +295,20 @@ REPORT_SOURCES = {
     "embedded_v3_attempt1": ("the collapsed first v3 build of the embedded model, kept as a warning",
                              "python -m scripts.embedded_build"),
     "serving": ("`softprompt serve` under concurrent load", "python benchmarks/serving.py"),
+    "shared_prefix": ("decoder-only prompt computed once per batch beside PEFT; T5 step against its forward",
+                      "python -m benchmarks.shared_prefix"),
 }
+
+
+def refresh_index(path: str) -> None:
+    """Rewrite only the "Every report" section of the markdown report at `path` (after a benchmark adds files)."""
+    from benchmarks.common import write_text
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("## Every report")
+    end = text.index("\n## ", start + 1) + 1
+    write_text(path, text[:start] + "\n".join(index_section(os.path.dirname(os.path.abspath(path)))) + "\n" + text[end:])
 
 
 def report_files(results_dir: str = RESULTS) -> dict[str, list[str]]:

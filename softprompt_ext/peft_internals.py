@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any, cast
 
 import torch
-from peft import PeftModel, PromptTuningConfig
+from peft import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel, PromptTuningConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.prompt_tuning import PromptEmbedding
 from peft.tuners.tuners_utils import BasePromptEncoder
@@ -38,8 +38,10 @@ __all__ = [
     "PromptEmbedding",
     "active_prompt_config",
     "adapter_load_targets",
+    "causal_lm_model_class",
     "prompt_tuning_registry_entries",
     "set_prompt_tuning_registry_entries",
+    "set_causal_lm_model_class",
     "causal_generate_reinserts_prompt",
     "generate_differs_from_forward",
     "encoder_prompt",
@@ -72,6 +74,17 @@ def set_prompt_tuning_registry_entries(tuner: type, config: type) -> None:
     `PeftModel.from_pretrained` look up)."""
     PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PROMPT_TUNING] = tuner
     PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.PROMPT_TUNING] = config
+
+
+def causal_lm_model_class() -> type:
+    """The `PeftModel` class PEFT builds for `task_type="CAUSAL_LM"` (its task registry slot, read by
+    `get_peft_model` and `PeftModel.from_pretrained`)."""
+    return MODEL_TYPE_TO_PEFT_MODEL_MAPPING["CAUSAL_LM"]
+
+
+def set_causal_lm_model_class(model_class: type) -> None:
+    """Put `model_class` in PEFT's `CAUSAL_LM` task registry slot."""
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING["CAUSAL_LM"] = model_class
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -38,7 +38,9 @@ from typing import Any, cast
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftModelForSeq2SeqLM
 
+from .mixed_prefix import shared_mixed_forward
 from .peft_internals import encoder_prompt, input_embeddings, is_prompt_tuning, prompt_weight
+from .shared_prefix import explain_once, per_row_reason
 from .special_tokens import IGNORE_INDEX
 
 
@@ -267,17 +269,30 @@ def mixed_forward(
         raise ValueError(
             "decoder_input_ids is for seq2seq models; this is a decoder-only model, leave it unset."
         )
+    if labels is not None and labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but input_ids has {tuple(input_ids.shape)}; a decoder-only "
+            "model takes labels aligned to input_ids (use -100 where no loss is wanted)."
+        )
+    reason = per_row_reason(base, {})
+    if reason is None:  # each adapter's prompt computed once (mixed_prefix.py); equal to the placement below
+        mask = check_batch(input_ids, attention_mask, adapter_names)
+        logits, summed, counts = shared_mixed_forward(
+            base, input_embeddings(model), loaded_prompts(model, adapter_names), input_ids, mask, adapter_names,
+            labels,
+        )
+        if summed is None or counts is None:
+            return MixedOutput(logits=logits)
+        _check_counts(counts)
+        return MixedOutput(logits=logits, loss=summed.sum() / counts.sum(), loss_per_example=summed / counts,
+                           num_label_tokens=counts)
+    explain_once(reason)
     out = base(inputs_embeds=placed.embeds, attention_mask=placed.mask, position_ids=placed.positions)
     full = out.logits  # [B, L, V], virtual and pad positions included
     logits = full.new_zeros(*input_ids.shape, full.shape[-1])  # [B, T, V]
     logits[placed.rows, placed.cols] = full[placed.rows, placed.dest]
     if labels is None:
         return MixedOutput(logits=logits)
-    if labels.shape != input_ids.shape:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)} but input_ids has {tuple(input_ids.shape)}; a decoder-only "
-            "model takes labels aligned to input_ids (use -100 where no loss is wanted)."
-        )
     labels = labels.to(placed.mask.device)
     placed_labels = torch.full_like(placed.mask, IGNORE_INDEX, dtype=labels.dtype)  # [B, L]
     placed_labels[placed.rows, placed.dest] = labels[placed.rows, placed.cols]
@@ -294,12 +309,7 @@ def _with_loss(logits: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor
         reduction="none",
     ).view(targets.shape)  # [B, L]
     counts = (targets != IGNORE_INDEX).sum(1).to(scores.device)  # [B]
-    if not bool(counts.any()):  # the mean over no tokens would be a silent NaN loss
-        raise ValueError(
-            "the batch has no label tokens to compute a loss on: every label is -100 or sits on padding "
-            "(attention_mask 0; a decoder-only model also never predicts an example's first token). Pass real "
-            "labels, or labels=None for logits only."
-        )
+    _check_counts(counts)
     summed = nll.sum(1)  # [B]
     return MixedOutput(
         logits=logits,
@@ -307,3 +317,13 @@ def _with_loss(logits: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor
         loss_per_example=summed / counts,
         num_label_tokens=counts,
     )
+
+
+def _check_counts(counts: torch.Tensor) -> None:
+    """Refuse a batch whose `[B]` label-token counts are all 0."""
+    if not bool(counts.any()):  # the mean over no tokens would be a silent NaN loss
+        raise ValueError(
+            "the batch has no label tokens to compute a loss on: every label is -100 or sits on padding "
+            "(attention_mask 0; a decoder-only model also never predicts an example's first token). Pass real "
+            "labels, or labels=None for logits only."
+        )

@@ -7,6 +7,9 @@ like PEFT's own classes for a plain `PromptTuningConfig`:
 
 * the tuner slot (`PEFT_TYPE_TO_TUNER_MAPPING[PROMPT_TUNING]`) = `SoftPromptEmbedding` -- the prompt encoder PEFT instantiates
   in `PeftModel._setup_prompt_encoder`;
+* the task slot (`MODEL_TYPE_TO_PEFT_MODEL_MAPPING["CAUSAL_LM"]`) = `causal_lm.PeftModelForCausalLM` -- PEFT's class
+  with the shared prompt prefix in `forward` for a `SoftPromptConfig` (a plain `peft.PeftModelForCausalLM` for
+  every other config);
 * the config slot (`PEFT_TYPE_TO_CONFIG_MAPPING[PROMPT_TUNING]`) = `PromptTuningConfigLoader` -- what `PeftModel.from_pretrained`
   and `load_adapter` call `.from_pretrained` on: it returns a `SoftPromptConfig` for adapters that carry a
   `softprompt_config.json` record and a plain `PromptTuningConfig` otherwise.
@@ -19,14 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import peft
 from peft import PromptTuningConfig
 
 from .adapters.validation import build_config, validate_adapter
+from .causal_lm import PeftModelForCausalLM
 from .config import SoftPromptConfig, known_fields, split_embedded_record
 from .encoder import SoftPromptEmbedding, mark_weights_follow
 from .peft_internals import (
     PromptEmbedding,
+    causal_lm_model_class,
     prompt_tuning_registry_entries,
+    set_causal_lm_model_class,
     set_prompt_tuning_registry_entries,
     split_from_pretrained_kwargs,
 )
@@ -91,8 +98,12 @@ def register() -> None:
             "another plugin claims prompt tuning; softprompt-ext will not override it."
         )
     set_prompt_tuning_registry_entries(SoftPromptEmbedding, PromptTuningConfigLoader)
+    if causal_lm_model_class() is peft.PeftModelForCausalLM:  # another plugin's class stays
+        set_causal_lm_model_class(PeftModelForCausalLM)
 
 
 def unregister() -> None:
     """Give PEFT's own classes back their registry slots (used by tests of plain-PEFT behaviour)."""
     set_prompt_tuning_registry_entries(PromptEmbedding, PromptTuningConfig)
+    if causal_lm_model_class() is PeftModelForCausalLM:
+        set_causal_lm_model_class(peft.PeftModelForCausalLM)

@@ -149,6 +149,47 @@ def build_gpt2(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_head
     return GPT2LMHeadModel(config).eval()
 
 
+def build_opt(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
+    """An OPT-shaped causal LM with random weights (learned positions counted from the attention mask)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        word_embed_proj_dim=d_model,
+        ffn_dim=2 * d_model,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=256,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    return OPTForCausalLM(config).eval()
+
+
+def build_bloom(vocab_size: int, d_model: int = 16, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
+    """A Bloom-shaped causal LM with random weights (ALiBi position bias)."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    torch.manual_seed(seed)
+    config = BloomConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        n_layer=num_layers,
+        n_head=num_heads,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    return BloomForCausalLM(config).eval()
+
+
 def fill_rows_with_index(model) -> torch.Tensor:
     """Set input-embedding row i to the value i in every dimension (exact expectations in tests)."""
     table = model.get_input_embeddings().weight

@@ -119,3 +119,21 @@ def test_smoke_run_writes_scaling_curves_and_the_report(smoke):
     headline = results["headline"]["t5-tiny"]
     assert headline["step: ours / PEFT prompt tuning"]["target"] == "<= 1.0"
     assert headline["memory: ours / full fine-tuning"]["verdict"] in ("met", "not met")
+
+
+def test_shared_prefix_benchmark_smoke_writes_every_ratio(tmp_path):
+    """python -m benchmarks.shared_prefix --smoke: ours/PEFT and saved activations per P, T5 step/forward and profile."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.shared_prefix", "--smoke", "--threads", "1",
+         "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "shared_prefix-smoke.json").read_text(encoding="utf-8"))
+    (row,) = results["llama"]["rows"]
+    assert row["step_ratio"]["ratio"] > 0 and row["saved_activations_ratio"] > 0
+    assert results["t5"]["step_vs_forward"]["ratio"] > 0 and results["t5"]["softprompt_vs_peft"]["ratio"] > 0
+    assert "categories" in results["t5"]["profile"]["step"] and results["t5"]["eager_vs_sdpa_step"]["ratio"] > 0
+    report = (tmp_path / "shared_prefix-smoke.md").read_text(encoding="utf-8")
+    assert "ours / PEFT" in report and "step / forward" in report and results["meta"]["commands"]

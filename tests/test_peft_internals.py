@@ -591,3 +591,27 @@ def test_the_warning_points_at_the_line_that_called_get_peft_model(make_model, m
         warnings.simplefilter("always")
         get_peft_model(make_model("llama"), _soft("llama"))
     assert [w.filename for w in _broken_generate_warnings(caught)] == [__file__]
+
+
+def test_causal_lm_model_class_is_the_class_get_peft_model_and_from_pretrained_build(tmp_path):
+    """PEFT builds a CAUSAL_LM model from its task registry slot, in get_peft_model and in from_pretrained;
+    softprompt_ext's class stands there while it is imported (a subclass under PEFT's class name)."""
+    from softprompt_ext import tiny_models
+    from softprompt_ext.causal_lm import PeftModelForCausalLM as SharedPrefixModel
+    from softprompt_ext.peft_internals import causal_lm_model_class, set_causal_lm_model_class
+
+    assert causal_lm_model_class() is SharedPrefixModel
+    config = SoftPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=2)
+
+    class Marker(SharedPrefixModel):
+        pass
+
+    set_causal_lm_model_class(Marker)
+    try:
+        model = peft.get_peft_model(tiny_models.build_llama(32), config)
+        assert type(model) is Marker
+        model.save_pretrained(str(tmp_path))
+        assert type(peft.PeftModel.from_pretrained(tiny_models.build_llama(32), str(tmp_path))) is Marker
+    finally:
+        set_causal_lm_model_class(SharedPrefixModel)
+    assert causal_lm_model_class() is SharedPrefixModel

@@ -73,10 +73,11 @@ def test_target_loss_asks_the_model_for_the_target_positions_only(make_model, to
     ids, labels, mask = _llama_batch(len(tokenizer))
     seen = {}
 
-    def record(module, args, kwargs, output):
-        seen["logits"] = tuple(output.logits.shape)
+    def record(module, args, output):
+        seen["logits"] = tuple(output.shape)
 
-    handle = model.base_model.register_forward_hook(record, with_kwargs=True)
+    # lm_head itself: PEFT's per-row forward and the shared prompt prefix both apply it to the kept positions only
+    handle = model.get_base_model().get_output_embeddings().register_forward_hook(record)
     try:
         causal_lm_target_loss(model, ids, labels, attention_mask=mask)
     finally:
