@@ -35,20 +35,31 @@ from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
 from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
+from .sampling import TokenLogprob
 from .scheduler import Job
+from .settings import BATCHING, DEFAULTS, ServeSettings
 from .tokens import TextCodec
 
-BATCHING = ("continuous", "mixed", "per_adapter")
 _log = logging.getLogger("softprompt_ext.serve")
 
 
 @dataclass
 class Completion:
-    """One generated row: its token ids (EOS excluded), whether it stopped on EOS, the tokens generated."""
+    """One generated row: its token ids (EOS excluded), whether it stopped on EOS, the tokens generated; with
+    a stop string, whether it ended on one; with `logprobs`, one `TokenLogprob` per generated token (EOS too); with
+    `echo`, one per input token (the first None)."""
 
     token_ids: list[int]
     finished: bool
     num_tokens: int
+    stopped: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's: "stop" (EOS or a stop string) or "length"."""
+        return "stop" if self.finished or self.stopped else "length"
 
 
 def load_base(base: str | None, device: str = "cpu"):
@@ -71,8 +82,9 @@ def load_base(base: str | None, device: str = "cpu"):
 class Engine:
     """Base model + tokenizer + adapter store; `run` is the scheduler's batch runner (worker thread only)."""
 
-    def __init__(self, model, tokenizer, *, max_adapters: int = 64, max_bytes: int | None = None,
-                 precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True):
+    def __init__(self, model, tokenizer, *, max_adapters: int = DEFAULTS.max_adapters,
+                 max_bytes: int | None = DEFAULTS.max_adapter_bytes, precision: str = DEFAULTS.precision,
+                 batching: str = DEFAULTS.batching, prefix_cache: bool = DEFAULTS.prefix_cache):
         if batching not in BATCHING:
             raise ValueError(f"batching={batching!r}: use 'continuous' (rows join and leave between decoding steps, "
                              "the default), 'mixed' (one batch at a time, any adapters) or 'per_adapter'.")
@@ -98,7 +110,14 @@ class Engine:
                 self.prefix_cache = PrefixCache(self.registry.model)
                 self.registry.on_evict.append(self.prefix_cache.drop)
             self.running = RunningBatch(self.registry.model, eos_token_id=eos, pad_token_id=self.pad,
-                                        encoder_decoder=self.encoder_decoder, prefix_cache=self.prefix_cache)
+                                        encoder_decoder=self.encoder_decoder, prefix_cache=self.prefix_cache,
+                                        stops=self._reached_stop)
+
+    @classmethod
+    def from_settings(cls, model, tokenizer, settings: ServeSettings) -> Engine:
+        """The engine `settings` describe (adapter store budget, precision, batching, prefix cache)."""
+        return cls(model, tokenizer, max_adapters=settings.max_adapters, max_bytes=settings.max_adapter_bytes,
+                   precision=settings.precision, batching=settings.batching, prefix_cache=settings.prefix_cache)
 
     @property
     def model(self):
@@ -147,10 +166,10 @@ class Engine:
         """Prefill `jobs` into the running batch; returns the jobs already finished, with their completions."""
         assert self.running is not None, "admit() needs batching='continuous'"
         self.registry.ensure([job.adapter for job in jobs])
-        rows = [Row(job, job.adapter, job.max_new_tokens) for job in jobs]
+        rows = [Row(job, job.adapter, job.max_new_tokens, options=job.options) for job in jobs]
         with torch.no_grad(), autocast(self.device, self.precision):
             done = self.running.admit(rows, [job.input_ids for job in jobs])
-        return [(row.job, self._completion(row.tokens)) for row in done]
+        return [(row.job, self._row_completion(row)) for row in done]
 
     def step(self) -> list[tuple[Job, Completion]]:
         """One decoding step of the running batch; returns the jobs that finished."""
@@ -160,7 +179,7 @@ class Engine:
         for row in self.running.rows:  # streaming requests see their tokens after every step
             if row.job.on_tokens is not None:
                 row.job.on_tokens(list(row.tokens))
-        return [(row.job, self._completion(row.tokens)) for row in done]
+        return [(row.job, self._row_completion(row)) for row in done]
 
     def drop(self, keep) -> list[Job]:
         """Remove the running rows whose job fails `keep(job)` (a cancelled request); returns their jobs."""
@@ -177,6 +196,20 @@ class Engine:
         jobs = [row.job for row in self.running.rows]
         self.running.remove(list(self.running.rows))
         return jobs
+
+    def _reached_stop(self, row: Row) -> bool:
+        """Whether the row's text holds one of its stop strings (checked after every token)."""
+        assert row.options is not None
+        text = self.codec.decode(row.tokens)
+        return any(stop in text for stop in row.options.stop)
+
+    def _row_completion(self, row: Row) -> Completion:
+        done = self._completion(row.tokens)
+        done.stopped = row.stopped
+        if row.options is not None and row.options.logprobs is not None:
+            done.logprobs = row.logprobs[: len(row.tokens)]  # EOS included: a client counts it
+        done.prompt_logprobs = row.prompt_logprobs
+        return done
 
     def _completion(self, row: list[int]) -> Completion:
         if self.eos in row:
