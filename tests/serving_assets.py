@@ -89,3 +89,51 @@ class PeftReference:
             if token == self.tokenizer.eos_token_id:
                 break
         return out[len(ids):]
+
+
+class ServerProcess:
+    """`softprompt serve ARGS` in a process of its own on a free 127.0.0.1 port (fp32); `url`, `stop()`."""
+
+    def __init__(self, args: list[str], log: Path, timeout_s: float = 120.0):
+        import os
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port),
+                                      "--precision", "fp32", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     env=env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+
+    def stop(self) -> int | None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -171,8 +171,8 @@ class _EngineServer:
 
     def _submit(self, sid: int, rows: list[tuple]) -> None:
         jobs = []
-        for jid, kind, adapter, input_ids, max_new_tokens, label_ids, deadline, streaming in rows:
-            job = Job(kind, adapter, input_ids, max_new_tokens=max_new_tokens, label_ids=label_ids,
+        for jid, kind, adapter, input_ids, max_new_tokens, label_ids, options, deadline, streaming in rows:
+            job = Job(kind, adapter, input_ids, max_new_tokens=max_new_tokens, label_ids=label_ids, options=options,
                       deadline=deadline)
             if streaming:
                 job.on_tokens = self._streamer(jid)
@@ -311,7 +311,7 @@ class EngineProcess:
             jid = next(self._ids)
             job.on_abandon = lambda jid=jid: self._send(("abandon", jid), quiet=True)
             self._jobs[jid] = job
-            rows.append((jid, job.kind, job.adapter, job.input_ids, job.max_new_tokens, job.label_ids,
+            rows.append((jid, job.kind, job.adapter, job.input_ids, job.max_new_tokens, job.label_ids, job.options,
                          job.deadline, job.on_tokens is not None))
         try:
             self._send(("submit", sid, rows))
