@@ -35,7 +35,7 @@ from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
 from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
-from .sampling import TokenLogprob
+from .sampling import FinishReason, TokenLogprob
 from .scheduler import Job
 from .settings import BATCHING, DEFAULTS, ServeSettings
 from .tokens import TextCodec
@@ -57,7 +57,7 @@ class Completion:
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason:
         """OpenAI's: "stop" (EOS or a stop string) or "length"."""
         return "stop" if self.finished or self.stopped else "length"
 

@@ -86,7 +86,10 @@ def completion_logprobs(codec: TextCodec, ids: list[int], entries: list[TokenLog
     length of the text a stop string cut), tokens that begin at or after it are left out.
     """
     special = set(getattr(codec.tokenizer, "all_special_ids", []))
-    tokens, values, tops, offsets = [], [], [], []
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     offset = start
     for token, piece, entry in zip(ids, token_pieces(codec, ids), entries, strict=True):
         if limit is not None and offset >= limit and token not in special:

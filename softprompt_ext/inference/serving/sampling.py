@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+FinishReason = Literal["stop", "length"]  # OpenAI's: EOS or a stop string; the token budget
 # One entry per scored token: (log-probability of the token, [(token id, log-probability)] of the top-k).
 TokenLogprob = tuple[float, list[tuple[int, float]]]
 

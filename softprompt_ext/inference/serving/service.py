@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from .errors import ApiError, engine_failure, one_line
 from .output import TextStream, completion_logprobs, cut_at_stop
+from .sampling import FinishReason
 from .scheduler import Job
 from .schemas import CompletionChoice, CompletionResponse, Usage
 from .settings import ServeSettings
@@ -30,7 +31,7 @@ class Delta:
 
     index: int
     text: str
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     usage: Usage | None = None
 
 
@@ -100,7 +101,7 @@ class CompletionService:
     def choice(self, plan: GenerationPlan, index: int, result) -> CompletionChoice:
         """Choice `index` of `plan` from its engine `Completion`: text cut at a stop string, log-probabilities."""
         text, cut = cut_at_stop(self.codec.decode(result.token_ids), plan.stop)
-        finish = "stop" if cut else result.finish_reason
+        finish: FinishReason = "stop" if cut else result.finish_reason
         prompt = plan.prompts[index // plan.n]
         head = ""
         if plan.echo:
