@@ -296,9 +296,31 @@ def test_validation_errors_are_api_errors_without_http():
     from softprompt_ext.inference.serving.validation import Capabilities, check_cheap
 
     caps = Capabilities(encoder_decoder=False, batching="mixed", vocab_size=10)
-    with pytest.raises(ApiError, match="temperature needs continuous batching"):
-        check_cheap(CompletionRequest(model="a", prompt="x", temperature=0.5), ServeSettings(), caps)
+    with pytest.raises(ApiError, match="seed needs continuous batching .* --batching mixed"):
+        check_cheap(CompletionRequest(model="a", prompt="x", temperature=0.5, seed=3), ServeSettings(), caps)
+    with pytest.raises(ApiError, match="stop needs continuous batching"):
+        check_cheap(CompletionRequest(model="a", prompt="x", stop="."), ServeSettings(), caps)
+    check_cheap(CompletionRequest(model="a", prompt="x", temperature=0, seed=3, logprobs=2), ServeSettings(), caps)
     with pytest.raises(TypeError, match=r"unknown serve setting\(s\) \['max_adapter'\]"):
         ServeSettings.from_kwargs(max_adapter=3)
     with pytest.raises(ValueError, match="max_n=0 must be a positive integer"):
         ServeSettings(max_n=0)
+
+
+def test_batch_modes_serve_sampling_and_logprobs_by_grouping(assets, causal):
+    """`--batching per-adapter` (the benchmark's baseline) serves temperature/top_p and logprobs through one
+    `generate` call per group of equal settings; its greedy log-probabilities equal the running batch's."""
+    app = build_app(assets["causal"]["base"], [assets["causal"]["folder"]], device="cpu", precision="fp32",
+                    batching="per_adapter")
+    body = {"model": "p7", "prompt": TEXTS[:2], "max_tokens": 5, "logprobs": 2}
+    with TestClient(app) as grouped:
+        got = _ok(grouped.post("/v1/completions", json=body))
+        sampled = _ok(grouped.post("/v1/completions", json={**body, "temperature": 0.9, "top_p": 0.9}))
+        _refused(grouped.post("/v1/completions", json={**body, "stop": "x"}), 400, "stop", "needs continuous")
+    want = _ok(causal.post("/v1/completions", json=body))
+    for a, b in zip(got["choices"], want["choices"], strict=True):
+        assert a["text"] == b["text"]
+        assert torch.allclose(torch.tensor(a["logprobs"]["token_logprobs"]), torch.tensor(b["logprobs"]["token_logprobs"]),
+                              atol=1e-4)
+    assert all(len(c["logprobs"]["token_logprobs"]) >= 1 for c in sampled["choices"])
+

@@ -35,7 +35,7 @@ from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
 from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
-from .sampling import FinishReason, TokenLogprob
+from .sampling import FinishReason, TokenLogprob, top_entries
 from .scheduler import Job
 from .settings import BATCHING, DEFAULTS, ServeSettings
 from .tokens import TextCodec
@@ -219,18 +219,51 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ batch mode
     def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:
+        """Batch mode: one `generate` call per group of rows with the same sampling settings (`generate` takes
+        one setting for its whole batch, so a batch-at-a-time server splits its batches by parameters)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            o = job.options
+            groups.setdefault((0.0, 1.0, 0, None) if o is None else (o.temperature, o.top_p, o.top_k, o.logprobs),
+                              []).append(i)
+        results: list[Completion | None] = [None] * len(jobs)
+        for key, index in groups.items():
+            rows = torch.tensor(index, device=ids.device)
+            done = self._generate_group([jobs[i] for i in index], [names[i] for i in index], ids[rows], mask[rows],
+                                        *key)
+            for i, completion in zip(index, done, strict=True):
+                results[i] = completion
+        return [r for r in results if r is not None]
+
+    def _generate_group(self, jobs: list[Job], names: list[str], ids, mask, temperature: float, top_p: float,
+                        top_k: int, logprobs: int | None) -> list[Completion]:
         most = max(job.max_new_tokens for job in jobs)
-        options = dict(max_new_tokens=most, do_sample=False, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos)
-        if self.batching == "per_adapter" and len(set(names)) == 1:
+        options: dict = dict(max_new_tokens=most, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos,
+                             do_sample=temperature > 0)
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p, top_k=top_k)  # top_k 0: no cut
+        if logprobs is not None:
+            options.update(return_dict_in_generate=True, output_logits=True)
+        if self.batching == "per_adapter" and len(set(names)) == 1 and (logprobs is None or self.encoder_decoder):
             self.model.set_adapter(names[0])
             out = generate_active(self.model, ids, mask, **options)
+            sequences = out.sequences if logprobs is not None else out
             if not self.encoder_decoder:
-                out = out[:, ids.shape[1]:]  # [B, N]: the new tokens only
+                sequences = sequences[:, ids.shape[1]:]  # [B, N]: the new tokens only
         else:
             out = mixed_generate(self.model, ids, mask, names, **options)
+            sequences = out.sequences if logprobs is not None else out
         if self.encoder_decoder:
-            out = out[:, 1:]  # drop the decoder start token
-        return [self._completion(row[: job.max_new_tokens]) for row, job in zip(out.tolist(), jobs, strict=True)]
+            sequences = sequences[:, 1:]  # drop the decoder start token
+        done = []
+        for b, (row, job) in enumerate(zip(sequences.tolist(), jobs, strict=True)):
+            completion = self._completion(row[: job.max_new_tokens])
+            if logprobs is not None:
+                steps = range(len(completion.token_ids) + completion.finished)
+                completion.logprobs = [top_entries(torch.log_softmax(out.logits[k][b].float(), -1), row[k], logprobs)
+                                       for k in steps]
+            done.append(completion)
+        return done
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

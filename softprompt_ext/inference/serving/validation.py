@@ -114,25 +114,20 @@ def check_cheap(body, settings: ServeSettings, caps: Capabilities) -> None:
     for key, value in (body.logit_bias or {}).items():
         if not -LOGIT_BIAS_RANGE <= value <= LOGIT_BIAS_RANGE:
             raise _bad("logit_bias", f"logit_bias[{key!r}]={value} is out of range: -100 to 100.")
-    stop = stop_strings(body.stop)
+    stop_strings(body.stop)  # refuses too many or empty ones
     if body.stream and (body.logprobs is not None or body.echo):
         field_name = "logprobs" if body.logprobs is not None else "echo"
         raise _bad(field_name, f"{field_name} with stream=true is not served; request them without streaming.")
     if body.stream_options is not None and not body.stream:
         raise _bad("stream_options", "stream_options is only for stream=true; omit it or stream.")
-    plain = (temperature == 0 and body.logprobs is None and not body.echo and not stop and not body.logit_bias
-             and not body.presence_penalty and not body.frequency_penalty)
-    if not plain and caps.batching != "continuous":
-        raise _bad(_first_set(body), f"{_first_set(body)} needs continuous batching; this server runs "
-                   f"--batching {caps.batching.replace('_', '-')}, which decodes greedily without stop strings or "
-                   "log-probabilities. Restart it with --batching continuous, or omit the field.")
-
-
-def _first_set(body) -> str:
-    for name in ("temperature", "logprobs", "echo", "stop", "logit_bias", "presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            return name
-    return "temperature"
+    continuous_only = [name for name in ("seed", "echo", "stop", "logit_bias", "presence_penalty", "frequency_penalty")
+                       if getattr(body, name) not in (None, False, 0, 0.0, {}, [], "")
+                       and (name != "seed" or temperature > 0)]  # greedy decoding has no use for a seed
+    if continuous_only and caps.batching != "continuous":
+        name = continuous_only[0]
+        raise _bad(name, f"{name} needs continuous batching (per-row options inside the running batch); this "
+                   f"server runs --batching {caps.batching.replace('_', '-')}, whose generate calls take one setting "
+                   "per batch. Restart it with --batching continuous, or omit the field.")
 
 
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
