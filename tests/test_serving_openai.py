@@ -324,3 +324,20 @@ def test_batch_modes_serve_sampling_and_logprobs_by_grouping(assets, causal):
                               atol=1e-4)
     assert all(len(c["logprobs"]["token_logprobs"]) >= 1 for c in sampled["choices"])
 
+
+
+def test_echo_without_the_prefix_cache(assets, reference):
+    """`--no-prefix-cache` prefills the prompt with the rows (left-padded, different lengths in one call): the
+    echoed log-probabilities are still each row's own."""
+    app = build_app(assets["causal"]["base"], [assets["causal"]["folder"]], device="cpu", precision="fp32",
+                    prefix_cache=False, max_wait_ms=50)
+    rows = [reference.tokenizer(text)["input_ids"] for text in TEXTS[:3]]
+    with TestClient(app) as client:
+        body = _ok(client.post("/v1/completions", json={"model": "p7", "prompt": rows, "max_tokens": 1, "echo": True,
+                                                         "logprobs": 0}))
+    for ids, choice in zip(rows, body["choices"], strict=True):
+        expected = reference.token_logprobs("p7", ids)
+        want = [float(expected[j - 1, ids[j]]) for j in range(1, len(ids))]
+        got = choice["logprobs"]["token_logprobs"][1: len(ids)]
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4)
+        assert len(choice["logprobs"]["token_logprobs"]) == len(ids) + 1
