@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve a base model and prompt adapters over HTTP (OpenAI-compatible; needs [serve])",
         description="Serve one frozen base model and many prompt adapters over HTTP, batching requests for any "
-        "mix of adapters into one model call (POST /v1/completions, /v1/classify; GET /v1/models, /health, "
-        "/metrics; POST/DELETE /admin/adapters). Needs: pip install 'softprompt-ext[serve]'.",
+        "mix of adapters into one model call (POST /v1/completions, /v1/chat/completions, /v1/classify, /tokenize, "
+        "/detokenize; GET /v1/models, /tokenizer_info, /health, /metrics; POST/DELETE /admin/adapters). Every flag "
+        "below is a ServeSettings field (the keywords of softprompt_ext.serve). Needs: pip install "
+        "'softprompt-ext[serve]'.",
     )
     serve.add_argument("--base", metavar="MODEL", help="base model, Hub id or directory (default: the embedded T5)")
     serve.add_argument("--adapter", action="append", default=[], metavar="[NAME=]SOURCE",

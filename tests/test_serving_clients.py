@@ -196,3 +196,51 @@ def test_lm_eval_generate_until_on_a_causal_base_equals_peft_greedy(server, asse
         text = tokenizer.decode(reference.greedy("p5", ids, 8), skip_special_tokens=True).split(".")[0]
         assert sample["filtered_resps"][0] == text, (sample["filtered_resps"], text)
     assert any(s["filtered_resps"][0] for s in served)
+
+
+@pytest.mark.slow
+def test_the_softprompt_lm_eval_model_evaluates_one_adapter_per_task_in_one_run(server, assets):
+    """`--model softprompt` with `adapters=tiny_a:p7+tiny_b:p3`: two tasks, each scored with its own adapter in
+    one run, equal per sample to lm-eval's `hf` backend loading that adapter with `peft=`."""
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from softprompt_ext.inference.lm_eval_model import parse_adapters
+
+    with pytest.raises(ValueError, match="adapters entry 'tiny_a' is not TASK:ADAPTER"):
+        parse_adapters("tiny_a")
+    _task(assets["root"], "tiny_a", "multiple_choice")
+    folder = _task(assets["root"], "tiny_b", "multiple_choice")
+    out = lm_eval.simple_evaluate(
+        model="softprompt", tasks=["tiny_a", "tiny_b"], log_samples=True, batch_size=1,
+        model_args=f"base_url={server.url}/v1/completions,adapters=tiny_a:p7+tiny_b:p3,num_concurrent=2,"
+                   "max_retries=1,tokenized_requests=True", task_manager=TaskManager(include_path=str(folder)))
+    causal = assets["causal"]
+    for task, adapter in (("tiny_a", "p7"), ("tiny_b", "p3")):
+        served = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+        local = _evaluate("hf", f"pretrained={causal['base']},peft={causal['folder']}/{adapter},dtype=float32,"
+                          "device=cpu,add_bos_token=False", task, folder)
+        for a, b in zip(served, local, strict=True):
+            got, want = [r[0][0] for r in a["resps"]], [r[0][0] for r in b["resps"]]
+            assert all(abs(x - y) < 1e-4 for x, y in zip(got, want, strict=True)), (task, got, want)
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_with_include_path(server, assets, tmp_path):
+    """lm-eval's own command line, through `python -m softprompt_ext.inference.lm_eval_model` (which registers
+    `softprompt`): a task YAML over a local jsonl found with `--include_path`, results written as JSON."""
+    pytest.importorskip("lm_eval")
+    import subprocess
+    import sys
+
+    folder = _task(assets["root"], "tiny_a", "multiple_choice")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "softprompt_ext.inference.lm_eval_model", "run", "--model",
+                           "softprompt", "--include_path", str(folder), "--tasks", "tiny_a", "--output_path",
+                           str(tmp_path), "--model_args", f"base_url={server.url}/v1/completions,adapter=p7,"
+                           "tokenized_requests=True"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = tmp_path.rglob("results_*.json")
+    assert 0.0 <= json.loads(results.read_text())["results"]["tiny_a"]["acc,none"] <= 1.0
+

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -246,7 +247,7 @@ class Engine:
             options.update(return_dict_in_generate=True, output_logits=True)
         if self.batching == "per_adapter" and len(set(names)) == 1 and (logprobs is None or self.encoder_decoder):
             self.model.set_adapter(names[0])
-            out = generate_active(self.model, ids, mask, **options)
+            out: Any = generate_active(self.model, ids, mask, **options)  # a generate output object with logprobs
             sequences = out.sequences if logprobs is not None else out
             if not self.encoder_decoder:
                 sequences = sequences[:, ids.shape[1]:]  # [B, N]: the new tokens only
