@@ -14,7 +14,7 @@ reuses the completion checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ApiError
 from .sampling import RowOptions
@@ -62,7 +62,6 @@ class GenerationPlan:
     logprobs: int | None = None
     echo: bool = False
     stop: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -191,7 +190,7 @@ def plan_completion(body, settings: ServeSettings, codec: TextCodec, caps: Capab
     return _plan(body, prompts, texts, settings, caps)
 
 
-def _plan(body, prompts, texts, settings: ServeSettings, caps: Capabilities, **extra) -> GenerationPlan:
+def _plan(body, prompts, texts, settings: ServeSettings, caps: Capabilities) -> GenerationPlan:
     n = body.n or 1
     stop = stop_strings(body.stop)
     base = dict(temperature=body.temperature or 0.0, top_p=1.0 if body.top_p is None else body.top_p,
@@ -207,7 +206,7 @@ def _plan(body, prompts, texts, settings: ServeSettings, caps: Capabilities, **e
     return GenerationPlan(model=body.model, prompts=prompts, prompt_texts=texts,
                           max_tokens=16 if body.max_tokens is None else body.max_tokens, n=n, options=options,
                           stream=bool(body.stream), include_usage=include_usage, logprobs=body.logprobs,
-                          echo=bool(body.echo), stop=stop, extra=extra)
+                          echo=bool(body.echo), stop=stop)
 
 
 __all__ = ["Capabilities", "GenerationPlan", "MAX_LOGPROBS", "MAX_STOP", "check_cheap", "logit_bias",
