@@ -341,3 +341,18 @@ def test_echo_without_the_prefix_cache(assets, reference):
         got = choice["logprobs"]["token_logprobs"][1: len(ids)]
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-4)
         assert len(choice["logprobs"]["token_logprobs"]) == len(ids) + 1
+
+
+def test_t5_rows_sample_with_their_seed_and_stop(t5):
+    """The seq2seq running batch applies the same per-row options: a seeded row alone or beside others, and a
+    stop string cutting a greedy completion."""
+    one = {"model": "t3", "max_tokens": 10, "temperature": 1.0, "seed": 5}
+    alone = _ok(t5.post("/v1/completions", json={**one, "prompt": TEXTS[2]}))["choices"][0]["text"]
+    batched = _ok(t5.post("/v1/completions", json={**one, "prompt": [TEXTS[0], TEXTS[2]]}))["choices"][1]["text"]
+    assert batched == alone
+    full = _ok(t5.post("/v1/completions", json={"model": "t3", "prompt": TEXTS[0], "max_tokens": 16}))
+    text = full["choices"][0]["text"]
+    assert len(text) >= 4, text
+    cut = _ok(t5.post("/v1/completions", json={"model": "t3", "prompt": TEXTS[0], "max_tokens": 16,
+                                                "stop": text[2:4]}))["choices"][0]
+    assert cut["text"] == text[: text.find(text[2:4])] and cut["finish_reason"] == "stop"
