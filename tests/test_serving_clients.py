@@ -244,3 +244,30 @@ def test_lm_eval_command_line_with_include_path(server, assets, tmp_path):
     (results,) = tmp_path.rglob("results_*.json")
     assert 0.0 <= json.loads(results.read_text())["results"]["tiny_a"]["acc,none"] <= 1.0
 
+
+@pytest.mark.slow
+def test_the_softprompt_lm_eval_model_serves_in_process(assets):
+    """Without `base_url`, `serve=FOLDER` serves the adapters in the evaluating process: the scores equal the
+    hf backend's, sample by sample."""
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import softprompt_ext.inference.lm_eval_model  # noqa: F401  (registers "softprompt")
+
+    folder = _task(assets["root"], "tiny_a", "multiple_choice")
+    causal = assets["causal"]
+    with pytest.raises(ValueError, match="needs base_url=.* or serve=ADAPTER_FOLDER"):
+        lm_eval.simple_evaluate(model="softprompt", model_args="adapter=p7", tasks=["tiny_a"],
+                                task_manager=TaskManager(include_path=str(folder)))
+    out = lm_eval.simple_evaluate(
+        model="softprompt", tasks=["tiny_a"], log_samples=True, batch_size=1,
+        model_args=f"pretrained={causal['base']},serve={causal['folder']},adapter=p5,tokenized_requests=True",
+        task_manager=TaskManager(include_path=str(folder)))
+    local = _evaluate("hf", f"pretrained={causal['base']},peft={causal['folder']}/p5,dtype=float32,device=cpu,"
+                      "add_bos_token=False", "tiny_a", folder)
+    served = sorted(out["samples"]["tiny_a"], key=lambda s: s["doc_id"])
+    for a, b in zip(served, local, strict=True):
+        got, want = [r[0][0] for r in a["resps"]], [r[0][0] for r in b["resps"]]
+        assert all(abs(x - y) < 1e-4 for x, y in zip(got, want, strict=True)), (got, want)
+

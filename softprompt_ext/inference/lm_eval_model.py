@@ -9,7 +9,9 @@ with a task -> adapter table, so one run evaluates each task with its own soft p
         --model_args base_url=http://127.0.0.1:8000/v1/completions,adapters=sst2_task:sst2+rte_task:rte
 
 `adapters` maps task names to served adapter names (`task:adapter`, joined with `+`); `adapter=NAME` is the
-adapter of every task not listed. Everything else is `local-completions`' (`num_concurrent`, `tokenized_requests`,
+adapter of every task not listed. Without `base_url`, `serve=DIR` serves the adapters of folder `DIR` on
+`pretrained` (a base model directory or Hub id; default the embedded T5) in this process (`build_app` under
+uvicorn on a free 127.0.0.1 port, the engine in a worker thread, fp32) for the run. Everything else is `local-completions`' (`num_concurrent`, `tokenized_requests`,
 `tokenizer_backend`, ...): log-likelihood tasks send token ids with `echo` + `logprobs` and read the prompt's
 log-probabilities (decoder-only bases), generation tasks send their `until` strings as `stop`. Each task's requests
 go out together (lm-eval's batching and `num_concurrent` apply within a task); the server batches whatever
@@ -46,12 +48,19 @@ class SoftPromptCompletions(LocalCompletionsAPI):
 
     Args:
         adapters: `"task:adapter+..."`, the adapter of each task.
+        serve, pretrained: without `base_url`: serve the adapters of folder `serve` on base `pretrained` here.
         adapter: the adapter of tasks not in `adapters` (default: `model`, as `local-completions`).
         **kwargs: `local-completions`' arguments (`base_url`, `num_concurrent`, `tokenized_requests`, ...).
     """
 
-    def __init__(self, adapters: str = "", adapter: str | None = None, **kwargs: Any):
+    def __init__(self, adapters: str = "", adapter: str | None = None, serve: str | None = None,
+                 pretrained: str | None = None, **kwargs: Any):
         self.task_adapters = parse_adapters(adapters)
+        if kwargs.get("base_url") is None:
+            if serve is None:
+                raise ValueError("softprompt needs base_url=http://HOST:PORT/v1/completions (a running softprompt "
+                                 "serve) or serve=ADAPTER_FOLDER (serve them in this process).")
+            kwargs["base_url"] = serve_in_thread(pretrained, serve) + "/v1/completions"
         kwargs.setdefault("model", adapter or next(iter(self.task_adapters.values()), None))
         if kwargs["model"] is None:
             raise ValueError("softprompt needs adapters=task:adapter+... or adapter=NAME (the served adapter names, "
@@ -87,6 +96,31 @@ class SoftPromptCompletions(LocalCompletionsAPI):
                               lambda group: super(SoftPromptCompletions, self).loglikelihood_rolling(group, **kwargs))
 
 
+def serve_in_thread(base: str | None, folder: str, timeout_s: float = 300.0) -> str:
+    """Serve `folder`'s adapters on `base` in a daemon thread of this process (fp32, 127.0.0.1, a free port);
+    returns the server's URL once it answers."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from .serving import build_app
+
+    app = build_app(base, [folder], precision="fp32", engine_process=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, name="softprompt-lm-eval-server", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the in-process server did not start within {timeout_s:g} s.")
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}"
+
+
 def main() -> None:
     """lm-eval's command line with the `softprompt` model registered."""
     from lm_eval.__main__ import cli_evaluate
@@ -98,4 +132,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["SoftPromptCompletions", "main", "parse_adapters"]
+__all__ = ["SoftPromptCompletions", "main", "parse_adapters", "serve_in_thread"]
