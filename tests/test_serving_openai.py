@@ -290,7 +290,7 @@ def test_unknown_routes_and_methods_are_openai_errors(causal):
 
 
 def test_validation_errors_are_api_errors_without_http():
-    """The validation module raises `ApiError` (no HTTP needed): issue-33-style bounds can be added there."""
+    """The validation module raises `ApiError` without HTTP: the bounds (and later ones) live there."""
     from softprompt_ext.inference.serving.schemas import CompletionRequest
     from softprompt_ext.inference.serving.settings import ServeSettings
     from softprompt_ext.inference.serving.validation import Capabilities, check_cheap

@@ -25,6 +25,7 @@ every request the same, so replicas scale out behind any HTTP load balancer (`GE
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -65,7 +66,7 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_p
     if config.admin_token is None:
         config.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
     options = EngineOptions(base=base, adapters=[pair for spec in adapters for pair in discover(spec)],
-                            settings=config)
+                            settings=dataclasses.replace(config, admin_token=None))  # the engine needs no secret
     backend: EngineProcess | LocalBackend
     if engine_process:
         backend = EngineProcess(options)
