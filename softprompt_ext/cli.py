@@ -112,44 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="serve a base model and prompt adapters over HTTP (OpenAI-compatible; needs [serve])",
         description="Serve one frozen base model and many prompt adapters over HTTP, batching requests for any "
-        "mix of adapters into one model call (POST /v1/completions, /v1/classify; GET /v1/models, /health, "
-        "/metrics; POST/DELETE /admin/adapters). Needs: pip install 'softprompt-ext[serve]'.",
+        "mix of adapters into one model call (POST /v1/completions, /v1/chat/completions, /v1/classify, /tokenize, "
+        "/detokenize; GET /v1/models, /tokenizer_info, /health, /metrics; POST/DELETE /admin/adapters). Every flag "
+        "below is a ServeSettings field (the keywords of softprompt_ext.serve). Needs: pip install "
+        "'softprompt-ext[serve]'.",
     )
     serve.add_argument("--base", metavar="MODEL", help="base model, Hub id or directory (default: the embedded T5)")
     serve.add_argument("--adapter", action="append", default=[], metavar="[NAME=]SOURCE",
                        help="adapter directory, folder of adapter directories or Hub id (repeatable)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (8000)")
-    serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    serve.add_argument("--admin-token", help="bearer token of the admin endpoints (default: $SOFTPROMPT_ADMIN_TOKEN)")
-    serve.add_argument("--max-adapters", type=_positive_int, default=64, help="resident adapters, LRU beyond (64)")
-    serve.add_argument("--max-adapter-bytes", type=_positive_int, help="bytes of resident prompts, LRU beyond")
-    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="rows per model call (32)")
-    serve.add_argument("--max-batch-tokens", type=_positive_int, default=16384,
-                       help="input + new tokens per model call (16384)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (5)")
-    serve.add_argument("--max-queue", type=_positive_int, default=256, help="queued rows before 429 (256)")
-    serve.add_argument("--max-input-tokens", type=_positive_int, default=512, help="tokens per prompt (512)")
-    serve.add_argument("--max-tokens", type=_positive_int, default=256, help="largest max_tokens (256)")
-    serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (60)")
-    serve.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="auto: bf16 only where the hardware has bf16 units")
-    serve.add_argument("--batching", choices=["continuous", "mixed", "per-adapter"], default="continuous",
-                       help="continuous (default): rows of any adapters join and leave the running batch between "
-                       "decoding steps; mixed: one batch at a time, any adapters; per-adapter: one adapter per "
-                       "batch via PEFT's set_adapter (the benchmark baseline)")
-    serve.add_argument("--no-prefix-cache", action="store_true",
-                       help="decoder-only bases: recompute every adapter's prompt keys/values per request instead "
-                       "of once per adapter (for the benchmark's comparison)")
+    from .inference.serving.settings import add_cli_args as add_serve_settings
+
+    add_serve_settings(serve)  # every ServeSettings field: --max-adapters, --batching, ... (settings.py)
     serve.add_argument("--engine-in-process", action="store_true",
                        help="run the model in a worker thread of the HTTP process instead of a process of its own "
                        "(the default keeps HTTP work and the model from taking turns for one interpreter lock)")
     serve.add_argument("--demo", action="store_true",
                        help="also serve 'supersense-init': an untrained prompt on the embedded T5, initialised from "
                        "the bundled noun task's class labels (try the server without training one first)")
-    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info",
-                       help="uvicorn's log level (info logs every request)")
-    serve.add_argument("--strict", action="store_true", help="exit when an adapter is refused at start-up")
 
     commands.add_parser("lm-adapt", add_help=False, help="LM-adapt a T5 model (paper section 3.3); "
                         "see 'softprompt lm-adapt --help'")
@@ -314,6 +293,8 @@ def demo_adapter(directory: str | None = None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from .inference.serving.settings import settings_from_cli
+
     try:
         from .inference.serving import serve
     except ModuleNotFoundError as exc:  # the optional extra is missing
@@ -324,14 +305,7 @@ def _serve(args: argparse.Namespace) -> None:
             raise ValueError(f"--demo serves a prompt for the embedded T5, but --base {args.base!r} was given; "
                              "drop one of them.")
         adapters.append(f"{DEMO_ADAPTER}={demo_adapter()}")
-    serve(args.base, adapters, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
-          admin_token=args.admin_token, max_adapters=args.max_adapters, max_adapter_bytes=args.max_adapter_bytes,
-          strict=args.strict, precision=args.precision, batching=args.batching.replace("-", "_"),
-          prefix_cache=not args.no_prefix_cache, engine_process=not args.engine_in_process,
-          max_batch_size=args.max_batch_size,
-          max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-          max_input_tokens=args.max_input_tokens, max_tokens=args.max_tokens,
-          request_timeout_s=args.request_timeout)
+    serve(args.base, adapters, engine_process=not args.engine_in_process, **vars(settings_from_cli(args)))
 
 
 def _lm_adapt(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """What the HTTP side of `softprompt serve` talks to: an engine in this process, or in a process of its own.
 
-`create_app` needs only these calls, so the two placements are interchangeable:
+`create_app` needs only the calls of `EngineBackend` (a `typing.Protocol`), so the two placements are
+interchangeable:
 
 * `codec` -- tokenise requests, decode answers (`tokens.TextCodec`; always in the HTTP process).
 * `serves(name)`, `adapters` -- whether an adapter is served (404s); the served adapters (`AdapterView`).
@@ -9,6 +10,8 @@
 * `await snapshot()` -- a fresh `AdapterView` plus queue depth (health, `/v1/models`).
 * `await engine_metrics()` -- the engine's half of `/metrics` (Prometheus text).
 * `await start()`, `await stop(drain)` -- the app's lifespan.
+* `batching`, `placement`, `alive` -- how rows are batched ("continuous", ...), where the engine runs ("thread"
+  or "process"), whether it still runs.
 
 `LocalBackend` (this module) runs the `Engine` and its `Scheduler` worker thread in the HTTP process: simple,
 and what tests and embedding in another ASGI server use. `engine_process.EngineProcess` runs them in a child
@@ -20,21 +23,14 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .engine import Engine
 from .metrics import EngineMetrics, stable_copy
 from .registry import AdapterSource
 from .scheduler import Job, Scheduler
-
-
-@dataclass
-class SchedulerSettings:
-    """The batching knobs of `Scheduler` (the `softprompt serve` flags of the same names)."""
-
-    max_queue: int = 256
-    max_batch_size: int = 32
-    max_batch_tokens: int = 16384
-    max_wait_ms: float = 5.0
+from .settings import ServeSettings
+from .tokens import TextCodec
 
 
 @dataclass
@@ -49,7 +45,30 @@ class AdapterView:
         return name in self.sources
 
 
-def engine_scheduler(engine: Engine, settings: SchedulerSettings) -> tuple[Scheduler, EngineMetrics]:
+class EngineBackend(Protocol):
+    """What the HTTP side calls: `LocalBackend` (this process) and `engine_process.EngineProcess` implement it."""
+
+    codec: TextCodec
+    batching: str
+    placement: str
+
+    @property
+    def adapters(self) -> AdapterView: ...
+    @property
+    def alive(self) -> bool: ...
+
+    def serves(self, name: str) -> bool: ...
+    async def submit(self, jobs: list[Job]) -> list[Future]: ...
+    async def register(self, name: str, source: str, subfolder: str | None = None,
+                       revision: str | None = None) -> AdapterSource: ...
+    async def unload(self, name: str) -> AdapterSource: ...
+    async def snapshot(self) -> AdapterView: ...
+    async def engine_metrics(self) -> bytes: ...
+    async def start(self) -> None: ...
+    async def stop(self, drain: bool = True) -> None: ...
+
+
+def engine_scheduler(engine: Engine, settings: ServeSettings) -> tuple[Scheduler, EngineMetrics]:
     """The scheduler that feeds `engine` (its worker thread not started yet) and the engine-side metrics."""
     scheduler = Scheduler(engine.run, max_queue=settings.max_queue, max_batch_size=settings.max_batch_size,
                           max_batch_tokens=settings.max_batch_tokens, max_wait_s=settings.max_wait_ms / 1000,
@@ -72,10 +91,11 @@ class LocalBackend:
 
     placement = "thread"  # `GET /health`'s "engine"
 
-    def __init__(self, engine: Engine, settings: SchedulerSettings | None = None):
+    def __init__(self, engine: Engine, settings: ServeSettings | None = None):
         self.engine = engine
         self.codec = engine.codec
-        self.scheduler, self.metrics = engine_scheduler(engine, settings or SchedulerSettings())
+        self.batching = engine.batching
+        self.scheduler, self.metrics = engine_scheduler(engine, settings or ServeSettings())
 
     @property
     def adapters(self) -> AdapterView:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 
 from ...peft_internals import prompt_weight
 from ...placement import loaded_prompts, place_prompts
+from .sampling import RowOptions, TokenLogprob, choose, top_entries
 
 # Generation-config fields that make `generate` differ from the argmax of the logits (logits processors).
 _PROCESSOR_FIELDS = {
@@ -60,12 +62,19 @@ def logits_processors_in(generation_config) -> list[str]:
 
 @dataclass
 class Row:
-    """One request row in the running batch: its job, the tokens generated so far, its budget."""
+    """One request row in the running batch: its job, the tokens generated so far, its budget, its options
+    (`sampling.RowOptions`; None: greedy) and what they ask for: its generator, the log-probabilities of its
+    tokens and, with `echo`, of its input's tokens (the first one None)."""
 
     job: Any
     adapter: str
     max_new_tokens: int
     tokens: list[int] = field(default_factory=list)
+    options: RowOptions | None = None
+    generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    stopped: bool = False  # ended by one of its stop strings
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -185,8 +194,9 @@ class RunningBatch:
     """
 
     def __init__(self, model, *, eos_token_id: int, pad_token_id: int, encoder_decoder: bool,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, stops: Callable[[Row], bool] | None = None):
         self.model = model
+        self.stops = stops  # `stops(row)`: True when the row's text reached one of its stop strings
         self.base = model.get_base_model()
         self.eos, self.pad = eos_token_id, pad_token_id
         self.encoder_decoder = encoder_decoder
@@ -223,16 +233,18 @@ class RunningBatch:
         token that is EOS, or `max_new_tokens` 1)."""
         device = next(self.base.parameters()).device
         width = max(len(ids) for ids in inputs)
-        names = [row.adapter for row in rows]
+        for row in rows:
+            if row.options is not None and row.generator is None:
+                row.generator = row.options.generator(device)
         if self.encoder_decoder:
             ids = torch.full((len(rows), width), self.pad, dtype=torch.long, device=device)  # [b, T] right-padded
             mask = torch.zeros_like(ids)
             for i, row_ids in enumerate(inputs):
                 ids[i, : len(row_ids)] = torch.tensor(row_ids, device=device)
                 mask[i, : len(row_ids)] = 1
-            first, feed, state = self._prefill_seq2seq(ids, mask, names)
+            first, feed, state = self._prefill_seq2seq(ids, mask, rows)
         else:
-            first, state = self._prefill_causal(inputs, names, device)
+            first, state = self._prefill_causal(inputs, rows, device)
             feed = first
         self._merge(state)
         self.rows.extend(rows)
@@ -242,7 +254,8 @@ class RunningBatch:
             return []
         return self._record(first, start=len(self.rows) - len(rows))
 
-    def _prefill_seq2seq(self, ids, mask, names):
+    def _prefill_seq2seq(self, ids, mask, rows):
+        names = [row.adapter for row in rows]
         placed = place_prompts(self.model, ids, mask, names)
         encoder = self.base.get_encoder()
         states = encoder(inputs_embeds=placed.embeds, attention_mask=placed.mask).last_hidden_state  # [b, S, H]
@@ -261,9 +274,12 @@ class RunningBatch:
         cache = _out_cache(out)
         state = dict(layers=_layers(cache.self_attention_cache), mask=mask.new_ones(b, 1),
                      cross=_layers(cache.cross_attention_cache), enc_mask=placed.mask, enc_states=states)
-        return out.logits[:, -1].argmax(-1), None, state
+        return choose(out.logits[:, -1], rows), None, state
 
-    def _prefill_causal(self, inputs, names, device):
+    def _prefill_causal(self, inputs, rows, device):
+        names = [row.adapter for row in rows]
+        echo = [row.options is not None and row.options.echo for row in rows]
+        keep = max(len(ids) for ids in inputs) if any(echo) else 1  # echo: the logits of every input token
         prompts = loaded_prompts(self.model, names)
         b, width = len(inputs), max(len(ids) for ids in inputs)
         if self.prefix_cache is not None:
@@ -287,7 +303,7 @@ class RunningBatch:
                 positions[i, width - n:] = torch.arange(plen[i], plen[i] + n, device=device)
             mask = torch.cat((prefix_mask, token_mask), dim=1)  # [b, Pmax + T]
             out = self.base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            logits_to_keep=1, **{self.cache_kwarg: _dynamic(layers)})
+                            logits_to_keep=keep, **{self.cache_kwarg: _dynamic(layers)})
             next_position = positions[:, -1] + 1
         else:  # no prefix cache: the prompt is prefilled with the row (the mixed placement, left padding)
             ids = torch.full((b, width), self.pad, dtype=torch.long, device=device)
@@ -298,10 +314,12 @@ class RunningBatch:
             placed = place_prompts(self.model, ids, token_mask, names)
             mask = placed.mask
             out = self.base(inputs_embeds=placed.embeds, attention_mask=mask, position_ids=placed.positions,
-                            use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=keep)
             next_position = placed.positions[:, -1] + 1
         state = dict(layers=_layers(_out_cache(out)), mask=mask, positions=next_position)
-        return out.logits[:, -1].argmax(-1), state
+        if any(echo):
+            _score_inputs(out.logits, inputs, rows)
+        return choose(out.logits[:, -1], rows), state
 
     def _merge(self, state: dict) -> None:
         self._cache = None  # rows change: the next step builds a cache of the merged tensors
@@ -330,7 +348,7 @@ class RunningBatch:
 
     # ------------------------------------------------------------------------------------------ decoding
     def step(self) -> list[Row]:
-        """One greedy step for every row; returns (and removes) the rows that finished."""
+        """One decoding step for every row (each with its own options); returns (and removes) the rows that finished."""
         assert self.next_ids is not None and self.mask is not None
         ids = self.next_ids[:, None]  # [B, 1]
         self.mask = torch.cat((self.mask, self.mask.new_ones(len(self.rows), 1)), dim=1)
@@ -351,7 +369,7 @@ class RunningBatch:
             self._cache = _out_cache(out)
             self.layers = _layers(self._cache)
             self.positions = self.positions + 1
-        self.next_ids = out.logits[:, -1].argmax(-1)
+        self.next_ids = choose(out.logits[:, -1], self.rows)
         return self._record(self.next_ids, start=0)
 
     def _record(self, tokens: torch.Tensor, start: int) -> list[Row]:
@@ -360,8 +378,11 @@ class RunningBatch:
         for offset, token in enumerate(tokens.tolist()):
             i = start + offset
             row = self.rows[i]
-            row.tokens.append(token)
-            if token == self.eos or len(row.tokens) >= row.max_new_tokens:
+            if row.max_new_tokens > 0:  # 0: echo only, nothing generated
+                row.tokens.append(token)
+            if token != self.eos and self.stops is not None and row.options is not None and row.options.stop:
+                row.stopped = self.stops(row)
+            if token == self.eos or len(row.tokens) >= row.max_new_tokens or row.stopped:
                 done.append(i)
         if not done:
             return []
@@ -395,3 +416,16 @@ class RunningBatch:
         else:
             assert self.positions is not None
             self.positions = self.positions[index]
+
+
+def _score_inputs(logits: torch.Tensor, inputs: list[list[int]], rows: list[Row]) -> None:
+    """`echo` rows: the log-probability (and top alternatives) of each input token given the prompt and the
+    tokens before it, from the prefill's logits `[b, W, V]` (each row's tokens in its last columns); the first
+    input token has none (OpenAI's `None`)."""
+    width = logits.shape[1]
+    for i, (row, ids) in enumerate(zip(rows, inputs, strict=True)):
+        if row.options is None or not row.options.echo:
+            continue
+        logp = torch.log_softmax(logits[i, width - len(ids):].float(), -1)  # [n, V]: position j predicts j + 1
+        k = row.options.logprobs or 0
+        row.prompt_logprobs = [None] + [top_entries(logp[j - 1], ids[j], k) for j in range(1, len(ids))]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,20 +36,31 @@ from ..mixed_batches import mixed_generate
 from ..scoring import score_label_ids
 from .decoding import PrefixCache, Row, RunningBatch, logits_processors_in
 from .registry import AdapterRegistry
+from .sampling import FinishReason, TokenLogprob, top_entries
 from .scheduler import Job
+from .settings import BATCHING, DEFAULTS, ServeSettings
 from .tokens import TextCodec
 
-BATCHING = ("continuous", "mixed", "per_adapter")
 _log = logging.getLogger("softprompt_ext.serve")
 
 
 @dataclass
 class Completion:
-    """One generated row: its token ids (EOS excluded), whether it stopped on EOS, the tokens generated."""
+    """One generated row: its token ids (EOS excluded), whether it stopped on EOS, the tokens generated; with
+    a stop string, whether it ended on one; with `logprobs`, one `TokenLogprob` per generated token (EOS too); with
+    `echo`, one per input token (the first None)."""
 
     token_ids: list[int]
     finished: bool
     num_tokens: int
+    stopped: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+    @property
+    def finish_reason(self) -> FinishReason:
+        """OpenAI's: "stop" (EOS or a stop string) or "length"."""
+        return "stop" if self.finished or self.stopped else "length"
 
 
 def load_base(base: str | None, device: str = "cpu"):
@@ -71,8 +83,9 @@ def load_base(base: str | None, device: str = "cpu"):
 class Engine:
     """Base model + tokenizer + adapter store; `run` is the scheduler's batch runner (worker thread only)."""
 
-    def __init__(self, model, tokenizer, *, max_adapters: int = 64, max_bytes: int | None = None,
-                 precision: str = "auto", batching: str = "continuous", prefix_cache: bool = True):
+    def __init__(self, model, tokenizer, *, max_adapters: int = DEFAULTS.max_adapters,
+                 max_bytes: int | None = DEFAULTS.max_adapter_bytes, precision: str = DEFAULTS.precision,
+                 batching: str = DEFAULTS.batching, prefix_cache: bool = DEFAULTS.prefix_cache):
         if batching not in BATCHING:
             raise ValueError(f"batching={batching!r}: use 'continuous' (rows join and leave between decoding steps, "
                              "the default), 'mixed' (one batch at a time, any adapters) or 'per_adapter'.")
@@ -98,7 +111,14 @@ class Engine:
                 self.prefix_cache = PrefixCache(self.registry.model)
                 self.registry.on_evict.append(self.prefix_cache.drop)
             self.running = RunningBatch(self.registry.model, eos_token_id=eos, pad_token_id=self.pad,
-                                        encoder_decoder=self.encoder_decoder, prefix_cache=self.prefix_cache)
+                                        encoder_decoder=self.encoder_decoder, prefix_cache=self.prefix_cache,
+                                        stops=self._reached_stop)
+
+    @classmethod
+    def from_settings(cls, model, tokenizer, settings: ServeSettings) -> Engine:
+        """The engine `settings` describe (adapter store budget, precision, batching, prefix cache)."""
+        return cls(model, tokenizer, max_adapters=settings.max_adapters, max_bytes=settings.max_adapter_bytes,
+                   precision=settings.precision, batching=settings.batching, prefix_cache=settings.prefix_cache)
 
     @property
     def model(self):
@@ -147,10 +167,10 @@ class Engine:
         """Prefill `jobs` into the running batch; returns the jobs already finished, with their completions."""
         assert self.running is not None, "admit() needs batching='continuous'"
         self.registry.ensure([job.adapter for job in jobs])
-        rows = [Row(job, job.adapter, job.max_new_tokens) for job in jobs]
+        rows = [Row(job, job.adapter, job.max_new_tokens, options=job.options) for job in jobs]
         with torch.no_grad(), autocast(self.device, self.precision):
             done = self.running.admit(rows, [job.input_ids for job in jobs])
-        return [(row.job, self._completion(row.tokens)) for row in done]
+        return [(row.job, self._row_completion(row)) for row in done]
 
     def step(self) -> list[tuple[Job, Completion]]:
         """One decoding step of the running batch; returns the jobs that finished."""
@@ -160,7 +180,7 @@ class Engine:
         for row in self.running.rows:  # streaming requests see their tokens after every step
             if row.job.on_tokens is not None:
                 row.job.on_tokens(list(row.tokens))
-        return [(row.job, self._completion(row.tokens)) for row in done]
+        return [(row.job, self._row_completion(row)) for row in done]
 
     def drop(self, keep) -> list[Job]:
         """Remove the running rows whose job fails `keep(job)` (a cancelled request); returns their jobs."""
@@ -178,6 +198,20 @@ class Engine:
         self.running.remove(list(self.running.rows))
         return jobs
 
+    def _reached_stop(self, row: Row) -> bool:
+        """Whether the row's text holds one of its stop strings (checked after every token)."""
+        assert row.options is not None
+        text = self.codec.decode(row.tokens)
+        return any(stop in text for stop in row.options.stop)
+
+    def _row_completion(self, row: Row) -> Completion:
+        done = self._completion(row.tokens)
+        done.stopped = row.stopped
+        if row.options is not None and row.options.logprobs is not None:
+            done.logprobs = row.logprobs[: len(row.tokens)]  # EOS included: a client counts it
+        done.prompt_logprobs = row.prompt_logprobs
+        return done
+
     def _completion(self, row: list[int]) -> Completion:
         if self.eos in row:
             stop = row.index(self.eos)
@@ -186,18 +220,51 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ batch mode
     def _generate(self, jobs: list[Job], names: list[str], ids, mask) -> list[Completion]:
+        """Batch mode: one `generate` call per group of rows with the same sampling settings (`generate` takes
+        one setting for its whole batch, so a batch-at-a-time server splits its batches by parameters)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            o = job.options
+            groups.setdefault((0.0, 1.0, 0, None) if o is None else (o.temperature, o.top_p, o.top_k, o.logprobs),
+                              []).append(i)
+        results: list[Completion | None] = [None] * len(jobs)
+        for key, index in groups.items():
+            rows = torch.tensor(index, device=ids.device)
+            done = self._generate_group([jobs[i] for i in index], [names[i] for i in index], ids[rows], mask[rows],
+                                        *key)
+            for i, completion in zip(index, done, strict=True):
+                results[i] = completion
+        return [r for r in results if r is not None]
+
+    def _generate_group(self, jobs: list[Job], names: list[str], ids, mask, temperature: float, top_p: float,
+                        top_k: int, logprobs: int | None) -> list[Completion]:
         most = max(job.max_new_tokens for job in jobs)
-        options = dict(max_new_tokens=most, do_sample=False, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos)
-        if self.batching == "per_adapter" and len(set(names)) == 1:
+        options: dict = dict(max_new_tokens=most, num_beams=1, pad_token_id=self.pad, eos_token_id=self.eos,
+                             do_sample=temperature > 0)
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p, top_k=top_k)  # top_k 0: no cut
+        if logprobs is not None:
+            options.update(return_dict_in_generate=True, output_logits=True)
+        if self.batching == "per_adapter" and len(set(names)) == 1 and (logprobs is None or self.encoder_decoder):
             self.model.set_adapter(names[0])
-            out = generate_active(self.model, ids, mask, **options)
+            out: Any = generate_active(self.model, ids, mask, **options)  # a generate output object with logprobs
+            sequences = out.sequences if logprobs is not None else out
             if not self.encoder_decoder:
-                out = out[:, ids.shape[1]:]  # [B, N]: the new tokens only
+                sequences = sequences[:, ids.shape[1]:]  # [B, N]: the new tokens only
         else:
             out = mixed_generate(self.model, ids, mask, names, **options)
+            sequences = out.sequences if logprobs is not None else out
         if self.encoder_decoder:
-            out = out[:, 1:]  # drop the decoder start token
-        return [self._completion(row[: job.max_new_tokens]) for row, job in zip(out.tolist(), jobs, strict=True)]
+            sequences = sequences[:, 1:]  # drop the decoder start token
+        done = []
+        for b, (row, job) in enumerate(zip(sequences.tolist(), jobs, strict=True)):
+            completion = self._completion(row[: job.max_new_tokens])
+            if logprobs is not None:
+                steps = range(len(completion.token_ids) + completion.finished)
+                completion.logprobs = [top_entries(torch.log_softmax(out.logits[k][b].float(), -1), row[k], logprobs)
+                                       for k in steps]
+            done.append(completion)
+        return done
 
     def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

@@ -40,9 +40,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import AdapterView, SchedulerSettings, engine_scheduler, view_of
+from .backend import AdapterView, engine_scheduler, view_of
 from .registry import AdapterSource
 from .scheduler import Job, ShuttingDown
+from .settings import ServeSettings
 from .tokens import TextCodec, load_tokenizer
 
 _log = logging.getLogger("softprompt_ext.serve")
@@ -57,15 +58,8 @@ class EngineOptions:
     """Everything the child needs to build the engine (all plain values: they cross the process boundary)."""
 
     base: str | None = None
-    device: str = "cpu"
     adapters: list[tuple[str, str]] = field(default_factory=list)  # (name, source), registered at start
-    strict: bool = False
-    max_adapters: int = 64
-    max_adapter_bytes: int | None = None
-    precision: str = "auto"
-    batching: str = "continuous"
-    prefix_cache: bool = True
-    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    settings: ServeSettings = field(default_factory=ServeSettings)  # device resolved, batching, store, scheduler
 
 
 def build_engine(options: EngineOptions):
@@ -74,15 +68,15 @@ def build_engine(options: EngineOptions):
     from ...adapters.reader import AdapterError
     from .engine import Engine, load_base
 
-    model, tokenizer = load_base(options.base, options.device)
-    engine = Engine(model, tokenizer, max_adapters=options.max_adapters, max_bytes=options.max_adapter_bytes,
-                    precision=options.precision, batching=options.batching, prefix_cache=options.prefix_cache)
+    settings = options.settings
+    model, tokenizer = load_base(options.base, settings.device or "cpu")
+    engine = Engine.from_settings(model, tokenizer, settings)
     refused: dict[str, str] = {}
     for name, source in options.adapters:
         try:
             engine.registry.register(name, source)
         except (AdapterError, ValueError, TypeError, OSError) as exc:
-            if options.strict:
+            if settings.strict:
                 raise ValueError(f"adapter {name!r} from {source!r} was refused: {exc}") from exc
             refused[name] = " ".join(str(exc).split())
             _log.error("adapter %r from %r refused: %s", name, source, refused[name])
@@ -107,7 +101,7 @@ def _engine_main(conn, options: EngineOptions) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: engine: %(message)s")
     try:
         engine, refused = build_engine(options)
-        scheduler, metrics = engine_scheduler(engine, options.scheduler)
+        scheduler, metrics = engine_scheduler(engine, options.settings)
     except BaseException as exc:  # noqa: BLE001 -- reported to the HTTP process, which raises it
         conn.send(("failed", _portable(exc)))
         conn.close()
@@ -177,8 +171,8 @@ class _EngineServer:
 
     def _submit(self, sid: int, rows: list[tuple]) -> None:
         jobs = []
-        for jid, kind, adapter, input_ids, max_new_tokens, label_ids, deadline, streaming in rows:
-            job = Job(kind, adapter, input_ids, max_new_tokens=max_new_tokens, label_ids=label_ids,
+        for jid, kind, adapter, input_ids, max_new_tokens, label_ids, options, deadline, streaming in rows:
+            job = Job(kind, adapter, input_ids, max_new_tokens=max_new_tokens, label_ids=label_ids, options=options,
                       deadline=deadline)
             if streaming:
                 job.on_tokens = self._streamer(jid)
@@ -317,7 +311,7 @@ class EngineProcess:
             jid = next(self._ids)
             job.on_abandon = lambda jid=jid: self._send(("abandon", jid), quiet=True)
             self._jobs[jid] = job
-            rows.append((jid, job.kind, job.adapter, job.input_ids, job.max_new_tokens, job.label_ids,
+            rows.append((jid, job.kind, job.adapter, job.input_ids, job.max_new_tokens, job.label_ids, job.options,
                          job.deadline, job.on_tokens is not None))
         try:
             self._send(("submit", sid, rows))

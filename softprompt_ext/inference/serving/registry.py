@@ -31,6 +31,7 @@ from ...adapters.reader import AdapterError
 from ...adapters.validation import load_adapter_safely, validate_adapter
 from ...config import SoftPromptConfig
 from ...peft_internals import CONFIG_NAME, encoder_prompt, prompt_weight
+from .settings import DEFAULTS
 
 ANCHOR = "__softprompt_serve_anchor__"  # a 1-row prompt that keeps the PeftModel alive with 0 adapters loaded
 
@@ -92,7 +93,8 @@ class AdapterRegistry:
         max_bytes: most bytes of resident prompt weights (None: no byte budget).
     """
 
-    def __init__(self, base_model: torch.nn.Module, *, max_adapters: int = 64, max_bytes: int | None = None):
+    def __init__(self, base_model: torch.nn.Module, *, max_adapters: int = DEFAULTS.max_adapters,
+                 max_bytes: int | None = DEFAULTS.max_adapter_bytes):
         if max_adapters < 1:
             raise ValueError(f"max_adapters={max_adapters} must be >= 1.")
         if max_bytes is not None and max_bytes < 1:

@@ -32,6 +32,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .sampling import RowOptions
+from .settings import DEFAULTS
+
 
 class QueueFull(RuntimeError):
     """The queue holds `max_queue` jobs (HTTP 429 with Retry-After)."""
@@ -50,6 +53,7 @@ class Job:
     input_ids: list[int]
     max_new_tokens: int = 0
     label_ids: list[list[int]] | None = None
+    options: RowOptions | None = None  # a generate row's sampling, log-probabilities, echo and stop strings
     deadline: float = float("inf")
     enqueued: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
@@ -92,8 +96,10 @@ class Stepper(Protocol):
 class Scheduler:
     """The queue and its worker. `runner(kind, jobs)` returns one result per job, in order."""
 
-    def __init__(self, runner: Runner, *, max_queue: int = 256, max_batch_size: int = 32,
-                 max_batch_tokens: int = 16384, max_wait_s: float = 0.005, max_adapters: int = 64,
+    def __init__(self, runner: Runner, *, max_queue: int = DEFAULTS.max_queue,
+                 max_batch_size: int = DEFAULTS.max_batch_size,
+                 max_batch_tokens: int = DEFAULTS.max_batch_tokens, max_wait_s: float = DEFAULTS.max_wait_ms / 1000,
+                 max_adapters: int = DEFAULTS.max_adapters,
                  on_batch: Callable[[str, list[Job], float], None] | None = None, stepper: Stepper | None = None):
         for name, value in (("max_queue", max_queue), ("max_batch_size", max_batch_size),
                             ("max_batch_tokens", max_batch_tokens), ("max_adapters", max_adapters)):

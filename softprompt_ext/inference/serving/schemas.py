@@ -1,9 +1,10 @@
 """Request and response bodies of `softprompt serve` (pydantic models; FastAPI validates against them).
 
-`/v1/completions` follows OpenAI's legacy completion schema (`model`, `prompt`, `max_tokens`, `temperature`;
-`choices[i].text`, `finish_reason`, `usage`), so the `openai` client and tools built on it work unchanged.
-`model` is the adapter name. Only greedy decoding is served (`temperature` 0, `n` 1, `top_p` 1): a
-request asking for sampling is refused with a 422 naming the field, never silently decoded greedily.
+`/v1/completions` follows OpenAI's legacy completion schema (`model`, `prompt`, `max_tokens`, `temperature`,
+`stop`, `logprobs`, `echo`, ...; `choices[i].text`, `logprobs`, `finish_reason`, `usage`), so the `openai`
+client and tools built on it work unchanged. `model` is the adapter name. Request bodies forbid fields they
+do not define (a 422 naming the field): nothing a client sends is silently ignored. The types are checked
+here; every bound (ranges, limits, what a base model cannot do) is checked in `validation.py`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .sampling import FinishReason
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
 
 def _texts(value: str | list[str], field: str) -> list[str]:
@@ -24,61 +27,62 @@ def _texts(value: str | list[str], field: str) -> list[str]:
     return texts
 
 
+class StreamOptions(_Strict):
+    include_usage: bool | None = False
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
 class CompletionRequest(_Strict):
+    """OpenAI's completion request; `top_k` is an extension (as vLLM's). Omitted sampling fields mean greedy
+    decoding (`temperature` 0), the deterministic default of a server for evaluation."""
+
     model: str = Field(description="adapter name (see GET /v1/models)")
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float | None = 0.0
-    top_p: float | None = 1.0
-    n: int | None = 1
+    prompt: Prompt
+    suffix: str | None = None
+    max_tokens: int | None = Field(16, ge=0)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    n: int | None = None
+    best_of: int | None = None
     stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = None
     echo: bool | None = False
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
     user: str | None = None
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value):
-        _texts(value, "prompt")
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt is an empty list; pass a string, a list of strings, or token ids")
+        if isinstance(value, list) and any(isinstance(x, list) and not x for x in value):
+            raise ValueError("prompt holds an empty list of token ids; pass at least one token per prompt")
         return value
 
-    @field_validator("temperature")
-    @classmethod
-    def _greedy(cls, value):
-        if value not in (None, 0, 0.0):
-            raise ValueError(f"temperature={value} is not served: only greedy decoding (temperature 0)")
-        return value
 
-    @field_validator("top_p")
-    @classmethod
-    def _top_p(cls, value):
-        if value not in (None, 1, 1.0):
-            raise ValueError(f"top_p={value} is not served: only greedy decoding (top_p 1)")
-        return value
+class CompletionLogprobs(BaseModel):
+    """OpenAI's completion log-probabilities: per token its text, log-probability (None for the first echoed
+    prompt token), top alternatives (text -> log-probability) and character offset in the choice's text."""
 
-    @field_validator("n")
-    @classmethod
-    def _n(cls, value):
-        if value not in (None, 1):
-            raise ValueError(f"n={value} is not served: greedy decoding gives one completion per prompt (n 1)")
-        return value
-
-    @field_validator("echo")
-    @classmethod
-    def _echo(cls, value):
-        if value:
-            raise ValueError("echo=true is not served; omit it or pass false")
-        return value
-
-    @property
-    def texts(self) -> list[str]:
-        return _texts(self.prompt, "prompt")
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: FinishReason
 
 
 class StreamChoice(BaseModel):
@@ -87,23 +91,25 @@ class StreamChoice(BaseModel):
     text: str
     index: int
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class CompletionChunk(BaseModel):
-    """One server-sent event of a `stream: true` completion (OpenAI's streamed `text_completion`)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[StreamChoice]
+    finish_reason: FinishReason | None = None
 
 
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a `stream: true` completion (OpenAI's streamed `text_completion`); with
+    `stream_options.include_usage`, every chunk has `usage: null` and a last chunk with no choices has it."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[StreamChoice]
+    usage: Usage | None = None
 
 
 class CompletionResponse(BaseModel):
