@@ -34,7 +34,13 @@ from peft import PromptTuningConfig
 
 from .adapters.atomic import atomic_write_text, refresh_digest
 from .adapters.model_card import update_model_card
-from .peft_internals import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, split_from_pretrained_kwargs
+from .peft_internals import (
+    CONFIG_NAME,
+    SAFETENSORS_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    record_peft_version_missing,
+    split_from_pretrained_kwargs,
+)
 from .version import __version__
 
 RECORD_NAME = "softprompt_config.json"  # sidecar file next to adapter_config.json
@@ -401,8 +407,7 @@ class SoftPromptConfig(PromptTuningConfig):
                 "SoftPromptConfig.continue_from(path)."
             )
         config = cls.from_parts(plain, record, **class_kwargs)
-        # as PEFT's from_pretrained (0.22+): a file without peft_version predates PEFT 0.18; not saved
-        config._peft_version_missing = "peft_version" not in plain
+        record_peft_version_missing(config, plain)
         return config
 
     @classmethod

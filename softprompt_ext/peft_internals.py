@@ -52,6 +52,7 @@ __all__ = [
     "modules_to_save_tensors",
     "prompt_parameters",
     "prompt_weight",
+    "record_peft_version_missing",
     "saved_prompt_rows",
     "split_from_pretrained_kwargs",
     "warn_if_causal_generate_is_broken",
@@ -119,6 +120,12 @@ def encoder_prompt(weight: torch.Tensor, config: PromptTuningConfig) -> torch.Te
 def split_from_pretrained_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """`(hub_kwargs, config_kwargs, other_kwargs)`: how PEFT's `PeftConfig.from_pretrained` splits its kwargs."""
     return PromptTuningConfig._split_kwargs(kwargs)
+
+
+def record_peft_version_missing(config: Any, saved: dict[str, Any]) -> None:
+    """Set `_peft_version_missing` as PEFT's `PeftConfig.from_pretrained` does (0.22+): whether the saved
+    `adapter_config.json` keys lacked `peft_version` (a file from before PEFT 0.18; not saved back)."""
+    config._peft_version_missing = "peft_version" not in saved
 
 
 def active_prompt_config(model: Any) -> Any | None:

@@ -33,6 +33,7 @@ from .peft_internals import (
     PromptEmbedding,
     causal_lm_model_class,
     prompt_tuning_registry_entries,
+    record_peft_version_missing,
     set_causal_lm_model_class,
     set_prompt_tuning_registry_entries,
     split_from_pretrained_kwargs,
@@ -81,7 +82,7 @@ class PromptTuningConfigLoader(PromptTuningConfig):
         )
         if type(config) is PromptTuningConfig:
             config.__class__ = cls  # the registry's class, as from PeftConfig.from_pretrained (no fields added)
-        config._peft_version_missing = "peft_version" not in report.plain  # as PEFT 0.22's from_pretrained
+        record_peft_version_missing(config, report.plain)
         mark_weights_follow(config)
         return config
 
