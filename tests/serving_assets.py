@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from helpers import free_port
 from peft import PeftModel, get_peft_model
 
 from softprompt_ext import SoftPromptConfig, tiny_models
@@ -96,16 +97,13 @@ class ServerProcess:
 
     def __init__(self, args: list[str], log: Path, timeout_s: float = 120.0):
         import os
-        import socket
         import subprocess
         import sys
         import time
 
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
         env.pop("SOFTPROMPT_ADMIN_TOKEN", None)

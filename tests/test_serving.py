@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,8 +28,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from conftest import random_prompt_config  # noqa: E402
+from helpers import free_port, random_prompt_config  # noqa: E402
 from peft import PeftModel, get_peft_model  # noqa: E402
+from serving_assets import ServerProcess  # noqa: E402
 
 from softprompt_ext import rank_classify, tiny_models  # noqa: E402
 
@@ -97,36 +97,10 @@ def reference(assets):
     return {"generate": generate, "classify": classify, "tokenizer": tokenizer}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, args: list[str], log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
-        self.log = log
-        # the in-process references run fp32; "auto" would run bf16 autocast on a CPU with bf16 units, where a
-        # batched greedy decode may take another argmax than the single-text fp32 one (seen on AVX-512-BF16)
-        precision = [] if "--precision" in args else ["--precision", "fp32"]
-        self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port), *args,
-                                      *precision],
-                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120  # a loaded 2-core machine: measured 10 s idle, 35 s busy
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+class Server(ServerProcess):
+    """A served process (fp32 unless the args say otherwise: the in-process references run fp32, and "auto" would
+    run bf16 autocast on a CPU with bf16 units, where a batched greedy decode may take another argmax) with
+    request helpers."""
 
     def post(self, path, body=None, **kwargs):
         return httpx.post(self.url + path, json=body, timeout=30, **kwargs)
@@ -143,16 +117,6 @@ class Server:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 total += float(line.rsplit(" ", 1)[1])
         return total
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -625,7 +589,7 @@ def test_the_engine_process_never_outlives_the_server(assets):
 def test_ctrl_c_drains_the_engine_too(assets):
     """Ctrl-C reaches the whole process group, engine included: the engine ignores it and the HTTP process
     drains it, so the request in flight still gets its answer."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     log = assets["root"] / "sigint.log"
     proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(port), "--base",

@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_prompt_config
+from helpers import random_prompt_config
 from peft import get_peft_model
 
 from softprompt_ext import generate

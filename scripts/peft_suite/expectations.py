@@ -173,8 +173,9 @@ EXPECTATIONS: tuple[Expectation, ...] = (
         kind="environment", variants=BOTH, requires="sklearn",
         peft="builds every PeftType's config; AdamssConfig (after PROMPT_TUNING) imports scikit-learn",
         ours="-",
-        why="scikit-learn is not a dependency of softprompt-ext; the PROMPT_TUNING step itself (the registry's "
-        "class comes back) is pinned by tests/test_registration.py::test_from_peft_type_without_a_record_is_the_registry_class",
+        why="scikit-learn is no dependency of softprompt-ext itself (the test extra brings it, through lm-eval, and "
+        "then the case runs and passes); the PROMPT_TUNING step itself (the registry's class comes back) is pinned by "
+        "tests/test_registration.py::test_from_peft_type_without_a_record_is_the_registry_class",
     ),
 )
 

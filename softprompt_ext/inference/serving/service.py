@@ -167,10 +167,11 @@ class CompletionService:
                     cut = texts[i].stopped or cut_at_stop(self.codec.decode(result.token_ids), plan.stop)[1]
                     yield Delta(i, rest, "stop" if cut else result.finish_reason)
                     continue
-                if not futures[i].done():
-                    delta = texts[i].update(tokens)
-                    if delta:
-                        yield Delta(i, delta)
+                # every update, in order, even when the row has finished meanwhile: the queue holds a row's token
+                # updates before its done mark, so a fast engine still streams step by step
+                delta = texts[i].update(tokens)
+                if delta:
+                    yield Delta(i, delta)
             if plan.include_usage:
                 yield Delta(-1, "", usage=self.usage(plan, results))
         finally:
