@@ -7,9 +7,9 @@
 * `write_text` / `write_json`: a report is replaced atomically, so a run killed mid-write leaves the old file.
 * `result_dir(benchmark)`: `benchmarks/results/<benchmark>/`, created on demand; `RESULTS.md` indexes them all.
 
-Entry points run as modules from the repository root (`python -m benchmarks.run`), so none edits `sys.path`.
-Not yet: `benchmarks/serving.py` keeps its own free port, `sys.path` edit and flat `results/serving.*`; it moves
-onto this module together with the server's restructuring.
+Entry points run as modules from the repository root (`python -m benchmarks.run`), so none edits `sys.path`;
+the serving load tests (`python -m benchmarks.serving`, `python -m benchmarks.serving_params`) start their
+servers on `free_port()` and write under `results/serving/`.
 """
 
 from __future__ import annotations

@@ -294,7 +294,8 @@ REPORT_SOURCES = {
     "encoder_use": ("how much of the embedded encoder a prompt uses", "python -m benchmarks.encoder_use"),
     "embedded_v3_attempt1": ("the collapsed first v3 build of the embedded model, kept as a warning",
                              "python -m scripts.embedded_build"),
-    "serving": ("`softprompt serve` under concurrent load", "python benchmarks/serving.py"),
+    "serving": ("`softprompt serve` under concurrent load; `serving_params.*`: requests with mixed parameters "
+                "(`python -m benchmarks.serving_params`)", "python -m benchmarks.serving"),
     "shared_prefix": ("decoder-only prompt computed once per batch beside PEFT; T5 step against its forward",
                       "python -m benchmarks.shared_prefix"),
 }
@@ -335,10 +336,10 @@ def index_section(markdown_dir: str, results_dir: str = RESULTS) -> list[str]:
 
 
 def serving_section(markdown_dir: str) -> list[str]:
-    """The `softprompt serve` load test (`python benchmarks/serving.py`, its own run): the section that run
-    rendered into `results/serving.md`, links made relative to `markdown_dir`."""
+    """The `softprompt serve` load test (`python -m benchmarks.serving`, its own run): the section that run
+    rendered into `results/serving/serving.md`, links made relative to `markdown_dir`."""
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-    path = os.path.join(results, "serving.md")
+    path = os.path.join(results, "serving", "serving.md")
     if not os.path.isfile(path):
         return []
     with open(path) as f:
@@ -346,7 +347,7 @@ def serving_section(markdown_dir: str) -> list[str]:
     rel = os.path.relpath(results, markdown_dir)
     text = text.replace("](results/", f"]({rel}/").replace("(results/", f"({rel}/")
     return ["## Serving: continuous mixed-adapter batching under concurrent load", "",
-            "(From `results/serving.md`, which `python benchmarks/serving.py` writes.)", "", text, ""]
+            "(From `results/serving/serving.md`, which `python -m benchmarks.serving` writes.)", "", text, ""]
 
 
 def markdown(results: dict, plot_paths: list[str], json_name: str, markdown_dir: str) -> str:

@@ -35,8 +35,9 @@ requests to one resident adapter). A PNG of throughput per variant is written wh
 Servers run one torch thread (`OMP_NUM_THREADS=1`), as the other benchmarks here, so that the idle servers do
 not fight over a 2-core machine; only one server is under load at a time.
 
-    python benchmarks/serving.py            # N=64 requests, C=16 clients, 3 rounds, 10,000-request memory run
-    python benchmarks/serving.py --quick    # N=16, C=8, 1 round, 500-request memory run, 100 extra adapters
+    python -m benchmarks.serving            # N=64 requests, C=16 clients, 3 rounds, 10,000-request memory run
+    python -m benchmarks.serving --quick    # N=16, C=8, 1 round, 500-request memory run, 100 extra adapters
+    python -m benchmarks.serving --rerender # results/serving/serving.md again from its serving.json
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,9 +55,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, "results")
+from benchmarks.common import RESULTS, free_port, run_info, write_json, write_text
+
+OUT = os.path.join(RESULTS, "serving")
 VARIANTS = {
     "continuous": [],
     "engine_thread": ["--engine-in-process"],
@@ -135,12 +135,6 @@ def workload(names: list[str], n: int, seed: int = 0) -> list[dict]:
     return [{"model": rng.choice(names), "prompt": rng.choice(texts), "max_tokens": MAX_TOKENS} for _ in range(n)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tree(pid: int) -> list[int]:
     """`pid` and its descendants (the server's HTTP process and its engine process)."""
     pids, todo = [], [pid]
@@ -185,7 +179,7 @@ def start_server(adapters: list[str], extra: list[str], log_path: str, base_fold
                  timeout: float = 300) -> tuple[subprocess.Popen, str]:
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "softprompt_ext", "serve", "--port", str(port), "--max-wait-ms", "5",
                "--log-level", "warning"]
@@ -502,7 +496,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         f"`{m['command']}` on {m.get('date_utc', '')} ({m.get('cpu', '')}, flags {'avx512_bf16' if 'avx512_bf16' in m.get('cpu_flags', []) else 'no avx512_bf16'}, bf16 fast: {m.get('bf16_is_fast')}, so {'bf16' if m.get('bf16_is_fast') else 'fp32'}; 2 CPUs shared "
         f"by the clients and the server; load average before / after {m['load_average_before']} / "
-        f"{m['load_average_after']}; [`results/serving.json`](results/serving.json)). {setup['requests']} greedy "
+        f"{m['load_average_after']}; [`results/serving/serving.json`](results/serving/serving.json)). {setup['requests']} greedy "
         f"requests ({setup['max_tokens']} new tokens) over K={setup['adapters']} adapters (P 10/20/30) from "
         f"{setup['clients']} concurrent closed-loop clients over loopback HTTP, {setup['rounds']} interleaved rounds, "
         "and the same jobs submitted in process to the engine's scheduler by as many threads (no HTTP; the "
@@ -547,7 +541,7 @@ def render_markdown(report: dict) -> str:
                   f"request evicts one and reads the other from disk through the strict reader, {cold['reloads']:.0f} "
                   f"reloads) p50 {cold['cold_p50_ms']:.1f} ms: **a cold adapter costs {cold['cold_cost_ms']:.1f} ms**.", ""]
     if report.get("plot"):
-        lines += ["![serving throughput](results/serving.png)", ""]
+        lines += ["![serving throughput](results/serving/serving.png)", ""]
     lines += [verdict(report), ""]
     return "\n".join(lines)
 
@@ -581,10 +575,7 @@ def rerender(path: str) -> str:
         report = json.load(f)
     png = os.path.splitext(path)[0] + ".png"
     report["plot"] = png if os.path.exists(png) else None
-    out = os.path.splitext(path)[0] + ".md"
-    with open(out, "w") as f:
-        f.write(render_markdown(report) + "\n")
-    return out
+    return write_text(os.path.splitext(path)[0] + ".md", render_markdown(report) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -596,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-requests", type=int)
     parser.add_argument("--many-adapters", type=int)
     parser.add_argument("--bases", default="t5,decoder")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "serving.json"))
+    parser.add_argument("--out", default=os.path.join(OUT, "serving.json"))
     parser.add_argument("--rerender", action="store_true", help="only write --out's .md again from its .json")
     args = parser.parse_args(argv)
     if args.rerender:
@@ -614,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.machine import describe, load_average, quiet_libraries
+    from benchmarks.machine import load_average, quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -643,20 +634,17 @@ def main(argv: list[str] | None = None) -> int:
         report["cold_adapter"] = cold_adapter_cost(folder, decoder_folder, names, 10 if args.quick else 30, work)
         print("cold adapter:", report["cold_adapter"])
 
-    machine = describe(torch.device("cpu"), sys.argv[1:], "quick" if args.quick else "full", "serving")
-    machine["command"] = ("python benchmarks/serving.py " + " ".join(sys.argv[1:])).strip()
+    given = sys.argv[1:] if argv is None else list(argv)
+    machine = run_info("serving", "serving", given, mode="quick" if args.quick else "full")
     machine["load_average_before"], machine["load_average_after"] = load_before, load_average()
     report["machine"] = machine
     report["setup"] = {"bases": {b: BASES[b] for b in bases}, "adapters": NUM_ADAPTERS, "prompt_lengths": PROMPT_LENGTHS,
                        "requests": n, "clients": clients, "rounds": rounds, "max_tokens": MAX_TOKENS,
                        "server_torch_threads": 1, "variants": {k: " ".join(v) or "(default)" for k, v in VARIANTS.items()}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(args.out, report)
     if set(bases) == set(BASES):
         report["plot"] = plot(report, os.path.splitext(args.out)[0] + ".png")
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(render_markdown(report) + "\n")
+    write_text(os.path.splitext(args.out)[0] + ".md", render_markdown(report) + "\n")
     identical = all(report["bases"][b]["identical_tokens"] and report["bases"][b]["in_process"]["identical_tokens"]
                     for b in bases)
     for base in bases:

@@ -1,6 +1,6 @@
 """Benchmark: continuous mixed-adapter batching against grouping by adapter when requests differ in parameters.
 
-`benchmarks/serving.py` measures greedy requests. Here the same K=8 adapters, bases and load generator serve
+`python -m benchmarks.serving` measures greedy requests. Here the same K=8 adapters, bases and load generator serve
 two workloads side by side: `greedy` (its workload: every request greedy, `max_tokens` 8) and `params` (the
 same prompts and adapters, but half the requests sample -- temperature 0.8, top_p 0.95 -- and a quarter of them,
 greedy ones, ask for `logprobs: 1`). Two servers per base:
@@ -15,22 +15,21 @@ greedy texts could differ between the two ways of batching. Rounds interleave se
 servers and rounds (the script fails otherwise); sampled rows are random by design (no seed: `per_adapter`
 cannot seed rows one by one).
 
-    python benchmarks/serving_params.py            # N=64 requests, C=16 clients, 3 rounds, both bases
-    python benchmarks/serving_params.py --quick    # N=16, C=8, 1 round
+    python -m benchmarks.serving_params            # N=64 requests, C=16 clients, 3 rounds, both bases
+    python -m benchmarks.serving_params --quick    # N=16, C=8, 1 round
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-RESULTS = os.path.join(HERE, "results")
+from benchmarks.common import RESULTS, run_info, write_json, write_text
+
+OUT = os.path.join(RESULTS, "serving")
 SERVERS = {"continuous": ["--precision", "fp32"], "per_adapter": ["--batching", "per-adapter", "--precision", "fp32"]}
 
 
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int)
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--bases", default="t5,decoder")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "serving_params.json"))
+    parser.add_argument("--out", default=os.path.join(OUT, "serving_params.json"))
     args = parser.parse_args(argv)
     n = args.requests or (16 if args.quick else 64)
     clients = args.clients or (8 if args.quick else 16)
@@ -113,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks.machine import describe, quiet_libraries
+    from benchmarks.machine import load_average, quiet_libraries
     from benchmarks.serving import NUM_ADAPTERS, make_adapters, make_decoder_base, workload
 
     quiet_libraries()
     torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="serving-params-")
+    load_before = load_average()
     decoder_folder = make_decoder_base(os.path.join(work, "decoder-base"))
     report: dict = {"bases": {}}
     for base in [b for b in args.bases.split(",") if b]:
@@ -128,15 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         greedy = workload(names, n)
         report["bases"][base] = measure(base, folder, base_folder, {"greedy": greedy, "params": with_params(greedy)},
                                         clients, rounds, work)
-    machine = describe(torch.device("cpu"), sys.argv[1:], "quick" if args.quick else "full", "serving_params")
-    machine["command"] = ("python benchmarks/serving_params.py " + " ".join(sys.argv[1:])).strip()
-    report["machine"] = machine
+    given = sys.argv[1:] if argv is None else list(argv)
+    report["machine"] = run_info("serving_params", "serving_params", given, mode="quick" if args.quick else "full")
+    report["machine"]["load_average_before"], report["machine"]["load_average_after"] = load_before, load_average()
     report["setup"] = {"adapters": NUM_ADAPTERS, "requests": n, "clients": clients, "rounds": rounds}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(render_markdown(report) + "\n")
+    write_json(args.out, report)
+    write_text(os.path.splitext(args.out)[0] + ".md", render_markdown(report) + "\n")
     for base, result in report["bases"].items():
         for w, ratio in result["ratios"].items():
             print(f"{base:8} {w:7} per_adapter/continuous time {ratio['time']:.2f}x ({ratio['min']:.2f}x-{ratio['max']:.2f}x)")

@@ -14,7 +14,6 @@ from benchmarks import common, report
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 ENTRY_POINTS = sorted(p for p in BENCHMARKS.glob("*.py") if 'if __name__ == "__main__"' in p.read_text("utf-8"))
-NOT_YET = {"serving.py"}  # restructured with the server; it still keeps its own helpers and results/serving.*
 
 
 def test_results_md_links_every_report():
@@ -28,22 +27,21 @@ def test_results_md_links_every_report():
 
 def test_reports_live_in_a_folder_per_benchmark():
     loose = sorted(p.name for p in (BENCHMARKS / "results").iterdir() if p.is_file())
-    assert [name for name in loose if not name.startswith("serving.")] == []
+    assert loose == []
 
 
 def test_every_default_path_exists():
-    from benchmarks import memory_plan, quality
+    from benchmarks import memory_plan, quality, serving, serving_params
 
     assert all((Path(quality.RESULTS) / name).is_file() for name in quality.DEFAULT_OUT.values())
     assert memory_plan.RESULTS.is_file()
     assert (Path(common.RESULTS) / "scoring" / "scoring.json").is_file()
     assert Path(report.RESULTS, "run", "full-cpu.json").is_file()
+    assert all(Path(module.OUT, f"{module.__name__.split('.')[-1]}.json").is_file() for module in (serving, serving_params))
 
 
 @pytest.mark.parametrize("path", ENTRY_POINTS, ids=lambda p: p.name)
 def test_entry_points_share_common_and_leave_sys_path_alone(path):
-    if path.name in NOT_YET:
-        pytest.skip(f"{path.name}: restructured with the server")
     source = path.read_text("utf-8")
     assert "sys.path" not in source
     if path.name not in ("report.py", "quality_targets.py"):  # report writes through write_all; targets only print
