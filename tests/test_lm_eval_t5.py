@@ -140,3 +140,65 @@ def test_seq2seq_loglikelihood_refuses_a_whitespace_continuation():
     assert split_pair("q  ", "a") == ("q", "  a")
     with pytest.raises(ValueError, match=r"request 0 has the whitespace-only continuation ' '"):
         seq2seq_loglikelihood([("q", " ")], "t3", _fake_server("", [], "stop", []), "</s>")
+
+
+def _cat_then_eos_t5(t5: dict, root: Path) -> str:
+    """A copy of the T5 base whose greedy decoding is "cat" then EOS from any input: every decoder layer's output
+    projections are zeroed, so the decoder state is the previous token's embedding, RMS-normalised (unit norm
+    weights), and the (tied) embedding rows make the start token's state point to "cat" and "cat"'s to EOS
+    (lm-eval's `hf` backend re-ties the output layer, so the embeddings carry it). Returns its directory."""
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(t5["base"])
+    (cat,) = tokenizer("cat", add_special_tokens=False)["input_ids"]
+    model = T5ForConditionalGeneration.from_pretrained(t5["base"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        for block in model.decoder.block:
+            for layer in block.layer:
+                for name in ("SelfAttention", "EncDecAttention"):
+                    if hasattr(layer, name):
+                        getattr(layer, name).o.weight.zero_()
+                if hasattr(layer, "DenseReluDense"):
+                    layer.DenseReluDense.wo.weight.zero_()
+        model.decoder.final_layer_norm.weight.fill_(1.0)
+        table = model.shared.weight  # [V, H]
+        table.mul_(0.01)
+        e1, e2 = torch.eye(table.shape[1])[:2]  # [H] each
+        table[model.config.decoder_start_token_id] = e1  # state ~ e1: logits pad 1, cat 10, EOS 0
+        table[cat] = 10 * (e1 + e2)  # state ~ e1 + e2: logits pad 1, cat 20, EOS 30
+        table[tokenizer.eos_token_id] = 30 * e2
+    model.save_pretrained(root / "t5_cat")
+    tokenizer.save_pretrained(root / "t5_cat")
+    return str(root / "t5_cat")
+
+
+@pytest.mark.slow
+def test_is_greedy_on_t5_is_true_where_greedy_decoding_gives_the_continuation_and_eos(tmp_path):
+    """On a base whose greedy answer is "cat" + EOS, the continuation " cat" is greedy (and only it), from the
+    server as from lm-eval's `hf` seq2seq scoring of the continuation + EOS."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import softprompt_ext.inference.lm_eval_model  # noqa: F401  (registers "softprompt")
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    t5 = t5_assets(tmp_path)
+    t5 = {"base": _cat_then_eos_t5(t5, tmp_path), "folder": t5["folder"]}
+    data = tmp_path / "cat.jsonl"
+    data.write_text(json.dumps({"question": "the dog sat", "choices": ["cat", "the cat", "ship"], "answer": 0}) + "\n")
+    folder = tmp_path / "cat_tasks"
+    folder.mkdir()
+    (folder / "tiny_cat.yaml").write_text(
+        f"task: tiny_cat\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n')
+    manager = TaskManager(include_path=str(folder))
+    served = _samples(lm_eval.simple_evaluate(
+        model="softprompt", tasks=["tiny_cat"], log_samples=True, task_manager=manager,
+        model_args=f"pretrained={t5['base']},serve={t5['folder']},adapter=t3"), "tiny_cat")
+    local = _samples(lm_eval.simple_evaluate(model=_hf(t5, eos=True), tasks=["tiny_cat"], log_samples=True,
+                                             task_manager=manager), "tiny_cat")
+    (got,), (want,) = ([r[0] for r in s["resps"]] for s in served), ([r[0] for r in s["resps"]] for s in local)
+    assert [g for _, g in got] == [g for _, g in want] == [True, False, False], (got, want)
+    assert all(abs(x - y) < 1e-4 for (x, _), (y, _) in zip(got, want, strict=True)), (got, want)
