@@ -13,10 +13,14 @@ adapter of every task not listed. Without `base_url`, `serve=DIR` serves the ada
 `pretrained` (a base model directory or Hub id; default the embedded T5) in this process (`build_app` under
 uvicorn on a free 127.0.0.1 port, the engine in a worker thread, fp32) for the run. Everything else is `local-completions`' (`num_concurrent`, `tokenized_requests`,
 `tokenizer_backend`, ...): log-likelihood tasks send token ids with `echo` + `logprobs` and read the prompt's
-log-probabilities (decoder-only bases), generation tasks send their `until` strings as `stop`. Each task's requests
+log-probabilities (decoder-only bases), generation tasks send their `until` strings as `stop`. On an
+encoder-decoder (T5) base, which `GET /tokenizer_info` reports and whose prompt tokens have no log-probabilities
+(the server refuses `echo`), log-likelihood requests are scored as decoder targets through `POST /v1/classify`
+instead (`lm_eval_seq2seq`: log p(continuation + EOS | context), `is_greedy` from a greedy completion). Each task's requests
 go out together (lm-eval's batching and `num_concurrent` apply within a task); the server batches whatever
-arrives together, any adapters. Its scores are the server's, which `tests/test_serving_clients.py` compares
-sample by sample with lm-eval's `hf` backend loading the same adapter (`peft=`).
+arrives together, any adapters. Its scores are the server's, which `tests/test_serving_clients.py` (decoder-only)
+and `tests/test_lm_eval_t5.py` (T5) compare sample by sample with lm-eval's `hf` backend loading the same adapter
+(`peft=`).
 
 lm-eval finds a model class only once its module is imported: run lm-eval through this module
 (`python -m softprompt_ext.inference.lm_eval_model run ARGS`: lm-eval's own command line), or import it before
@@ -29,6 +33,8 @@ from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+from .lm_eval_seq2seq import seq2seq_loglikelihood
 
 
 def parse_adapters(spec: str) -> dict[str, str]:
@@ -66,6 +72,7 @@ class SoftPromptCompletions(LocalCompletionsAPI):
             raise ValueError("softprompt needs adapters=task:adapter+... or adapter=NAME (the served adapter names, "
                              "GET /v1/models).")
         super().__init__(**kwargs)
+        self._tokenizer_info: dict | None = None
         self.default_adapter: str = kwargs["model"]
 
     def _per_task(self, requests: list, run) -> list:
@@ -85,7 +92,40 @@ class SoftPromptCompletions(LocalCompletionsAPI):
         return answers
 
     def loglikelihood(self, requests, **kwargs):
+        if self._base_info().get("is_encoder_decoder"):
+            return self._per_task(requests, self._seq2seq_loglikelihood)
         return self._per_task(requests, lambda group: super(SoftPromptCompletions, self).loglikelihood(group, **kwargs))
+
+    def _server_root(self) -> str:
+        """The server's root URL: `base_url` without its `/v1/...` endpoint path."""
+        return self.base_url.split("/v1/", 1)[0].rstrip("/")
+
+    def _base_info(self) -> dict:
+        """`GET /tokenizer_info` of the server, once (`is_encoder_decoder`, `eos_token`); `{}` where it has none
+        (another OpenAI-style server: treated as decoder-only)."""
+        if self._tokenizer_info is None:
+            import requests
+
+            answer = requests.get(self._server_root() + "/tokenizer_info", headers=self.header, timeout=self.timeout)
+            self._tokenizer_info = answer.json() if answer.ok else {}
+        return self._tokenizer_info
+
+    def _post(self, path: str, body: dict) -> Any:
+        """`POST path` on the server; an HTTP error raises with the server's message."""
+        import requests
+
+        answer = requests.post(self._server_root() + path, json=body, headers=self.header, timeout=self.timeout)
+        if not answer.ok:
+            raise RuntimeError(f"POST {path} answered {answer.status_code}: {answer.text[:2000]}")
+        return answer.json()
+
+    def _seq2seq_loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
+        """Encoder-decoder base: continuations scored as decoder targets (`lm_eval_seq2seq`)."""
+        answers = seq2seq_loglikelihood([r.args for r in requests], self.model, self._post,
+                                        self._base_info().get("eos_token"))
+        for request, answer in zip(requests, answers, strict=True):
+            self.cache_hook.add_partial("loglikelihood", request.args, answer)
+        return answers
 
     def generate_until(self, requests, **kwargs):
         return self._per_task(requests,
