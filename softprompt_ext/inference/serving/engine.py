@@ -128,8 +128,8 @@ class Engine:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.codec.encode(texts)
 
-    def encode_labels(self, labels: list[str]) -> list[list[int]]:
-        return self.codec.encode_labels(labels)
+    def encode_labels(self, labels: list[str], append_eos: bool = True) -> list[list[int]]:
+        return self.codec.encode_labels(labels, append_eos)
 
     def decode(self, ids: list[int]) -> str:
         return self.codec.decode(ids)

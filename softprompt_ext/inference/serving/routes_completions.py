@@ -82,7 +82,7 @@ async def classify(body: ClassifyRequest, request: Request):
     service.known(body.model)
     codec = service.codec
     try:
-        label_ids = codec.encode_labels(body.labels)
+        label_ids = codec.encode_labels(body.labels, append_eos=body.append_eos)
     except ValueError as exc:
         raise ApiError(422, one_line(exc), param="labels") from None
     ids, _ = tokenize(body.texts, codec, service.settings, service.caps, param="input")

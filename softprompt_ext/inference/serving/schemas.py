@@ -126,6 +126,9 @@ class ClassifyRequest(_Strict):
     input: str | list[str]
     labels: list[str] = Field(min_length=1, description="candidate label strings, shared by every input")
     length_normalize: bool = False
+    append_eos: bool = Field(True, description="encoder-decoder bases: score each label's tokens + EOS (T5's "
+                             "text-to-text targets end in EOS); false scores the label's own tokens only, as "
+                             "lm-eval's seq2seq log-likelihood does; ignored by decoder-only bases")
 
     @field_validator("input")
     @classmethod

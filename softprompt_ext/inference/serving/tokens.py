@@ -35,10 +35,11 @@ class TextCodec:
         """Token ids of each text, special tokens included (T5: ends in EOS), as the model reads inputs."""
         return [list(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
 
-    def encode_labels(self, labels: list[str]) -> list[list[int]]:
-        """Token ids of each label as a target (seq2seq: + EOS, as `rank_classify` scores them); refuses empty ones."""
+    def encode_labels(self, labels: list[str], append_eos: bool = True) -> list[list[int]]:
+        """Token ids of each label as a target (seq2seq: + EOS unless `append_eos=False`, as `rank_classify` scores
+        them); refuses empty ones."""
         encoded = [list(ids) for ids in self.tokenizer(list(labels), add_special_tokens=False)["input_ids"]]
-        if self.encoder_decoder and self.eos is not None:
+        if self.encoder_decoder and self.eos is not None and append_eos:
             encoded = [ids + [self.eos] for ids in encoded]
         for text, ids in zip(labels, encoded, strict=True):
             if not ids:
