@@ -356,3 +356,38 @@ def test_t5_rows_sample_with_their_seed_and_stop(t5):
     cut = _ok(t5.post("/v1/completions", json={"model": "t3", "prompt": TEXTS[0], "max_tokens": 16,
                                                 "stop": text[2:4]}))["choices"][0]
     assert cut["text"] == text[: text.find(text[2:4])] and cut["finish_reason"] == "stop"
+
+
+def test_classify_append_eos_false_scores_each_labels_own_tokens_on_t5(assets, t5, causal):
+    """`append_eos: false` on the T5 base: each label's summed log-probability of its own tokens (lm-eval's
+    seq2seq log-likelihood); the default scores the label + EOS, log p(EOS | input, label) lower. Reference:
+    `score_label_ids` on PEFT's model with the same adapter, labels with and without EOS."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from softprompt_ext.inference.scoring import score_label_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["t5"]["base"])
+    base = AutoModelForSeq2SeqLM.from_pretrained(assets["t5"]["base"], dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, f"{assets['t5']['folder']}/t3", adapter_name="t3").eval()
+    labels = ["the mat", "a ship", "rain falls"]
+    bare = [list(ids) for ids in tokenizer(labels, add_special_tokens=False)["input_ids"]]
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    want_bare = score_label_ids(model, batch["input_ids"], batch["attention_mask"], bare)
+    want_eos = score_label_ids(model, batch["input_ids"], batch["attention_mask"],
+                               [ids + [tokenizer.eos_token_id] for ids in bare])
+    body = {"model": "t3", "input": TEXTS, "labels": labels}
+    got_bare = torch.tensor([row["scores"] for row in _ok(t5.post("/v1/classify",
+                                                                   json={**body, "append_eos": False}))["data"]])
+    got_eos = torch.tensor([row["scores"] for row in _ok(t5.post("/v1/classify", json=body))["data"]])
+    assert torch.allclose(got_bare, want_bare.scores.float(), atol=1e-4), (got_bare, want_bare.scores)
+    assert torch.allclose(got_eos, want_eos.scores.float(), atol=1e-4), (got_eos, want_eos.scores)
+    # the default appends EOS: it differs from the bare score by exactly log p(EOS | input, label), a real term
+    lengths = torch.tensor([len(ids) for ids in bare])  # [C]
+    eos_term = want_eos.token_log_probs.float()[:, torch.arange(len(bare)), lengths]  # [B, C]
+    assert torch.allclose(got_eos - got_bare, eos_term, atol=1e-4)
+    assert bool((eos_term < -1e-3).all()), eos_term
+    # a decoder-only base has no EOS to leave out: the field changes nothing there
+    plain = {"model": "p7", "input": TEXTS, "labels": labels}
+    assert (_ok(causal.post("/v1/classify", json={**plain, "append_eos": False}))["data"]
+            == _ok(causal.post("/v1/classify", json=plain))["data"])

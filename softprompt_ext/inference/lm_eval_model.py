@@ -16,7 +16,7 @@ uvicorn on a free 127.0.0.1 port, the engine in a worker thread, fp32) for the r
 log-probabilities (decoder-only bases), generation tasks send their `until` strings as `stop`. On an
 encoder-decoder (T5) base, which `GET /tokenizer_info` reports and whose prompt tokens have no log-probabilities
 (the server refuses `echo`), log-likelihood requests are scored as decoder targets through `POST /v1/classify`
-instead (`lm_eval_seq2seq`: log p(continuation + EOS | context), `is_greedy` from a greedy completion). Each task's requests
+instead (`lm_eval_seq2seq`: log p(continuation tokens | context), `is_greedy` from greedy completions). Each task's requests
 go out together (lm-eval's batching and `num_concurrent` apply within a task); the server batches whatever
 arrives together, any adapters. Its scores are the server's, which `tests/test_serving_clients.py` (decoder-only)
 and `tests/test_lm_eval_t5.py` (T5) compare sample by sample with lm-eval's `hf` backend loading the same adapter
@@ -101,7 +101,7 @@ class SoftPromptCompletions(LocalCompletionsAPI):
         return self.base_url.split("/v1/", 1)[0].rstrip("/")
 
     def _base_info(self) -> dict:
-        """`GET /tokenizer_info` of the server, once (`is_encoder_decoder`, `eos_token`); `{}` where it has none
+        """`GET /tokenizer_info` of the server, once (`is_encoder_decoder`); `{}` where it has none
         (another OpenAI-style server: treated as decoder-only)."""
         if self._tokenizer_info is None:
             import requests
@@ -121,8 +121,7 @@ class SoftPromptCompletions(LocalCompletionsAPI):
 
     def _seq2seq_loglikelihood(self, requests: list) -> list[tuple[float, bool]]:
         """Encoder-decoder base: continuations scored as decoder targets (`lm_eval_seq2seq`)."""
-        answers = seq2seq_loglikelihood([r.args for r in requests], self.model, self._post,
-                                        self._base_info().get("eos_token"))
+        answers = seq2seq_loglikelihood([r.args for r in requests], self.model, self._post)
         for request, answer in zip(requests, answers, strict=True):
             self.cache_hook.add_partial("loglikelihood", request.args, answer)
         return answers

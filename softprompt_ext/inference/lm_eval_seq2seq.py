@@ -14,21 +14,19 @@ What a number means, token by token
   the same way, and its empty-context `prefix_token_id` is T5's EOS too.
 * Continuation: trailing whitespace of the context moves to the continuation first (lm-eval's `_encode_pair`),
   then it is tokenised alone without special tokens, as lm-eval's seq2seq backend does.
-* The score is log p(continuation tokens + EOS | context): `/v1/classify` appends EOS to every label of an
-  encoder-decoder (T5's text-to-text targets end in EOS; `rank_classify` scores labels so). lm-eval's `hf`
-  seq2seq backend scores the continuation tokens without that EOS, so its numbers differ from these by
-  log p(EOS | context, continuation); the classify endpoint has no way to leave the EOS out (nor to return the
-  per-token terms), so the two cannot be made equal from the client. `tests/test_lm_eval_t5.py` checks the
-  equality that does hold: these scores equal lm-eval's own `hf` seq2seq scoring (`peft=`, fp32) of the same
-  requests with EOS appended to each continuation's tokens, sample by sample. With the EOS a choice that is
-  a prefix of another ("yes" / "yes please") is no longer favoured for being shorter.
-* `is_greedy`: whether greedy decoding from the context yields exactly the continuation's tokens and then EOS
-  (the same target): one greedy `/v1/completions` per context (`max_tokens` = the longest continuation + 1,
-  `logprobs` 1 to count the steps), true for a continuation when the generation ended in EOS after exactly
-  its length + 1 steps and its text tokenises (`POST /tokenize`) back to the continuation's tokens. Since
-  greedy decoding picks the arg-max at every step, this equals lm-eval's teacher-forced check (every target
-  token the arg-max); it can only differ where two different token sequences of the same length decode to
-  the same text, which a tokenizer's canonical spelling does not produce.
+* The score is log p(continuation tokens | context), the sum of the continuation tokens' log-probabilities
+  under teacher forcing: `/v1/classify` with `append_eos: false` scores each label's own tokens, without the
+  EOS it appends by default (T5's text-to-text targets end in EOS). This is what lm-eval's `hf` seq2seq backend
+  computes (`_loglikelihood_tokens`); `tests/test_lm_eval_t5.py` compares the two sample by sample (`peft=`,
+  fp32). As there, a choice that is a prefix of another ("yes" / "yes please") is favoured for being shorter.
+* `is_greedy`: whether the arg-max at every continuation position is the continuation's token (lm-eval's
+  check). Greedy decoding picks the arg-max at every step, so this holds exactly when a greedy run of
+  len(continuation tokens) steps yields those tokens: one greedy `/v1/completions` per distinct continuation
+  length (`max_tokens` = that length, every context with a continuation of that length as a prompt); true for
+  a continuation when the run used all its steps (`finish_reason` "length": no EOS on the way) and its text
+  tokenises (`POST /tokenize`) back to the continuation's token ids. Whether EOS would follow does not matter.
+  It can only differ from lm-eval's where two different token sequences decode to the same text, which a
+  tokenizer's canonical spelling does not produce.
 * Whitespace-only continuations are refused (classify has no tokens to score for them).
 """
 
@@ -48,17 +46,14 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def seq2seq_loglikelihood(pairs: Sequence[tuple[str, str]], adapter: str, post: Post,
-                          eos_token: str | None) -> list[tuple[float, bool]]:
-    """`(log p(continuation + EOS | context), is_greedy)` of each `(context, continuation)`, in order.
+def seq2seq_loglikelihood(pairs: Sequence[tuple[str, str]], adapter: str, post: Post) -> list[tuple[float, bool]]:
+    """`(log p(continuation tokens | context), is_greedy)` of each `(context, continuation)`, in order.
 
     Args:
         pairs: lm-eval's loglikelihood request arguments.
         adapter: the served adapter name (`model` of every call).
         post: `post(path, body) -> JSON answer` against the server root (`/v1/classify`, `/v1/completions`,
             `/tokenize`); it raises on an HTTP error.
-        eos_token: the tokenizer's EOS string (GET /tokenizer_info), the last token piece of a greedy run
-            that ended.
     """
     split = [split_pair(c, x) for c, x in pairs]
     for i, (_, continuation) in enumerate(split):
@@ -73,12 +68,12 @@ def seq2seq_loglikelihood(pairs: Sequence[tuple[str, str]], adapter: str, post: 
             choices[context].append(continuation)
     token_ids = _tokenize(post, adapter, {x for _, x in split})
     scores = _classify(post, adapter, choices)
-    greedy = _greedy(post, adapter, choices, token_ids, eos_token)
+    greedy = _greedy(post, adapter, choices, token_ids)
     return [(scores[c, x], greedy[c, x]) for c, x in split]
 
 
 def _tokenize(post: Post, adapter: str, texts: set[str]) -> dict[str, list[int]]:
-    """Each text's token ids without special tokens (the server's label tokens, EOS aside)."""
+    """Each text's token ids without special tokens (the server's label tokens with `append_eos` false)."""
     return {t: list(post("/tokenize", {"model": adapter, "prompt": t, "add_special_tokens": False})["tokens"])
             for t in sorted(texts)}
 
@@ -90,33 +85,37 @@ def _classify(post: Post, adapter: str, choices: dict[str, list[str]]) -> dict[t
         groups.setdefault(tuple(labels), []).append(context)
     out: dict[tuple[str, str], float] = {}
     for shared, contexts in groups.items():
-        answer = post("/v1/classify", {"model": adapter, "input": contexts, "labels": list(shared)})
+        answer = post("/v1/classify", {"model": adapter, "input": contexts, "labels": list(shared),
+                                        "append_eos": False})
         for row in answer["data"]:
             for label, score in zip(shared, row["scores"], strict=True):
                 out[contexts[row["index"]], label] = float(score)
     return out
 
 
-def _greedy(post: Post, adapter: str, choices: dict[str, list[str]], token_ids: dict[str, list[int]],
-            eos_token: str | None) -> dict[tuple[str, str], bool]:
-    """Whether greedy decoding from each context yields a continuation's tokens and then EOS."""
-    contexts = list(choices)
-    steps = max(len(token_ids[x]) for labels in choices.values() for x in labels) + 1
-    answer = post("/v1/completions", {"model": adapter, "prompt": contexts, "max_tokens": steps,
-                                      "temperature": 0, "logprobs": 1})
-    out: dict[tuple[str, str], bool] = {}
-    texts = {}
-    for choice in answer["choices"]:
-        texts[contexts[choice["index"]]] = choice
-    generated_ids = _tokenize(post, adapter, {c["text"] for c in texts.values() if c["text"]})
+def _greedy(post: Post, adapter: str, choices: dict[str, list[str]],
+            token_ids: dict[str, list[int]]) -> dict[tuple[str, str], bool]:
+    """Whether greedy decoding from each context yields each of its continuations' tokens (no EOS required):
+    one greedy completion per distinct continuation length, of exactly that many tokens."""
+    lengths: dict[int, list[str]] = {}
     for context, labels in choices.items():
-        choice = texts[context]
-        pieces = choice["logprobs"]["tokens"]
-        ended = choice["finish_reason"] == "stop" and bool(pieces) and pieces[-1] == eos_token
-        ids = generated_ids.get(choice["text"], [])
         for label in labels:
-            target = token_ids[label]
-            out[context, label] = ended and len(pieces) == len(target) + 1 and ids == target
+            contexts = lengths.setdefault(len(token_ids[label]), [])
+            if context not in contexts:
+                contexts.append(context)
+    out: dict[tuple[str, str], bool] = {}
+    for steps, contexts in sorted(lengths.items()):
+        answer = post("/v1/completions", {"model": adapter, "prompt": contexts, "max_tokens": steps,
+                                          "temperature": 0})
+        runs = {contexts[choice["index"]]: choice for choice in answer["choices"]}
+        generated = _tokenize(post, adapter, {run["text"] for run in runs.values() if run["text"]})
+        for context in contexts:
+            run = runs[context]
+            full = run["finish_reason"] == "length"  # all `steps` tokens generated, none of them EOS
+            ids = generated.get(run["text"], [])
+            for label in choices[context]:
+                if len(token_ids[label]) == steps:
+                    out[context, label] = full and ids == token_ids[label]
     return out
 
 
