@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable, Sequence
 
 ADMIN_TOKEN_ENV = "SOFTPROMPT_ADMIN_TOKEN"
-HEADER_BYTES = 16 * 1024  # h11's bound on a request line plus headers (a larger one is answered 400)
+HEADER_BYTES = 16 * 1024  # h11's bound on a request line plus headers (httptools keeps llhttp's own bound)
 _log = logging.getLogger("softprompt_ext.serve")
 
 
@@ -96,11 +96,11 @@ def serve(base: str | None = None, adapters: Sequence[str] = (), *, engine_proce
     if config.admin_token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         _log.warning("serving on %s without an admin token: anyone who reaches it can load and unload adapters; "
                      "pass --admin-token or set %s.", config.host, ADMIN_TOKEN_ENV)
-    from .connections import TimedH11Protocol
+    from .connections import protocol
 
-    TimedH11Protocol.read_timeout_s = config.read_timeout_s
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, http=TimedH11Protocol,
-                timeout_keep_alive=config.timeout_keep_alive_s, h11_max_incomplete_event_size=HEADER_BYTES)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
+                http=protocol(config.read_timeout_s), timeout_keep_alive=config.timeout_keep_alive_s,
+                h11_max_incomplete_event_size=HEADER_BYTES)
 
 
 __all__ = ["ADMIN_TOKEN_ENV", "build_app", "serve"]
