@@ -159,6 +159,35 @@ def test_an_adapter_with_modules_to_save_is_refused_and_changes_nobody(server, a
     assert answers(server) == before  # bit-identical: the same JSON floats
 
 
+def test_a_t5_adapter_with_modules_to_save_is_refused_too(tmp_path):
+    """The same on an encoder-decoder base: the T5 adapter's answers and classification unchanged."""
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+    from serving_assets import t5_assets
+    from transformers import AutoModelForSeq2SeqLM
+
+    t5 = t5_assets(tmp_path)
+    base = AutoModelForSeq2SeqLM.from_pretrained(t5["base"], dtype=torch.float32)
+    evil = get_peft_model(base, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4,
+                                                   modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        evil.base_model.lm_head.modules_to_save["default"].weight.mul_(-1.0)
+    evil.save_pretrained(tmp_path / "evil")
+    srv = Server(["--base", t5["base"], "--adapter", t5["folder"], "--adapter-root", str(tmp_path)],
+                 tmp_path / "t5.log")
+    try:
+        def answers():
+            return [srv.post("/v1/completions", {"model": "t3", "prompt": TEXTS[0], "max_tokens": 8,
+                                                 "logprobs": 2}).json()["choices"],
+                    srv.post("/v1/classify", {"model": "t3", "input": TEXTS, "labels": ["cat", "ship"]}).json()["data"]]
+
+        before = answers()
+        error(srv.post("/admin/adapters", {"name": "evil", "source": str(tmp_path / "evil")}), 422, "modules_to_save")
+        assert answers() == before
+    finally:
+        srv.stop()
+
+
 # ---------------------------------------------------------------------------------------------- bounds
 def test_a_body_over_the_limit_is_413_and_read_no_further(server):
     huge = json.dumps({"model": "p3", "prompt": "x" * 300_000}).encode()
