@@ -405,3 +405,27 @@ def test_health_answers_while_a_large_request_is_tokenised(server):
         stop.set()
         thread.join()
     assert seen and max(seen) < 1.0, seen
+
+
+def test_a_hub_adapter_is_read_beside_the_engine_and_served_from_its_download(assets, tmp_path):
+    """An admin load of a Hub id (a Hub-compatible server on 127.0.0.1): read and downloaded beside the engine,
+    then loaded from the downloaded files; it answers as the same adapter loaded from its directory."""
+    from hub_server import HubServer, Repo
+
+    folder = Path(assets["folder"]) / "p7"
+    with HubServer() as hub:
+        repo = Repo("tester/p7", "model")
+        hub.repos[("model", "tester/p7")] = repo
+        repo.commit({p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}, "the adapter")
+        env = {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_TELEMETRY": "1"}
+        srv = Server(["--base", assets["base"], "--adapter", assets["folder"]], tmp_path / "hub_ok.log", env=env)
+        try:
+            loaded = srv.post("/admin/adapters", {"name": "remote", "source": "tester/p7"})
+            assert loaded.status_code == 201, loaded.text
+            body = {"prompt": TEXTS[1], "max_tokens": 8, "logprobs": 1}
+            remote = srv.post("/v1/completions", {"model": "remote", **body}).json()["choices"]
+            local = srv.post("/v1/completions", {"model": "p7", **body}).json()["choices"]
+            assert remote == local
+        finally:
+            srv.stop()
