@@ -300,12 +300,23 @@ def _serve(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as exc:  # the optional extra is missing
         raise ImportError(f"softprompt serve needs the package {exc.name!r}: pip install 'softprompt-ext[serve]'") from None
     adapters = list(args.adapter)
+    cleanup: list = []
     if args.demo:
         if args.base is not None:
             raise ValueError(f"--demo serves a prompt for the embedded T5, but --base {args.base!r} was given; "
                              "drop one of them.")
-        adapters.append(f"{DEMO_ADAPTER}={demo_adapter()}")
-    serve(args.base, adapters, engine_process=not args.engine_in_process, **vars(settings_from_cli(args)))
+        import functools
+        import shutil
+
+        directory = demo_adapter()
+        cleanup.append(functools.partial(shutil.rmtree, directory, ignore_errors=True))
+        adapters.append(f"{DEMO_ADAPTER}={directory}")
+    try:  # the demo leaves no folder behind: removed at shutdown, or here when the start failed
+        serve(args.base, adapters, engine_process=not args.engine_in_process, on_shutdown=cleanup,
+              **vars(settings_from_cli(args)))
+    finally:
+        for callback in cleanup:
+            callback()
 
 
 def _lm_adapt(argv: list[str]) -> int:

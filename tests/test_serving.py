@@ -121,8 +121,8 @@ class Server(ServerProcess):
 
 @pytest.fixture(scope="module")
 def server(assets):
-    srv = Server(["--base", assets["base"], "--adapter", assets["folder"], "--admin-token", TOKEN,
-                  "--max-adapters", "2", "--max-wait-ms", "50", "--max-input-tokens", "40", "--max-tokens", "32"],
+    srv = Server(["--base", assets["base"], "--adapter", assets["folder"], "--adapter-root", str(assets["root"]),
+                  "--admin-token", TOKEN, "--max-adapters", "2", "--max-wait-ms", "50", "--max-input-tokens", "40", "--max-tokens", "32"],
                  assets["root"] / "server.log")
     yield srv
     assert srv.stop() in CLEAN_EXIT, srv.log.read_text()[-3000:]

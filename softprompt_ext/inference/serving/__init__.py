@@ -28,14 +28,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 ADMIN_TOKEN_ENV = "SOFTPROMPT_ADMIN_TOKEN"
+HEADER_BYTES = 16 * 1024  # h11's bound on a request line plus headers (httptools keeps llhttp's own bound)
 _log = logging.getLogger("softprompt_ext.serve")
 
 
 def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_process: bool = False,
-              **settings):
+              on_shutdown: Sequence[Callable[[], object]] = (), **settings):
     """The FastAPI app `serve` runs (for tests, or to run it under your own ASGI server).
 
     Args:
@@ -44,6 +45,7 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_p
             optionally `NAME=SOURCE`.
         engine_process: run the model, adapter store and scheduler in a child process (`serve`'s default);
             False (here the default): a worker thread in this process.
+        on_shutdown: callables run once the engine stopped (the app's lifespan end).
         **settings: `ServeSettings` fields (`settings.py`, the `softprompt serve` flags of the same names):
             `device` (default CUDA when available), `admin_token` (default the `SOFTPROMPT_ADMIN_TOKEN`
             variable; none: the admin endpoints are open, for a server on 127.0.0.1), `max_adapters` /
@@ -55,6 +57,7 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_p
     """
     import torch
 
+    from .adapter_roots import default_roots
     from .app import create_app
     from .backend import LocalBackend
     from .engine_process import EngineOptions, EngineProcess, build_engine
@@ -65,6 +68,8 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_p
     config.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.admin_token is None:
         config.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if config.adapter_root is None:  # admin loads may read where the start-up adapters came from
+        config.adapter_root = os.pathsep.join(default_roots(adapters))
     options = EngineOptions(base=base, adapters=[pair for spec in adapters for pair in discover(spec)],
                             settings=dataclasses.replace(config, admin_token=None))  # the engine needs no secret
     backend: EngineProcess | LocalBackend
@@ -74,11 +79,11 @@ def build_app(base: str | None = None, adapters: Sequence[str] = (), *, engine_p
     else:
         engine, refused = build_engine(options)
         backend = LocalBackend(engine, config)
-    return create_app(backend, config, base_model=base or "embedded", refused=refused)
+    return create_app(backend, config, base_model=base or "embedded", refused=refused, on_shutdown=on_shutdown)
 
 
 def serve(base: str | None = None, adapters: Sequence[str] = (), *, engine_process: bool = True,
-          **settings) -> None:
+          on_shutdown: Sequence[Callable[[], object]] = (), **settings) -> None:
     """Load `base` and `adapters` and serve them over HTTP until SIGINT/SIGTERM (then finish accepted requests).
 
     Arguments as in `build_app` (but the engine runs in its own process unless `engine_process=False`); the
@@ -86,12 +91,16 @@ def serve(base: str | None = None, adapters: Sequence[str] = (), *, engine_proce
     """
     import uvicorn
 
-    app = build_app(base, adapters, engine_process=engine_process, **settings)
+    app = build_app(base, adapters, engine_process=engine_process, on_shutdown=on_shutdown, **settings)
     config = app.state.settings
     if config.admin_token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         _log.warning("serving on %s without an admin token: anyone who reaches it can load and unload adapters; "
                      "pass --admin-token or set %s.", config.host, ADMIN_TOKEN_ENV)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    from .connections import protocol
+
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
+                http=protocol(config.read_timeout_s), timeout_keep_alive=config.timeout_keep_alive_s,
+                h11_max_incomplete_event_size=HEADER_BYTES)
 
 
 __all__ = ["ADMIN_TOKEN_ENV", "build_app", "serve"]

@@ -23,6 +23,7 @@ down or the engine process gone, 504 the request timed out.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -30,12 +31,35 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from .adapter_roots import parse_roots
 from .backend import LocalBackend
 from .engine import Engine
-from .errors import ApiError, error_body
+from .errors import ApiError, error_body, one_line
+from .limits import BodyLimit
 from .metrics import RequestMetrics
 from .service import CompletionService
 from .settings import ServeSettings
+
+
+class RefusedLoads(dict):
+    """`GET /health`'s `refused`: adapter name -> the refusal, of bounded size (it is public): the newest
+    `MAX_REFUSED` names, each message cut to `MAX_REFUSED_CHARS` characters."""
+
+    MAX_REFUSED = 32
+    MAX_REFUSED_CHARS = 300
+
+    def __init__(self, initial: dict[str, str]):
+        super().__init__()
+        for name, message in initial.items():
+            self[name] = message
+
+    def __setitem__(self, name: str, message: str) -> None:
+        self.pop(name, None)
+        if len(message) > self.MAX_REFUSED_CHARS:
+            message = message[: self.MAX_REFUSED_CHARS] + "..."
+        super().__setitem__(name, message)
+        while len(self) > self.MAX_REFUSED:
+            del self[next(iter(self))]
 
 
 class _ObserveRequests:
@@ -62,10 +86,14 @@ class _ObserveRequests:
             self.metrics.observe_request(getattr(route, "path", "other"), status[0], time.perf_counter() - start)
 
 
+MAX_VALIDATION_ERRORS = 5  # problems named in one 422 message
+
+
 def _validation_error(exc: RequestValidationError) -> ApiError:
     """One message for every problem pydantic found; `param` is the first field at fault."""
     parts, param = [], None
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_VALIDATION_ERRORS]:  # one error per list element would echo the whole input
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         where = ".".join(loc) or "body"
         param = param or (loc[0] if loc else None)
@@ -74,14 +102,17 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
                          "every field and what the server does with it)")
         else:
             parts.append(f"{where}: {err.get('msg', 'invalid')}".replace("Value error, ", ""))
+    if len(errors) > MAX_VALIDATION_ERRORS:
+        parts.append(f"and {len(errors) - MAX_VALIDATION_ERRORS} more")
     return ApiError(422, "; ".join(parts), param=param)
 
 
 def create_app(backend, settings: ServeSettings | None = None, *, base_model: str = "embedded",
-               refused: dict[str, str] | None = None) -> FastAPI:
+               refused: dict[str, str] | None = None, on_shutdown: Sequence[Callable[[], object]] = ()) -> FastAPI:
     """The app over `backend` (an `Engine`, run in this process, or a `backend.EngineBackend`:
     `LocalBackend` / `engine_process.EngineProcess`); its lifespan starts the engine and, at shutdown, drains
-    it. `base_model` and `refused` (adapters refused at start-up) are what `GET /health` reports."""
+    it. `base_model` and `refused` (adapters refused at start-up) are what `GET /health` reports; `on_shutdown`
+    runs once the engine stopped."""
     from . import routes_admin, routes_chat, routes_completions, routes_tokens
 
     settings = settings or ServeSettings()
@@ -93,13 +124,18 @@ def create_app(backend, settings: ServeSettings | None = None, *, base_model: st
         await backend.start()
         yield
         app.state.draining = True
-        await backend.stop(True)  # finish every accepted request
+        try:
+            await backend.stop(True)  # finish every accepted request
+        finally:
+            for callback in on_shutdown:  # e.g. the demo's temporary folder (before uvicorn re-raises SIGTERM)
+                callback()
 
     app = FastAPI(title="softprompt-ext serve", lifespan=lifespan)
     state = app.state
     state.backend, state.settings, state.metrics = backend, settings, RequestMetrics()
     state.service = CompletionService(backend, settings)
-    state.base_model, state.refused, state.draining = base_model, dict(refused or {}), False
+    state.adapter_roots = parse_roots(settings.adapter_root)  # where admin loads may read (none: Hub ids only)
+    state.base_model, state.refused, state.draining = base_model, RefusedLoads(refused or {}), False
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -120,7 +156,14 @@ def create_app(backend, settings: ServeSettings | None = None, *, base_model: st
         return JSONResponse(error_body(exc.status_code, message, kind), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    app.add_middleware(_ObserveRequests, metrics=state.metrics)  # a plain ASGI middleware: no per-request task
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # a bug: still OpenAI's error shape, no traceback
+        error = ApiError(500, one_line(f"{type(exc).__name__}: {exc}"), "server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    # plain ASGI middlewares (no per-request task); the body limit runs inside the metrics, so 413s are counted
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, read_timeout_s=settings.read_timeout_s)
+    app.add_middleware(_ObserveRequests, metrics=state.metrics)
     for module in (routes_completions, routes_chat, routes_tokens, routes_admin):
         app.include_router(module.router)
     return app

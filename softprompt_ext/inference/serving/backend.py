@@ -6,7 +6,8 @@ interchangeable:
 * `codec` -- tokenise requests, decode answers (`tokens.TextCodec`; always in the HTTP process).
 * `serves(name)`, `adapters` -- whether an adapter is served (404s); the served adapters (`AdapterView`).
 * `await submit(jobs)` -- queue one request's rows, all or none (`QueueFull`, `ShuttingDown`); their futures.
-* `await register(...)`, `await unload(name)` -- adapter changes, run by the engine between model calls.
+* `await register(...)`, `await unload(name)` -- adapter changes: the files are read (disk or Hub) in a thread
+  beside the engine's, the model changes between its model calls.
 * `await snapshot()` -- a fresh `AdapterView` plus queue depth (health, `/v1/models`).
 * `await engine_metrics()` -- the engine's half of `/metrics` (Prometheus text).
 * `await start()`, `await stop(drain)` -- the app's lifespan.
@@ -116,8 +117,9 @@ class LocalBackend:
     async def register(self, name: str, source: str, subfolder: str | None = None,
                        revision: str | None = None) -> AdapterSource:
         registry = self.engine.registry
-        return await asyncio.wrap_future(self.scheduler.call(
-            lambda: registry.register(name, source, subfolder=subfolder, revision=revision)))
+        # the files are read beside the worker thread; only the load into the model runs between its steps
+        entry = await asyncio.to_thread(registry.read, name, source, subfolder=subfolder, revision=revision)
+        return await asyncio.wrap_future(self.scheduler.call(lambda: registry.add(entry)))
 
     async def unload(self, name: str) -> AdapterSource:
         registry = self.engine.registry

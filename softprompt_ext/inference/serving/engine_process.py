@@ -211,16 +211,31 @@ class _EngineServer:
         if op == "metrics":
             self.send(("called", cid, self.metrics.render(), None))
             return
-        if op == "register":
-            def change() -> Any:
-                return registry.register(args["name"], args["source"], subfolder=args.get("subfolder"),
-                                         revision=args.get("revision"))
-        elif op == "unload":
+        if op == "register":  # read the files in a thread of their own, then load between model calls
+            threading.Thread(target=self._register, args=(cid, args), name="softprompt-adapter-read",
+                             daemon=True).start()
+            return
+        if op == "unload":
             def change() -> Any:
                 return registry.unload(args["name"])
         else:
             self.send(("called", cid, None, ValueError(f"unknown engine call {op!r}")))
             return
+        self._change(cid, change)
+
+    def _register(self, cid: int, args: dict) -> None:
+        """An admin load: the adapter's files (disk or Hub) are read here, beside the worker thread, which
+        only adds the read prompt to the model between two steps."""
+        registry = self.engine.registry
+        try:
+            entry = registry.read(args["name"], args["source"], subfolder=args.get("subfolder"),
+                                  revision=args.get("revision"))
+        except Exception as exc:  # noqa: BLE001 -- a refused adapter: the HTTP side answers 422
+            self.send(("called", cid, None, _portable(exc)))
+            return
+        self._change(cid, lambda: registry.add(entry))
+
+    def _change(self, cid: int, change) -> None:
         try:
             future = self.scheduler.call(change)
         except Exception as exc:  # noqa: BLE001 -- ShuttingDown
@@ -268,7 +283,7 @@ class EngineProcess:
             kind, info = self._conn.recv()
         except EOFError:
             self.process.join(5)
-            raise RuntimeError(f"the engine process exited while loading (exit code {self.process.exitcode}); "
+            raise RuntimeError(f"the engine process {exit_status(self.process.exitcode)} while loading; "
                                "see the log above.") from None
         if kind == "failed":
             self.process.join(5)
@@ -378,6 +393,10 @@ class EngineProcess:
             raise
         return await asyncio.wrap_future(answer)
 
+    def _exit_status(self) -> str:
+        self.process.join(2)  # the pipe closes as the process ends: wait for its status
+        return exit_status(self.process.exitcode)
+
     def _read(self) -> None:
         while True:
             try:
@@ -403,8 +422,7 @@ class EngineProcess:
                 self._stopped.set()
                 break
         stopping = self._stopped.is_set()
-        self._gone = ("the engine stopped." if stopping else
-                      f"the engine process exited (exit code {self.process.exitcode}); see the server log.")
+        self._gone = "the engine stopped." if stopping else f"the engine process exited: it {self._exit_status()}; see the server log."
         self._stopped.set()
         failure: BaseException = ShuttingDown(self._gone) if stopping else EngineGone(self._gone)
         for future in list(self._waiting.values()):
@@ -413,6 +431,19 @@ class EngineProcess:
             _settle(job.future, None, failure)
         self._waiting.clear()
         self._jobs.clear()
+
+
+def exit_status(code: int | None) -> str:
+    """How a process ended, in words: "exited with status 1", "was killed by signal 9 (SIGKILL)"."""
+    if code is None:
+        return "ended (its exit status is not known yet)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with status {code}"
 
 
 def _settle(future: Future | None, result: Any, exc: BaseException | None) -> None:

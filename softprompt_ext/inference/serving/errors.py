@@ -26,7 +26,16 @@ class ApiError(Exception):
         return error_body(self.status, self.message, self.kind, self.param)
 
 
+MAX_MESSAGE_CHARS = 1000  # an error message never grows with the request that caused it
+
+
 def error_body(status: int, message: str, kind: str, param: str | None = None) -> dict:
+    """OpenAI's error object; the message cut to `MAX_MESSAGE_CHARS` (with an ellipsis) and encodable as UTF-8."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if param is not None:
+        param = param[:64].encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
@@ -61,4 +70,4 @@ def engine_failure(exc: BaseException, request_timeout_s: float, retry_after_s: 
     return ApiError(500, one_line(f"{type(exc).__name__}: {exc}"), "server_error")
 
 
-__all__ = ["ApiError", "engine_failure", "error_body", "event_error", "one_line"]
+__all__ = ["MAX_MESSAGE_CHARS", "ApiError", "engine_failure", "error_body", "event_error", "one_line"]

@@ -55,6 +55,7 @@ class AdapterSource:
     num_bytes: int = 0
     loads: int = 0  # how often it was read into the model (more than 1: reloaded after an eviction)
     created: int = field(default_factory=lambda: int(time.time()))
+    local: str | None = None  # the directory of the validated files (for a Hub adapter, its downloaded copy)
 
     def hub_kwargs(self) -> dict:
         return {k: v for k, v in (("subfolder", self.subfolder), ("revision", self.revision)) if v}
@@ -132,7 +133,20 @@ class AdapterRegistry:
                  replace: bool = False) -> AdapterSource:
         """Validate `source` against the base model and load it; raises `AdapterError` naming the file.
 
-        The adapter is registered only when it validated and loaded; a refusal changes nothing.
+        `read` then `add`: the adapter is registered only when it validated and loaded; a refusal changes
+        nothing.
+        """
+        return self.add(self.read(name, source, subfolder=subfolder, revision=revision, replace=replace),
+                        replace=replace)
+
+    def read(self, name: str, source: str, *, subfolder: str | None = None, revision: str | None = None,
+             replace: bool = False) -> AdapterSource:
+        """The file-reading half of `register` (disk or Hub, through `validate_adapter`): the entry to `add`.
+
+        Touches neither the model nor the store, so the server runs it in a thread beside the one that runs
+        the model. Refuses an adapter that holds anything besides its prompt (`modules_to_save`): such a module
+        replaces part of the shared base model, so it would change the answers of every row of a mixed batch,
+        whichever adapter the row names.
         """
         if name == ANCHOR or not name:
             raise ValueError(f"adapter name {name!r} is reserved or empty; pick another name.")
@@ -142,12 +156,27 @@ class AdapterRegistry:
         entry = AdapterSource(name, source, subfolder, revision)
         hub = entry.hub_kwargs()
         report = validate_adapter(source, self.base_model, subfolder=hub.pop("subfolder", None), **hub)
+        shared = report.config.modules_to_save
+        if shared:
+            raise AdapterError(
+                f"adapter_config.json field modules_to_save={list(shared)!r}: the adapter replaces modules of the "
+                "shared base model, which would change the answers of every adapter batched with it; the server "
+                "serves prompt-only adapters. Save the adapter without modules_to_save.")
         prompt = encoder_prompt(report.prompt, report.config)  # [P, H]
         entry.num_virtual_tokens = int(prompt.shape[0])
         entry.num_bytes = _resident_bytes(report.prompt)
+        entry.local = os.path.dirname(report.weights_file)  # a Hub adapter's files, downloaded by now
         if self.max_bytes is not None and entry.num_bytes > self.max_bytes:
             raise ValueError(f"adapter {name!r} needs {entry.num_bytes} bytes, more than the whole budget "
                              f"max_bytes={self.max_bytes}.")
+        return entry
+
+    def add(self, entry: AdapterSource, *, replace: bool = False) -> AdapterSource:
+        """Register and load an entry `read` returned (the model-changing half of `register`)."""
+        name = entry.name
+        if name in self.sources and not replace:
+            raise ValueError(f"adapter {name!r} is already served (from {self.sources[name].source!r}); "
+                             f"unload it first (DELETE /admin/adapters/{name}) or pick another name.")
         previous = self.sources.get(name)
         if previous is not None:
             self.unload(name)
@@ -156,6 +185,10 @@ class AdapterRegistry:
             self.ensure([name])
         except BaseException:
             del self.sources[name]
+            self.loaded.pop(name, None)
+            if name in self.model.peft_config:  # never leave a half-added adapter in the model
+                self.model.set_adapter(ANCHOR)
+                self.model.delete_adapter(name)
             if previous is not None:
                 self.sources[name] = previous
             raise
@@ -164,9 +197,12 @@ class AdapterRegistry:
     def unload(self, name: str) -> AdapterSource:
         """Forget adapter `name` (and free its prompt)."""
         entry = self.require(name)
-        if name in self.loaded:
-            self._evict(name, counted=False)
-        del self.sources[name]
+        try:
+            if name in self.loaded:
+                self._evict(name, counted=False)
+        finally:
+            del self.sources[name]  # a failed eviction never leaves the name half-registered
+            self.loaded.pop(name, None)
         return entry
 
     def ensure(self, names: list[str]) -> None:
@@ -193,7 +229,10 @@ class AdapterRegistry:
             ):
                 victim = next(n for n in self.loaded if n not in wanted)
                 self._evict(victim)
-            load_adapter_safely(self.model, entry.source, adapter_name=name, **entry.hub_kwargs())
+            if entry.local is not None:  # the files `read` validated (a Hub adapter's downloaded copy)
+                load_adapter_safely(self.model, entry.local, adapter_name=name)
+            else:
+                load_adapter_safely(self.model, entry.source, adapter_name=name, **entry.hub_kwargs())
             self.reloads += entry.loads > 0
             entry.loads += 1
             self.loaded[name] = _resident_bytes(prompt_weight(self.model, name))

@@ -5,6 +5,7 @@ same running batch, same stop strings and sampling. A base without a template an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ApiError, one_line
+from .limits import check_unicode
 from .routes_completions import guarded, service_of, sse
 from .schemas import CompletionRequest, StreamOptions, Usage
 
@@ -83,16 +85,20 @@ async def chat(body: ChatRequest, request: Request):
     service.known(body.model)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs=true.", param="top_logprobs")
-    ids = render(service.codec.tokenizer, body.messages)
+    check_unicode([m.text() for m in body.messages], "messages")
+    if sum(len(m.text()) for m in body.messages) > service.settings.max_input_chars:
+        raise ApiError(400, f"messages hold more than {service.settings.max_input_chars} characters "
+                       "(--max-input-chars); shorten them.", param="messages")
+    ids = await asyncio.to_thread(render, service.codec.tokenizer, body.messages)
     fields = body.model_dump(exclude={"messages", "max_completion_tokens", "logprobs", "top_logprobs"},
                              exclude_none=True)
     fields["max_tokens"] = body.max_completion_tokens or body.max_tokens or service.settings.max_tokens
     if body.logprobs:
         fields["logprobs"] = body.top_logprobs or 0
-    plan = service.plan(CompletionRequest(prompt=ids, **fields))
+    plan = await service.plan_off_loop(CompletionRequest(prompt=ids, **fields))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not plan.stream:
-        results = await service.run(service.jobs(plan))
+        results = await service.run(service.jobs(plan), request.is_disconnected)
         choices = []
         for i, result in enumerate(results):
             choice = service.choice(plan, i, result)

@@ -4,6 +4,7 @@ server-sent events for `stream: true` (OpenAI's chunks, then `data: [DONE]`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .errors import ApiError, event_error, one_line
+from .errors import ApiError, event_error
 from .scheduler import Job
 from .schemas import (
     Classification,
@@ -25,7 +26,7 @@ from .schemas import (
     Usage,
 )
 from .service import CompletionService, Delta, unexpected
-from .validation import tokenize
+from .validation import plan_classify
 
 router = APIRouter()
 
@@ -53,9 +54,9 @@ async def guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
 @router.post("/v1/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request):
     service = service_of(request)
-    plan = service.plan(body)
+    plan = await service.plan_off_loop(body)
     if not plan.stream:
-        return await service.complete(plan)
+        return await service.complete(plan, request.is_disconnected)
     deltas = await service.stream(plan)  # refusals (429, 503, 400) are plain error responses
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -80,14 +81,9 @@ async def completions(body: CompletionRequest, request: Request):
 async def classify(body: ClassifyRequest, request: Request):
     service = service_of(request)
     service.known(body.model)
-    codec = service.codec
-    try:
-        label_ids = codec.encode_labels(body.labels, append_eos=body.append_eos)
-    except ValueError as exc:
-        raise ApiError(422, one_line(exc), param="labels") from None
-    ids, _ = tokenize(body.texts, codec, service.settings, service.caps, param="input")
+    ids, label_ids = await asyncio.to_thread(plan_classify, body, service.settings, service.codec, service.caps)
     jobs = [Job("classify", body.model, row, label_ids=label_ids) for row in ids]
-    results = await service.run(jobs)
+    results = await service.run(jobs, request.is_disconnected)
     lengths = [len(x) for x in label_ids]
     data = []
     for i, scores in enumerate(results):

@@ -4,10 +4,13 @@ prompt (`add_special_tokens` false: exactly the text's tokens)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from .errors import ApiError
+from .limits import check_unicode
 
 router = APIRouter()
 
@@ -35,7 +38,12 @@ def _service(request: Request, model: str | None):
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
     service = _service(request, body.model)
-    ids = list(service.codec.tokenizer(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"])
+    if len(body.prompt) > service.settings.max_input_chars:
+        raise ApiError(400, f"prompt has {len(body.prompt)} characters, more than this server's limit of "
+                       f"{service.settings.max_input_chars} (--max-input-chars); shorten it.", param="prompt")
+    check_unicode(body.prompt, "prompt")
+    encoded = await asyncio.to_thread(service.codec.tokenizer, body.prompt, add_special_tokens=body.add_special_tokens)
+    ids = list(encoded["input_ids"])
     return {"count": len(ids), "max_model_len": service.settings.max_input_tokens, "tokens": ids,
             "token_strs": None}
 
@@ -43,6 +51,9 @@ async def tokenize(body: TokenizeRequest, request: Request):
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
     service = _service(request, body.model)
+    if len(body.tokens) > service.settings.max_input_tokens + service.settings.max_tokens:
+        raise ApiError(400, f"tokens holds {len(body.tokens)} ids, more than a prompt and its completion may "
+                       "(--max-input-tokens + --max-tokens).", param="tokens")
     bad = [t for t in body.tokens if not 0 <= t < service.caps.vocab_size]
     if bad:
         raise ApiError(400, f"tokens holds id {bad[0]}, outside the vocabulary (0 to {service.caps.vocab_size - 1}).",

@@ -167,7 +167,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "softprompt-ext"
-    source: str
+    source: str | None = None  # admin answers only: GET /v1/models shows no filesystem path
     num_virtual_tokens: int
     loaded: bool
 

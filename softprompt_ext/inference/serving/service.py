@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from .errors import ApiError, engine_failure, one_line
+from .limits import check_unicode, clip
 from .output import TextStream, completion_logprobs, cut_at_stop
 from .sampling import FinishReason
 from .scheduler import Job
 from .schemas import CompletionChoice, CompletionResponse, Usage
 from .settings import ServeSettings
-from .validation import Capabilities, GenerationPlan, plan_completion
+from .validation import Capabilities, GenerationPlan, check_cheap, plan_completion
+
+DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client still waits
 
 
 @dataclass
@@ -45,8 +48,9 @@ class CompletionService:
 
     # ------------------------------------------------------------------------------------------ requests
     def known(self, name: str) -> None:
+        check_unicode(name, "model")
         if not self.backend.serves(name):
-            raise ApiError(404, f"adapter {name!r} is not served; served adapters: "
+            raise ApiError(404, f"adapter {clip(name)} is not served; served adapters: "
                            f"{sorted(self.backend.adapters.sources)} (GET /v1/models).", "not_found_error",
                            param="model")
 
@@ -54,6 +58,13 @@ class CompletionService:
         """A `CompletionRequest`, validated: its plan, or the `ApiError` naming the field."""
         self.known(body.model)
         return plan_completion(body, self.settings, self.codec, self.caps)
+
+    async def plan_off_loop(self, body) -> GenerationPlan:
+        """`plan`, its tokenising in a worker thread: the event loop keeps answering other requests (the cheap
+        bounds run first, here, so an oversized prompt never reaches the tokenizer)."""
+        self.known(body.model)
+        check_cheap(body, self.settings, self.caps)
+        return await asyncio.to_thread(plan_completion, body, self.settings, self.codec, self.caps)
 
     def jobs(self, plan: GenerationPlan) -> list[Job]:
         """One "generate" job per choice, in choice order (prompt i's choices i*n .. i*n + n - 1)."""
@@ -77,13 +88,27 @@ class CompletionService:
     def failure(self, exc: BaseException) -> ApiError:
         return engine_failure(exc, self.settings.request_timeout_s, self.settings.retry_after_s)
 
-    async def run(self, jobs: list[Job]) -> list:
-        """Every job's result, in order; abandons them all when one fails, times out or the client leaves."""
+    async def run(self, jobs: list[Job], disconnected: Callable[[], Awaitable[bool]] | None = None) -> list:
+        """Every job's result, in order; abandons them all when one fails, times out or the client leaves.
+
+        `disconnected` (e.g. Starlette's `request.is_disconnected`) is polled every `DISCONNECT_POLL_S` while
+        the rows run: a client that closed its connection has its rows leave the batch at the next step."""
         futures = await self.submit(jobs)
-        waiting = [asyncio.wrap_future(f) for f in futures]
+        waiting = asyncio.ensure_future(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         try:
-            return await asyncio.wait_for(asyncio.gather(*waiting), self.settings.request_timeout_s)
+            deadline = time.monotonic() + self.settings.request_timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({waiting}, timeout=min(left, DISCONNECT_POLL_S))
+                if done:
+                    return waiting.result()
+                if disconnected is not None and await disconnected():
+                    raise ApiError(499, "the client closed its connection; its rows left the batch.",
+                                   "client_closed_request")  # nginx's 499: nobody reads it, the metrics count it
         except BaseException as exc:
+            waiting.cancel()
             for job in jobs:  # nothing keeps computing for this request
                 job.abandon()
             if isinstance(exc, Exception):
@@ -91,9 +116,10 @@ class CompletionService:
             raise
 
     # ------------------------------------------------------------------------------------------ answers
-    async def complete(self, plan: GenerationPlan) -> CompletionResponse:
-        """The whole completion (`stream: false`)."""
-        results = await self.run(self.jobs(plan))
+    async def complete(self, plan: GenerationPlan,
+                       disconnected: Callable[[], Awaitable[bool]] | None = None) -> CompletionResponse:
+        """The whole completion (`stream: false`); `disconnected` as in `run`."""
+        results = await self.run(self.jobs(plan), disconnected)
         choices = [self.choice(plan, i, result) for i, result in enumerate(results)]
         return CompletionResponse(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=plan.model,
                                   choices=choices, usage=self.usage(plan, results))

@@ -60,17 +60,29 @@ class ServeSettings:
     max_n: int = _opt(8, "most completions per prompt (n, best_of)")
     request_timeout_s: float = _opt(60.0, "seconds per request", flag="--request-timeout")
     retry_after_s: int = _opt(1, "the Retry-After header of a 429, in seconds")
+    # bounds before a request is parsed or tokenised (limits.py, validation.check_cheap)
+    max_request_bytes: int = _opt(2 * 1024 * 1024, "bytes of a request body; a larger one is answered 413 and "
+                                  "read no further")
+    max_input_chars: int = _opt(65536, "characters per prompt, input text or label, checked before tokenising")
+    max_labels: int = _opt(256, "labels of one /v1/classify request")
+    read_timeout_s: float = _opt(30.0, "seconds a client may take to send its request line and headers, and "
+                                 "again its body (408 / connection closed beyond)", flag="--read-timeout")
+    timeout_keep_alive_s: float = _opt(5.0, "seconds an idle keep-alive connection stays open",
+                                       flag="--timeout-keep-alive")
+    # where admin loads may read
+    adapter_root: str | None = _opt(None, "folders (separated by ':') that POST /admin/adapters may load from; "
+                                    "default: the folders of the --adapter values given at start")
 
     def __post_init__(self) -> None:
         for name in ("port", "max_adapters", "max_batch_size", "max_batch_tokens", "max_queue", "max_input_tokens",
-                     "max_tokens", "max_n", "retry_after_s"):
+                     "max_tokens", "max_n", "retry_after_s", "max_request_bytes", "max_input_chars", "max_labels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "port" else 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
         if self.max_adapter_bytes is not None and self.max_adapter_bytes < 1:
             raise ValueError(f"max_adapter_bytes={self.max_adapter_bytes!r} must be >= 1, or None for no byte budget.")
-        for name in ("max_wait_ms", "request_timeout_s"):
-            if getattr(self, name) < 0 or (name == "request_timeout_s" and getattr(self, name) == 0):
+        for name in ("max_wait_ms", "request_timeout_s", "read_timeout_s", "timeout_keep_alive_s"):
+            if getattr(self, name) < 0 or (name != "max_wait_ms" and getattr(self, name) == 0):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be {'>' if name != 'max_wait_ms' else '>='} 0.")
         for name, allowed in (("batching", BATCHING), ("precision", PRECISIONS), ("log_level", LOG_LEVELS)):
             if getattr(self, name) not in allowed:

@@ -5,8 +5,10 @@ field.
 
 Order: the cheap checks on the parsed body first (ranges, counts, what the base model or batching mode cannot
 do), then tokenisation and the checks that need tokens (prompt lengths, token ids in the vocabulary, logit
-bias ids). Checks on the raw body (its size, the length of a string before tokenising it) belong in
-`check_cheap`, before `tokenize`.
+bias ids). Checks on the raw body belong before `tokenize`: its size and read time in `limits.BodyLimit`
+(before parsing), characters, list lengths, label counts and valid Unicode in `check_cheap` /
+`check_prompt_sizes` / `plan_classify`. The routes run the tokenising half in a worker thread, off the event
+loop.
 
 Chat requests are validated here too: `plan_chat` renders the messages with the tokenizer's chat template and
 reuses the completion checks.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ApiError
+from .limits import check_unicode
 from .sampling import RowOptions
 from .settings import ServeSettings
 from .tokens import TextCodec
@@ -72,8 +75,31 @@ def _bad(param: str, message: str, status: int = 400) -> ApiError:
     return ApiError(status, message, "invalid_request_error", param=param)
 
 
+def check_prompt_sizes(prompt, settings: ServeSettings, param: str = "prompt", copies: int = 1) -> None:
+    """What a prompt (a string, strings, token ids or lists of them) may hold, checked before tokenising: valid
+    Unicode, at most `--max-input-chars` characters per string, `--max-input-tokens` ids per id list, and at
+    most `--max-queue` rows (`copies` per prompt) in all."""
+    rows = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+    if len(rows) * copies > settings.max_queue:
+        raise _bad(param, f"the request holds {len(rows) * copies} prompts (counting each of n completions), more "
+                   f"than this server queues at once ({settings.max_queue}, --max-queue); split it.")
+    for i, row in enumerate(rows):
+        where = param if len(rows) == 1 else f"{param}[{i}]"
+        if isinstance(row, str):
+            if len(row) > settings.max_input_chars:
+                raise _bad(param, f"{where} has {len(row)} characters, more than this server's limit of "
+                           f"{settings.max_input_chars} (--max-input-chars); shorten it.")
+            check_unicode(row, where)
+        elif len(row) > settings.max_input_tokens:
+            raise _bad(param, f"{where} has {len(row)} tokens, more than this server's limit of "
+                       f"{settings.max_input_tokens} (--max-input-tokens); shorten it.")
+
+
 def check_cheap(body, settings: ServeSettings, caps: Capabilities) -> None:
     """The bounds that need no tokens (`body` is a `CompletionRequest`)."""
+    check_unicode(body.model, "model")
+    check_unicode(body.stop, "stop")
+    check_prompt_sizes(body.prompt, settings, copies=max(1, body.n or 1))
     if body.suffix:
         raise _bad("suffix", f"suffix={body.suffix!r} is not served: the server completes a prompt, it does not "
                    "insert text between a prompt and a suffix; omit suffix.")
@@ -167,6 +193,33 @@ def tokenize(prompt, codec: TextCodec, settings: ServeSettings, caps: Capabiliti
     return ids, texts
 
 
+def plan_classify(body, settings: ServeSettings, codec: TextCodec,
+                  caps: Capabilities) -> tuple[list[list[int]], list[list[int]]]:
+    """`(input ids, label ids)` of a `ClassifyRequest`: label count, characters and Unicode checked before
+    tokenising, then each label's tokens within `--max-input-tokens` (as an input's)."""
+    check_unicode(body.model, "model")
+    labels = body.labels
+    if len(labels) > settings.max_labels:
+        raise _bad("labels", f"labels holds {len(labels)} labels, more than this server's limit of "
+                   f"{settings.max_labels} (--max-labels); rank them in several requests.")
+    for i, label in enumerate(labels):
+        if len(label) > settings.max_input_chars:
+            raise _bad("labels", f"labels[{i}] has {len(label)} characters, more than this server's limit of "
+                       f"{settings.max_input_chars} (--max-input-chars); shorten it.")
+        check_unicode(label, f"labels[{i}]")
+    check_prompt_sizes(body.texts, settings, param="input")
+    try:
+        label_ids = codec.encode_labels(labels, append_eos=body.append_eos)
+    except ValueError as exc:
+        raise _bad("labels", str(exc), status=422) from None
+    for i, ids in enumerate(label_ids):
+        if len(ids) > settings.max_input_tokens:
+            raise _bad("labels", f"labels[{i}] has {len(ids)} tokens, more than this server's limit of "
+                       f"{settings.max_input_tokens} (--max-input-tokens); shorten it.")
+    inputs, _ = tokenize(body.texts, codec, settings, caps, param="input")
+    return inputs, label_ids
+
+
 def logit_bias(bias: dict[str, float] | None, caps: Capabilities) -> tuple[tuple[int, float], ...]:
     """`((token id, bias), ...)` of a request's `logit_bias` (keys are token ids as strings)."""
     out = []
@@ -210,4 +263,4 @@ def _plan(body, prompts, texts, settings: ServeSettings, caps: Capabilities) -> 
 
 
 __all__ = ["Capabilities", "GenerationPlan", "MAX_LOGPROBS", "MAX_STOP", "check_cheap", "logit_bias",
-           "plan_completion", "stop_strings", "tokenize"]
+           "check_prompt_sizes", "plan_classify", "plan_completion", "stop_strings", "tokenize"]
