@@ -93,9 +93,10 @@ class PeftReference:
 
 
 class ServerProcess:
-    """`softprompt serve ARGS` in a process of its own on a free 127.0.0.1 port (fp32); `url`, `stop()`."""
+    """`softprompt serve ARGS` in a process of its own on a free 127.0.0.1 port (fp32), with `env` on top of an
+    offline environment (a None value removes the variable); `url`, `stop()`."""
 
-    def __init__(self, args: list[str], log: Path, timeout_s: float = 120.0):
+    def __init__(self, args: list[str], log: Path, timeout_s: float = 120.0, env: dict | None = None):
         import os
         import subprocess
         import sys
@@ -105,12 +106,13 @@ class ServerProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
+        base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        base_env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
+        merged = {**base_env, **(env or {})}
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port),
                                       "--precision", "fp32", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                     env=env)
+                                     env={k: v for k, v in merged.items() if v is not None})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -130,7 +132,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,39 +21,15 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from serving_assets import causal_assets  # noqa: E402
+from serving_assets import ServerProcess, causal_assets  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TEXTS = ["the cat sat on the mat", "a ship", "rain falls from dark clouds in the cold season"]
 PROMPTS = [("p3", TEXTS[0]), ("p7", TEXTS[1]), ("p5", TEXTS[2])]
 
 
-class Server:
-    """`softprompt serve ARGS` on a free 127.0.0.1 port (fp32), with `env` on top of an offline environment."""
-
-    def __init__(self, args: list[str], log: Path, env: dict | None = None, timeout_s: float = 120.0):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        base_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        base_env.pop("SOFTPROMPT_ADMIN_TOKEN", None)
-        merged = {**base_env, **(env or {})}
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "softprompt_ext", "serve", "--port", str(self.port),
-                                      "--precision", "fp32", *args], stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT, env={k: v for k, v in merged.items() if v is not None})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+class Server(ServerProcess):
+    """`serving_assets.ServerProcess` with request helpers that can send raw bytes."""
 
     def post(self, path: str, body=None, content: bytes | None = None, **kwargs):
         if content is not None:
@@ -64,16 +39,6 @@ class Server:
 
     def get(self, path: str):
         return httpx.get(self.url + path, timeout=60)
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def error(response, status: int, *needles: str) -> dict:
