@@ -578,12 +578,18 @@ def rerender(path: str) -> str:
     return write_text(os.path.splitext(path)[0] + ".md", render_markdown(report) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def load_arguments(description: str) -> argparse.ArgumentParser:
+    """The load flags both serving benchmarks take: `--quick`, `--requests`, `--clients`, `--rounds`."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--requests", type=int)
     parser.add_argument("--clients", type=int)
     parser.add_argument("--rounds", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--memory-requests", type=int)
     parser.add_argument("--many-adapters", type=int)
     parser.add_argument("--bases", default="t5,decoder")

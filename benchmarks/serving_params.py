@@ -21,7 +21,6 @@ cannot seed rows one by one).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -98,11 +97,9 @@ def render_markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--requests", type=int)
-    parser.add_argument("--clients", type=int)
-    parser.add_argument("--rounds", type=int)
+    from benchmarks.serving import load_arguments
+
+    parser = load_arguments(__doc__.splitlines()[0])
     parser.add_argument("--bases", default="t5,decoder")
     parser.add_argument("--out", default=os.path.join(OUT, "serving_params.json"))
     args = parser.parse_args(argv)
